@@ -1,0 +1,117 @@
+"""The one interface every compute source implements.
+
+A source runs attempts of tasks and *reports* what happened (TaskEvent) through the
+callback it was started with. It never writes the store and never decides about retries:
+that is the engine's job. Sources that learn about their tasks by asking (ssh, schedulers)
+set `poll_interval`; the engine then calls `poll()` once per cycle for all their tasks.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec
+
+Reporter = Callable[[TaskEvent], None]
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a source needs to know about the sweep it serves."""
+
+    sweep_id: str
+    sweep_dir: Path  # local sweep folder
+    project_root: Path  # local project root; task cwd is relative to it
+    python: str  # interpreter for `script:` tasks and workers, on this machine
+
+    def task_dir(self, task: TaskSpec) -> Path:
+        return self.sweep_dir / "tasks" / task.name
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    source: str
+    ok: bool
+    detail: str = ""
+    time: float = field(default_factory=time.time)
+    load: float | None = None  # 1-minute load average
+    cpus: int | None = None
+    mem_free_gb: float | None = None
+    disk_free_gb: float | None = None
+    gpus: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceError(Exception):
+    """Infrastructure trouble on a source (not the task's fault): the engine marks the
+    attempt LOST and places the task elsewhere."""
+
+
+class ComputeSource(abc.ABC):
+    type: ClassVar[str]
+    poll_interval: float | None = None  # seconds between poll() calls; None: never polled
+
+    def __init__(self, spec: SourceSpec, ctx: SweepContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.name = spec.name
+        self._report: Reporter = lambda event: None
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.max_parallel
+
+    async def start(self, report: Reporter) -> None:
+        """Connect / prepare. Raise SourceError (or HsmError for a user mistake)."""
+        self._report = report
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; tasks that run detached keep running."""
+
+    @abc.abstractmethod
+    def running(self) -> int:
+        """Attempts accepted and not yet reported finished."""
+
+    def free_slots(self) -> int:
+        return max(0, self.capacity - self.running())
+
+    @abc.abstractmethod
+    async def submit(self, task: TaskSpec, attempt: int) -> str | None:
+        """Start one attempt; return a handle (pid, job id) if there is one.
+
+        Returns once the source has accepted the attempt; progress comes as events."""
+
+    async def poll(self) -> None:  # noqa: B027 - optional for push-based sources
+        """One batched status query for every attempt this source holds."""
+
+    @abc.abstractmethod
+    async def cancel(self, keys: Collection[str] | None = None) -> None:
+        """Stop the given tasks (all when None), killing whole process groups / jobs."""
+
+    async def fetch_results(self, task: TaskSpec) -> None:  # noqa: B027
+        """Bring the task's folder back to the local sweep folder (no-op for local)."""
+
+    async def reattach(self, attempts: Collection[tuple[TaskSpec, Attempt]]) -> None:
+        """After an orchestrator crash: pick up attempts that may still be running.
+
+        The default knows nothing of them and reports them LOST so they run again."""
+        from hsm_core.model import TaskState
+
+        for task, att in attempts:
+            self._report(
+                TaskEvent(
+                    task.key,
+                    att.attempt,
+                    TaskState.LOST,
+                    self.name,
+                    error=f"{self.name} cannot re-attach to running tasks",
+                )
+            )
+
+    async def health_check(self) -> HealthReport:
+        return HealthReport(self.name, True, "no checks for this source type")
