@@ -53,6 +53,4 @@ class CommandError(HsmError):
         self.stderr = stderr
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output on stderr"
         place = f" on {where}" if where else ""
-        super().__init__(
-            f"`{shlex.join(self.argv)}`{place} exited with {exit_code}: {last}", hint
-        )
+        super().__init__(f"`{shlex.join(self.argv)}`{place} exited with {exit_code}: {last}", hint)

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 _ATTEMPT_COLS = "key, attempt, state, source, handle, created, started, ended, exit_code, error"
+_INSERT_ATTEMPT = (
+    f"INSERT INTO attempts ({_ATTEMPT_COLS}) VALUES (?,?,?,NULL,NULL,?,NULL,NULL,NULL,NULL)"
+)
 
 
 def _attempt(row: tuple[Any, ...]) -> Attempt:
@@ -178,7 +181,8 @@ class SweepStore:
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, json.dumps(value, default=str)),
             )
 
@@ -218,8 +222,8 @@ class SweepStore:
                 [(t.key, t.num, json.dumps(t.to_json())) for t in fresh],
             )
             c.executemany(
-                f"INSERT INTO attempts ({_ATTEMPT_COLS}) VALUES (?,1,?,NULL,NULL,?,NULL,NULL,NULL,NULL)",
-                [(t.key, TaskState.PENDING.value, now) for t in fresh],
+                _INSERT_ATTEMPT,
+                [(t.key, 1, TaskState.PENDING.value, now) for t in fresh],
             )
         self._nums = None
         for t in fresh:
@@ -280,7 +284,7 @@ class SweepStore:
             (last,) = c.execute("SELECT MAX(attempt) FROM attempts WHERE key=?", (key,)).fetchone()
             n = int(last or 0) + 1
             c.execute(
-                f"INSERT INTO attempts ({_ATTEMPT_COLS}) VALUES (?,?,?,NULL,NULL,?,NULL,NULL,NULL,NULL)",
+                _INSERT_ATTEMPT,
                 (key, n, TaskState.PENDING.value, time.time()),
             )
         return n
@@ -339,10 +343,7 @@ class SweepStore:
             return
         latest = self.latest_attempts() if len(keys) > 50 else None
         for key in keys:
-            if latest is not None:
-                att = latest[key]
-            else:
-                att = self.attempts(key)[-1]
+            att = latest[key] if latest is not None else self.attempts(key)[-1]
             name = f"task_{self._num(key):03d}"
             doc = {
                 "state": att.state.value,

@@ -1,0 +1,394 @@
+"""SweepEngine: places tasks on sources, listens to their reports, retries and re-queues.
+
+The engine is the only writer of the store. Sources report TaskEvents; the engine checks
+each against the transition table in memory (so it can decide at once), and journals
+them in order, in batches, off the event loop. One loop iteration = place what fits,
+wait for reports, journal them, decide what follows (retry, re-queue, done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsm_core.errors import HsmError
+from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
+from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
+from hsm_core.store import SweepStore
+from hsm_core.strategies import Load, Placer
+
+log = logging.getLogger("hsm.engine")
+assign_log = logging.getLogger("hsm.assign")
+
+VIEW_INTERVAL_S = 2.0
+CANCEL_DEADLINE_S = 15.0
+# A task lost this many times in a row is not the hosts' fault any more.
+LOST_LIMIT = 5
+# Files of an attempt that a new attempt would overwrite; they move to attempt_N/.
+_ATTEMPT_FILES = ("stdout.log", "stderr.log", "result.json", "pid", "results", "job_return.pkl")
+
+
+@dataclass
+class _Live:
+    attempt: int
+    state: TaskState
+    source: str | None = None
+    failures: int = 0
+    losses: int = 0
+    lost_on: set[str] = field(default_factory=set)
+
+
+class SweepEngine:
+    def __init__(
+        self,
+        store: SweepStore,
+        ctx: SweepContext,
+        sources: Iterable[ComputeSource],
+        *,
+        strategy: str = "least_loaded",
+        max_retries: int = 0,
+        max_parallel: int | None = None,
+        weights: dict[str, float] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.ctx = ctx
+        self.sources = {s.name: s for s in sources}
+        if not self.sources:
+            raise HsmError("no compute source to run on", "pass --sources, e.g. local:4")
+        self.placer = Placer(strategy, seed)
+        self.max_retries = max_retries
+        self.max_parallel = max_parallel
+        self.weights = weights or {}
+        self.enabled: dict[str, bool] = {name: True for name in self.sources}
+        self._tasks: dict[str, TaskSpec] = {}
+        self._live: dict[str, _Live] = {}
+        self._queue: deque[str] = deque()
+        self._inflight: dict[str, int] = {name: 0 for name in self.sources}
+        self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
+        self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
+        self._writes: list[TaskEvent | tuple[str, int]] = []
+        self._submits: set[asyncio.Task[None]] = set()
+        self._cancelling = False
+        self._last_views = 0.0
+        self.listeners: list[Callable[[TaskEvent], None]] = []
+
+    # ------------------------------------------------------------------ public
+    def cancel(self) -> None:
+        """Stop placing work and cancel everything running (safe from a signal handler)."""
+        if not self._cancelling:
+            self._cancelling = True
+            self._events.put_nowait(None)
+
+    def counts(self) -> dict[TaskState, int]:
+        out = {s: 0 for s in TaskState}
+        for live in self._live.values():
+            out[live.state] += 1
+        return out
+
+    def inflight(self) -> dict[str, int]:
+        return dict(self._inflight)
+
+    async def run(
+        self, keys: Collection[str] | None = None, *, retry_failed: bool = False
+    ) -> dict[TaskState, int]:
+        """Run every task of the store (or `keys`) that is not finished; return the counts."""
+        await asyncio.to_thread(self._load, keys, retry_failed)
+        self.store.set_meta("started", time.time())
+        await self._start_sources()
+        pollers = [
+            asyncio.create_task(self._poll_loop(s))
+            for s in self.sources.values()
+            if s.poll_interval
+        ]
+        try:
+            await self._main_loop()
+        finally:
+            for p in pollers:
+                p.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            if self._submits:
+                await asyncio.gather(*self._submits, return_exceptions=True)
+            await self._flush()
+            self.store.set_meta("ended", time.time())
+            await asyncio.to_thread(self.store.write_views)
+            await asyncio.gather(
+                *(s.close() for s in self.sources.values()), return_exceptions=True
+            )
+        return self.counts()
+
+    # ----------------------------------------------------------------- set-up
+    def _load(self, keys: Collection[str] | None, retry_failed: bool) -> None:
+        wanted = set(keys) if keys is not None else None
+        latest = self.store.latest_attempts()
+        reattach: dict[str, list[str]] = {}
+        for task in self.store.tasks():
+            if wanted is not None and task.key not in wanted:
+                continue
+            att = latest[task.key]
+            self._tasks[task.key] = task
+            live = _Live(att.attempt, att.state, att.source)
+            self._live[task.key] = live
+            state = att.state
+            if state is TaskState.PENDING:
+                self._queue.append(task.key)
+            elif state in (TaskState.ASSIGNED, TaskState.RUNNING):
+                # A previous orchestrator died while this ran: its source may re-attach.
+                reattach.setdefault(att.source or "", []).append(task.key)
+            elif state in (TaskState.LOST, TaskState.CANCELLED) or (
+                state is TaskState.FAILED and retry_failed
+            ):
+                self._reopen(task.key)
+        self._reattach = reattach
+
+    async def _start_sources(self) -> None:
+        results = await asyncio.gather(
+            *(s.start(self._report) for s in self.sources.values()), return_exceptions=True
+        )
+        for src, res in zip(list(self.sources.values()), results, strict=True):
+            if isinstance(res, BaseException):
+                if isinstance(res, HsmError):
+                    raise res
+                raise HsmError(f"source {src.name} could not start: {res}") from res
+        for src_name, keys in self._reattach.items():
+            src = self.sources.get(src_name)
+            pairs = [(self._tasks[k], self.store.attempts(k)[-1]) for k in keys]
+            for k in keys:
+                self._live[k].source = src_name
+                if src is not None:
+                    self._inflight[src_name] += 1
+            if src is not None:
+                await src.reattach(pairs)
+            else:
+                # Its source is not part of this run: nobody can watch it; run it again.
+                for task, att in pairs:
+                    self._report(
+                        TaskEvent(
+                            task.key,
+                            att.attempt,
+                            TaskState.LOST,
+                            src_name,
+                            error=f"source {src_name!r} is not in this run; running it again",
+                        )
+                    )
+
+    # -------------------------------------------------------------- main loop
+    async def _main_loop(self) -> None:
+        while True:
+            if self._cancelling:
+                await self._cancel_all()
+                return
+            self._dispatch()
+            if not self._queue and not any(self._inflight.values()) and not self._submits:
+                return
+            await self._flush()
+            try:
+                first = await asyncio.wait_for(self._events.get(), VIEW_INTERVAL_S)
+            except asyncio.TimeoutError:
+                await self._maybe_views()
+                continue
+            batch = [first]
+            while not self._events.empty():
+                batch.append(self._events.get_nowait())
+            for ev in batch:
+                if ev is not None:
+                    self._handle(ev)
+            await self._maybe_views()
+
+    def _report(self, event: TaskEvent) -> None:
+        self._events.put_nowait(event)
+
+    def _candidates(self) -> list[Load]:
+        out = []
+        for name, src in self.sources.items():
+            if not self.enabled[name]:
+                continue
+            cap = src.capacity
+            if self._inflight[name] < cap and src.free_slots() > 0:
+                out.append(
+                    Load(
+                        name,
+                        cap,
+                        self._inflight[name],
+                        self.weights.get(name, src.spec.weight),
+                        self._assigned_total[name],
+                    )
+                )
+        return out
+
+    def _dispatch(self) -> None:
+        while self._queue and not self._cancelling:
+            total = sum(self._inflight.values())
+            if self.max_parallel is not None and total >= self.max_parallel:
+                return
+            candidates = self._candidates()
+            if not candidates:
+                return
+            key = self._queue.popleft()
+            live = self._live[key]
+            pick = self.placer.choose(candidates, frozenset(live.lost_on))
+            src = self.sources[pick.name]
+            self._inflight[src.name] += 1
+            self._assigned_total[src.name] += 1
+            ev = TaskEvent(key, live.attempt, TaskState.ASSIGNED, src.name)
+            self._record(ev)
+            task = self._tasks[key]
+            assign_log.info("%s -> %s (attempt %d)", task.name, src.name, live.attempt)
+            job = asyncio.create_task(self._submit(src, task, live.attempt))
+            self._submits.add(job)
+            job.add_done_callback(self._submits.discard)
+
+    async def _submit(self, src: ComputeSource, task: TaskSpec, attempt: int) -> None:
+        try:
+            if attempt > 1:
+                _archive_attempt(self.ctx.task_dir(task), attempt - 1)
+            await src.submit(task, attempt)
+        except SourceError as exc:
+            self._report(TaskEvent(task.key, attempt, TaskState.LOST, src.name, error=str(exc)))
+        except Exception as exc:
+            log.exception("submitting %s to %s failed", task.name, src.name)
+            self._report(
+                TaskEvent(task.key, attempt, TaskState.LOST, src.name, error=f"submit: {exc}")
+            )
+
+    # --------------------------------------------------------------- reports
+    def _record(self, ev: TaskEvent) -> None:
+        live = self._live[ev.key]
+        live.state = ev.state
+        if ev.source:
+            live.source = ev.source
+        self._writes.append(ev)
+        for listener in self.listeners:
+            listener(ev)
+
+    def _handle(self, ev: TaskEvent) -> None:
+        live = self._live.get(ev.key)
+        if live is None:
+            log.warning("report for unknown task %s ignored", ev.key)
+            return
+        if ev.attempt != live.attempt:
+            # A report about an older attempt (a host that came back): journal it, the
+            # store keeps it only if it moves that attempt forward; the task goes on.
+            log.info("late report for %s attempt %d: %s", ev.key, ev.attempt, ev.state)
+            self._writes.append(ev)
+            return
+        if not can_move(live.state, ev.state):
+            log.debug("ignored %s -> %s for %s", live.state, ev.state, ev.key)
+            return
+        self._record(ev)
+        if not ev.state.terminal:
+            return
+        name = self._tasks[ev.key].name
+        if ev.source in self._inflight:
+            self._inflight[ev.source] -= 1
+        if ev.state is TaskState.FAILED:
+            live.failures += 1
+            log.warning("%s failed on %s: %s", name, ev.source, ev.error)
+            if live.failures <= self.max_retries and not self._cancelling:
+                log.info("%s: retry %d of %d", name, live.failures, self.max_retries)
+                self._reopen(ev.key)
+        elif ev.state is TaskState.LOST:
+            live.losses += 1
+            if ev.source:
+                live.lost_on.add(ev.source)
+            log.warning("%s lost on %s: %s", name, ev.source, ev.error)
+            if live.losses < LOST_LIMIT and not self._cancelling:
+                self._reopen(ev.key)
+
+    def _reopen(self, key: str) -> None:
+        live = self._live[key]
+        live.attempt += 1
+        live.state = TaskState.PENDING
+        self._writes.append((key, live.attempt))
+        self._queue.append(key)
+
+    async def _flush(self) -> None:
+        if not self._writes:
+            return
+        writes, self._writes = self._writes, []
+        await asyncio.to_thread(self._write, writes)
+
+    def _write(self, writes: list[TaskEvent | tuple[str, int]]) -> None:
+        touched: dict[str, None] = {}
+        events: list[TaskEvent] = []
+        for w in writes:
+            if isinstance(w, TaskEvent):
+                events.append(w)
+                touched[w.key] = None
+                continue
+            if events:
+                self.store.apply_many(events)
+                events = []
+            key, attempt = w
+            got = self.store.new_attempt(key)
+            if got != attempt:
+                log.error("attempt numbering diverged for %s: %d != %d", key, got, attempt)
+            touched[key] = None
+        if events:
+            self.store.apply_many(events)
+        self.store.write_status_views(touched)
+
+    async def _maybe_views(self) -> None:
+        now = time.monotonic()
+        if now - self._last_views >= VIEW_INTERVAL_S:
+            self._last_views = now
+            await self._flush()
+            await asyncio.to_thread(self.store.write_views)
+
+    async def _poll_loop(self, src: ComputeSource) -> None:
+        assert src.poll_interval
+        while True:
+            await asyncio.sleep(src.poll_interval)
+            try:
+                await src.poll()
+            except Exception:
+                log.exception("polling %s failed", src.name)
+
+    # ------------------------------------------------------------------ cancel
+    async def _cancel_all(self) -> None:
+        log.warning(
+            "cancelling: %d queued, %d running", len(self._queue), sum(self._inflight.values())
+        )
+        while self._queue:
+            key = self._queue.popleft()
+            self._record(TaskEvent(key, self._live[key].attempt, TaskState.CANCELLED, None))
+        if self._submits:
+            await asyncio.gather(*self._submits, return_exceptions=True)
+        await asyncio.gather(
+            *(s.cancel(None) for s in self.sources.values()), return_exceptions=True
+        )
+        deadline = time.monotonic() + CANCEL_DEADLINE_S
+        while any(self._inflight.values()) and time.monotonic() < deadline:
+            with contextlib.suppress(asyncio.TimeoutError):
+                ev = await asyncio.wait_for(self._events.get(), deadline - time.monotonic())
+                if ev is not None:
+                    self._handle(ev)
+        for key, live in self._live.items():
+            if live.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+                self._handle(
+                    TaskEvent(
+                        key,
+                        live.attempt,
+                        TaskState.CANCELLED,
+                        live.source,
+                        error="cancelled; the source did not confirm in time",
+                    )
+                )
+        await self._flush()
+
+
+def _archive_attempt(tdir: Path, attempt: int) -> None:
+    present = [n for n in _ATTEMPT_FILES if (tdir / n).exists()]
+    if not present:
+        return
+    dest = tdir / f"attempt_{attempt}"
+    dest.mkdir(exist_ok=True)
+    for n in present:
+        shutil.move(str(tdir / n), str(dest / n))

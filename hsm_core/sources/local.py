@@ -1,0 +1,266 @@
+"""Local source: each attempt is an asyncio subprocess in its own session (process group).
+
+Output goes straight to the task folder as it is written; the exit record comes from a
+tiny sh runner that outlives the orchestrator (see runner.sh). Cancel and timeout kill
+the whole process group, so grandchildren die with the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Collection
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
+from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
+
+RUNNER = str(resources.files("hsm_core.sources") / "runner.sh")
+KILL_GRACE_S = 3.0
+
+
+def task_env(task: TaskSpec, ctx: SweepContext, task_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(dict(task.env))
+    env["HSM_SWEEP_ID"] = ctx.sweep_id
+    env["HSM_TASK_ID"] = task.name
+    env["HSM_TASK_KEY"] = task.key
+    env["HSM_TASK_DIR"] = str(task_dir)
+    env["HSM_SWEEP_DIR"] = str(ctx.sweep_dir)
+    return env
+
+
+def describe_exit(code: int) -> str:
+    """The runner's shell reports a signal death as 128+N."""
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    if code == 127:
+        return "exit code 127 (command not found; see stderr.log)"
+    return f"exit code {code}"
+
+
+def read_exit_record(task_dir: Path) -> int | None:
+    try:
+        return int(json.loads((task_dir / "result.json").read_text())["exit_code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class _Running:
+    task: TaskSpec
+    attempt: int
+    proc: asyncio.subprocess.Process | None
+    pid: int
+    slot: int
+    waiter: asyncio.Task[None] | None = None
+    stopping: TaskState | None = None  # CANCELLED or FAILED(timeout) once we kill it
+    stop_reason: str | None = None
+
+
+class LocalSource(ComputeSource):
+    type = "local"
+
+    def __init__(self, spec: SourceSpec, ctx: SweepContext) -> None:
+        super().__init__(spec, ctx)
+        gpus = spec.option("gpus") or []
+        self.gpus: list[str] = [str(g) for g in gpus]
+        self._running: dict[str, _Running] = {}
+        self._free_slots = list(range(spec.max_parallel))
+        self.log = logging.getLogger(f"hsm.source.{self.name}")
+
+    def running(self) -> int:
+        return len(self._running)
+
+    async def submit(self, task: TaskSpec, attempt: int) -> str | None:
+        slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
+        task_dir = self.ctx.task_dir(task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        (task_dir / "results").mkdir(exist_ok=True)
+        env = task_env(task, self.ctx, task_dir)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        cwd = (self.ctx.project_root / task.cwd).resolve()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                RUNNER,
+                str(task_dir),
+                *task.argv,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._free_slots.append(slot)
+            # Cannot even start (cwd missing, ...): the task's own setup is wrong.
+            self._report(
+                TaskEvent(
+                    task.key, attempt, TaskState.FAILED, self.name, error=f"cannot start: {exc}"
+                )
+            )
+            return None
+        run = _Running(task, attempt, proc, proc.pid, slot)
+        self._running[task.key] = run
+        self._report(
+            TaskEvent(task.key, attempt, TaskState.RUNNING, self.name, handle=str(proc.pid))
+        )
+        run.waiter = asyncio.create_task(self._wait(run))
+        self.log.debug("started %s attempt %d pid %d slot %d", task.name, attempt, proc.pid, slot)
+        return str(proc.pid)
+
+    async def _wait(self, run: _Running) -> None:
+        assert run.proc is not None
+        timeout = run.task.timeout_s
+        try:
+            if timeout:
+                await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
+            else:
+                await run.proc.wait()
+        except asyncio.TimeoutError:
+            run.stopping = TaskState.FAILED
+            run.stop_reason = f"timed out after {timeout:g} s"
+            await self._kill(run)
+        code = run.proc.returncode
+        self._finish(run, code)
+
+    def _finish(self, run: _Running, code: int | None) -> None:
+        if self._running.get(run.task.key) is not run:
+            return
+        del self._running[run.task.key]
+        self._free_slots.append(run.slot)
+        task_dir = self.ctx.task_dir(run.task)
+        if run.stopping is not None:
+            state, error, exit_code = run.stopping, run.stop_reason, code
+        else:
+            recorded = read_exit_record(task_dir)
+            exit_code = recorded if recorded is not None else code
+            if recorded == 0:
+                state, error = TaskState.COMPLETED, None
+            elif recorded is None:
+                state = TaskState.FAILED
+                error = f"ended without an exit record ({describe_exit(code or 0)})"
+            else:
+                state, error = TaskState.FAILED, describe_exit(recorded)
+        self._report(
+            TaskEvent(run.task.key, run.attempt, state, self.name, exit_code=exit_code, error=error)
+        )
+
+    async def _kill(self, run: _Running) -> None:
+        """SIGTERM the process group, SIGKILL it after a grace period."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.pid, signal.SIGTERM)
+        if run.proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(run.proc.wait()), KILL_GRACE_S)
+            except asyncio.TimeoutError:
+                pass
+        # Grandchildren may ignore SIGTERM or outlive the runner: kill the group regardless.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.pid, signal.SIGKILL)
+        if run.proc is not None:
+            await run.proc.wait()
+
+    async def cancel(self, keys: Collection[str] | None = None) -> None:
+        targets = [r for k, r in self._running.items() if keys is None or k in keys]
+        for run in targets:
+            run.stopping = TaskState.CANCELLED
+            run.stop_reason = "cancelled"
+        await asyncio.gather(*(self._kill(r) for r in targets))
+        # The waiters report CANCELLED once each process is reaped.
+        waiters = [r.waiter for r in targets if r.waiter is not None]
+        if waiters:
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def reattach(self, attempts: Collection[tuple[TaskSpec, Attempt]]) -> None:
+        """After a crash: a task whose runner left an exit record is done; one whose runner
+        is still alive is watched until it writes it; anything else is LOST."""
+        for task, att in attempts:
+            task_dir = self.ctx.task_dir(task)
+            code = read_exit_record(task_dir)
+            pid = _read_pid(task_dir)
+            if code is None and pid is not None and _runner_alive(pid, task_dir):
+                slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
+                run = _Running(task, att.attempt, None, pid, slot)
+                self._running[task.key] = run
+                run.waiter = asyncio.create_task(self._watch_orphan(run))
+                continue
+            if code is None:
+                self._report(
+                    TaskEvent(
+                        task.key,
+                        att.attempt,
+                        TaskState.LOST,
+                        self.name,
+                        error="orchestrator stopped while the task ran; no exit record",
+                    )
+                )
+            else:
+                state = TaskState.COMPLETED if code == 0 else TaskState.FAILED
+                err = None if code == 0 else describe_exit(code)
+                self._report(
+                    TaskEvent(task.key, att.attempt, state, self.name, exit_code=code, error=err)
+                )
+
+    async def _watch_orphan(self, run: _Running) -> None:
+        # Not our child: we cannot wait() on it, so poll its liveness.
+        task_dir = self.ctx.task_dir(run.task)
+        while _runner_alive(run.pid, task_dir):
+            await asyncio.sleep(0.2)
+        self._finish(run, None)
+
+    async def health_check(self) -> HealthReport:
+        load = os.getloadavg()[0]
+        st = os.statvfs(self.ctx.sweep_dir)
+        return HealthReport(
+            self.name,
+            True,
+            "local machine",
+            load=load,
+            cpus=os.cpu_count(),
+            disk_free_gb=st.f_bavail * st.f_frsize / 1e9,
+            mem_free_gb=_mem_available_gb(),
+            gpus=tuple(self.gpus),
+        )
+
+
+def _read_pid(task_dir: Path) -> int | None:
+    try:
+        return int((task_dir / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _runner_alive(pid: int, task_dir: Path) -> bool:
+    """True if `pid` is still our runner for this task (not a recycled pid, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return str(task_dir).encode() in f.read()
+    except OSError:
+        return False
+
+
+def _mem_available_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return None
