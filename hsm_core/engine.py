@@ -290,7 +290,7 @@ class SweepEngine:
             self._inflight[ev.source] -= 1
         if ev.state is TaskState.FAILED:
             live.failures += 1
-            log.warning("%s failed on %s: %s", name, ev.source, ev.error)
+            log.info("%s failed on %s: %s", name, ev.source, ev.error)
             if live.failures <= self.max_retries and not self._cancelling:
                 log.info("%s: retry %d of %d", name, live.failures, self.max_retries)
                 self._reopen(ev.key)

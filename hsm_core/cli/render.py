@@ -1,0 +1,145 @@
+"""Terminal rendering for the CLI (rich), kept apart from the logic it shows."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from hsm_core.model import TaskSpec, TaskState
+
+if TYPE_CHECKING:
+    from hsm_core.engine import SweepEngine
+    from hsm_core.orchestrate import RunOutcome
+    from hsm_core.store import SweepStore
+
+STATE_STYLE = {
+    TaskState.PENDING: "dim",
+    TaskState.ASSIGNED: "cyan",
+    TaskState.RUNNING: "blue",
+    TaskState.COMPLETED: "green",
+    TaskState.FAILED: "red",
+    TaskState.LOST: "yellow",
+    TaskState.CANCELLED: "magenta",
+}
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def task_table(tasks: Sequence[TaskSpec], cwd_root: Path) -> None:
+    """Dry run: one line per task with its exact argv. Plain text on purpose: it must stay
+    fast for 10,000 tasks and be easy to grep."""
+    out = sys.stdout
+    out.write(f"{len(tasks)} tasks (dry run, nothing started)\n")
+    for t in tasks:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in t.env)
+        cwd = "" if t.cwd in ("", ".") else f"(cd {shlex.quote(t.cwd)}) "
+        line = shlex.join(t.argv) if t.argv else f"<hydra job {t.payload}>"
+        out.write(f"{t.name}  {cwd}{env + ' ' if env else ''}{line}\n")
+
+
+class LiveProgress:
+    """A progress bar with per-state counts while a sweep runs; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self._progress: Any = None
+        self._bar: Any = None
+
+    def __enter__(self) -> LiveProgress:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]sweep"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[states]}"),
+                TimeElapsedColumn(),
+                console=console(),
+                transient=False,
+            )
+            self._bar = self._progress.add_task("sweep", total=self.total, states="")
+            self._progress.start()
+        return self
+
+    def update(self, engine: SweepEngine) -> None:
+        if not self._progress:
+            return
+        counts = engine.counts()
+        done = sum(n for s, n in counts.items() if s.terminal)
+        states = "  ".join(
+            f"[{STATE_STYLE[s]}]{s.value.lower()} {n}[/]" for s, n in counts.items() if n
+        )
+        self._progress.update(self._bar, completed=done, states=states)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress:
+            self._progress.stop()
+
+
+def counts_table(
+    title: str, counts: dict[TaskState, int], by_source: dict[str, Counter[str]]
+) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("source")
+    states = [s for s in TaskState if counts.get(s)]
+    for s in states:
+        table.add_column(s.value.lower(), justify="right", style=STATE_STYLE[s])
+    table.add_column("total", justify="right")
+    for src, c in sorted(by_source.items()):
+        table.add_row(src, *(str(c.get(s.value, 0)) for s in states), str(sum(c.values())))
+    table.add_row(
+        "[bold]all",
+        *(f"[bold]{counts.get(s, 0)}" for s in states),
+        f"[bold]{sum(counts.values())}",
+    )
+    return table
+
+
+def per_source(store: SweepStore) -> dict[str, Counter[str]]:
+    out: dict[str, Counter[str]] = {}
+    for att in store.latest_attempts().values():
+        out.setdefault(att.source or "(unplaced)", Counter())[att.state.value] += 1
+    return out
+
+
+def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
+    """End-of-run summary: counts per state and source, failed tasks with their logs."""
+    con = console()
+    counts = store.counts()
+    title = f"sweep {store.sweep_id} ({outcome.seconds:.1f} s)"
+    if outcome.cancelled:
+        title += " [magenta]cancelled"
+    con.print(counts_table(title, counts, per_source(store)))
+    latest = store.latest_attempts()
+    bad = [
+        (t, a)
+        for t in store.tasks()
+        if (a := latest.get(t.key)) and a.state is not TaskState.COMPLETED
+    ]
+    for t, a in bad[:limit]:
+        log = store.task_dir(t) / "stderr.log"
+        con.print(
+            f"[{STATE_STYLE[a.state]}]{a.state.value:9}[/] {t.name} on {a.source or '-'}: "
+            f"{a.error or ''}  [dim]{log}"
+        )
+    if len(bad) > limit:
+        con.print(f"... and {len(bad) - limit} more: `hsm status {store.sweep_dir}`")
+    con.print(f"sweep folder: {store.sweep_dir}")

@@ -1,0 +1,103 @@
+"""`hsm run`: expand a sweep file into tasks and run them on the chosen sources."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+from hsm_core.cli import render
+from hsm_core.config import check_strategy, load_config, parse_sources
+from hsm_core.errors import ConfigError, HsmError
+from hsm_core.strategies import STRATEGIES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, type=Path, help="sweep file (YAML)")
+    p.add_argument(
+        "--sources",
+        "-s",
+        default="local",
+        help='where to run, e.g. "local:4,ssh:server1:8,hpc:cluster:32" (default: local)',
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, help="placement strategy")
+    p.add_argument("--max-tasks", type=int, help="run only the first N points of the sweep")
+    p.add_argument("--max-retries", type=int, help="re-run a FAILED task up to N times")
+    p.add_argument(
+        "--max-parallel", type=int, help="cap on running tasks over all sources together"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the tasks and commands only")
+    p.add_argument("--output-dir", type=Path, help="sweep folder (default sweeps/outputs/ID)")
+    p.add_argument("--sweep-id", help="id of the new sweep (default: timestamp + random)")
+    p.add_argument(
+        "--project-root", type=Path, default=Path.cwd(), help="project root (default: cwd)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hsm_core.sweepfile import load_sweep_file
+
+    root = args.project_root.resolve()
+    definition = load_sweep_file(args.config)
+    tasks = definition.to_tasks()
+    if args.max_tasks is not None:
+        if args.max_tasks < 1:
+            raise ConfigError("must be a whole number >= 1", key="--max-tasks")
+        tasks = tasks[: args.max_tasks]
+    config = load_config(root)
+    specs = parse_sources(args.sources, config)
+    strategy = check_strategy(args.strategy or config.strategy, "--strategy", "strategy")
+    retries = args.max_retries if args.max_retries is not None else definition.max_retries
+    if retries is None:
+        retries = config.max_retries
+    if retries < 0:
+        raise ConfigError("must be >= 0", key="--max-retries")
+    if args.dry_run:
+        render.task_table(tasks, cwd_root=root)
+        return 0
+    if not tasks:
+        raise HsmError(f"{args.config}: the sweep has no points", "add values under grid:")
+    return _execute(args, root, definition, tasks, specs, strategy, retries)
+
+
+def _execute(args, root, definition, tasks, specs, strategy, retries) -> int:  # type: ignore[no-untyped-def]
+    from hsm_core.orchestrate import RunOptions, context_for, run_sweep
+    from hsm_core.store import SweepStore
+    from hsm_core.sweeps import OUTPUTS, new_sweep_id, register
+
+    sweep_id = args.sweep_id or new_sweep_id()
+    sweep_dir = (args.output_dir or (root / OUTPUTS / sweep_id)).resolve()
+    if SweepStore.exists(sweep_dir):
+        raise HsmError(
+            f"{sweep_dir} already holds a sweep",
+            f"use `hsm complete {sweep_dir}` to finish it, or another --output-dir",
+        )
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    store = SweepStore.create(
+        sweep_dir,
+        sweep_id=sweep_id,
+        kind="command",
+        config=definition.raw,
+        metadata={
+            **dict(definition.metadata or {}),
+            "sweep_file": str(Path(args.config).resolve()),
+            "command": shlex.join(sys.argv),
+        },
+        project_root=root,
+    )
+    try:
+        store.add_tasks(tasks)
+        register(sweep_id, sweep_dir)
+        ctx = context_for(store)
+        opts = RunOptions(strategy=strategy, max_retries=retries, max_parallel=args.max_parallel)
+        show = not args.no_progress and sys.stdout.isatty()
+        print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")
+        with render.LiveProgress(len(tasks), enabled=show) as live:
+            outcome = asyncio.run(run_sweep(store, ctx, specs, opts, progress=live.update))
+        render.summary(store, outcome)
+        return 0 if outcome.ok else (130 if outcome.cancelled else 1)
+    finally:
+        store.close()

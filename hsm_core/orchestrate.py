@@ -1,0 +1,133 @@
+"""Drive one engine run over a stored sweep: logs, sources, signals, bookkeeping.
+
+Shared by `hsm run`, `hsm complete` and the Hydra launcher, so that all three leave the
+sweep folder in the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+from hsm_core.engine import SweepEngine
+from hsm_core.logs import SweepLogs
+from hsm_core.model import SourceSpec, TaskState
+from hsm_core.sources import make_source
+from hsm_core.sources.base import ComputeSource, SweepContext
+from hsm_core.store import SweepStore
+
+Progress = Callable[[SweepEngine], None]
+
+
+@dataclass
+class RunOptions:
+    strategy: str = "least_loaded"
+    max_retries: int = 0
+    max_parallel: int | None = None
+    retry_failed: bool = False
+    keys: Collection[str] | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    counts: dict[TaskState, int]
+    cancelled: bool
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        total = sum(self.counts.values())
+        return self.counts.get(TaskState.COMPLETED, 0) == total
+
+
+def context_for(store: SweepStore, python: str | None = None) -> SweepContext:
+    from pathlib import Path
+
+    return SweepContext(
+        sweep_id=store.sweep_id,
+        sweep_dir=store.sweep_dir,
+        project_root=Path(store.meta("project_root") or os.getcwd()),
+        python=python or sys.executable,
+    )
+
+
+async def run_sweep(
+    store: SweepStore,
+    ctx: SweepContext,
+    specs: Sequence[SourceSpec],
+    opts: RunOptions,
+    *,
+    sources: Sequence[ComputeSource] | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = True,
+) -> RunOutcome:
+    """Run the engine until every selected task is settled (or the run is cancelled).
+
+    SIGINT/SIGTERM cancel the run cleanly: every source kills what it started and the
+    store ends consistent. `sources` lets a caller pass ready-made sources (the Hydra
+    launcher's fork source); otherwise they are built from `specs`.
+    """
+    built = list(sources) if sources is not None else [make_source(s, ctx) for s in specs]
+    logs = SweepLogs(store.sweep_dir, [s.name for s in built])
+    engine = SweepEngine(
+        store,
+        ctx,
+        built,
+        strategy=opts.strategy,
+        max_retries=opts.max_retries,
+        max_parallel=opts.max_parallel,
+        weights=opts.weights,
+    )
+    store.set_meta(
+        "orchestrator",
+        {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()},
+    )
+    store.set_meta("sources", [_describe(s) for s in specs] or [{"name": s.name} for s in built])
+    loop = asyncio.get_running_loop()
+    cancelled = False
+
+    def on_signal() -> None:
+        nonlocal cancelled
+        cancelled = True
+        engine.cancel()
+
+    installed: list[int] = []
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+    ticker = asyncio.create_task(_tick(engine, progress)) if progress else None
+    start = time.monotonic()
+    try:
+        counts = await engine.run(opts.keys, retry_failed=opts.retry_failed)
+    finally:
+        if ticker:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        store.set_meta("orchestrator", None)
+        logs.close()
+    if progress:
+        progress(engine)
+    return RunOutcome(counts, cancelled, time.monotonic() - start)
+
+
+async def _tick(engine: SweepEngine, progress: Progress) -> None:
+    while True:
+        progress(engine)
+        await asyncio.sleep(0.2)
+
+
+def _describe(spec: SourceSpec) -> dict[str, object]:
+    return {"name": spec.name, "type": spec.type, "max_parallel": spec.max_parallel}
