@@ -1,0 +1,88 @@
+"""Helpers shared by the tests: poll with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``predicate`` until it returns a truthy value, and return that value.
+
+    Raises AssertionError (with ``message`` and the last value) once ``timeout`` seconds
+    have passed. Exceptions of the types in ``retry_on`` count as "not yet"; any other
+    exception propagates at once.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+        except retry_on as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise _timed_out(predicate, timeout, message, last)
+        time.sleep(interval)
+
+
+@overload
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str | None = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+@overload
+async def async_wait_for(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str | None = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+async def async_wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Like :func:`wait_for` inside an event loop; ``predicate`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = predicate()
+            value = await result if inspect.isawaitable(result) else result
+        except retry_on as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise _timed_out(predicate, timeout, message, last)
+        await asyncio.sleep(interval)
+
+
+def _timed_out(
+    predicate: object, timeout: float, message: str | None, last: object
+) -> AssertionError:
+    what = message or getattr(predicate, "__name__", repr(predicate))
+    return AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
