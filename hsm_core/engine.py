@@ -185,10 +185,16 @@ class SweepEngine:
             if self._cancelling:
                 await self._cancel_all()
                 return
-            self._dispatch()
+            placed = self._dispatch()
+            # Journal the assignments before any process starts: after a crash, a task
+            # that may have started is never found PENDING (and started a second time).
+            await self._flush()
+            for src, task, attempt in placed:
+                job = asyncio.create_task(self._submit(src, task, attempt))
+                self._submits.add(job)
+                job.add_done_callback(self._submits.discard)
             if not self._queue and not any(self._inflight.values()) and not self._submits:
                 return
-            await self._flush()
             try:
                 first = await asyncio.wait_for(self._events.get(), VIEW_INTERVAL_S)
             except asyncio.TimeoutError:
@@ -223,14 +229,15 @@ class SweepEngine:
                 )
         return out
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> list[tuple[ComputeSource, TaskSpec, int]]:
+        placed: list[tuple[ComputeSource, TaskSpec, int]] = []
         while self._queue and not self._cancelling:
             total = sum(self._inflight.values())
             if self.max_parallel is not None and total >= self.max_parallel:
-                return
+                break
             candidates = self._candidates()
             if not candidates:
-                return
+                break
             key = self._queue.popleft()
             live = self._live[key]
             pick = self.placer.choose(candidates, frozenset(live.lost_on))
@@ -241,9 +248,8 @@ class SweepEngine:
             self._record(ev)
             task = self._tasks[key]
             assign_log.info("%s -> %s (attempt %d)", task.name, src.name, live.attempt)
-            job = asyncio.create_task(self._submit(src, task, live.attempt))
-            self._submits.add(job)
-            job.add_done_callback(self._submits.discard)
+            placed.append((src, task, live.attempt))
+        return placed
 
     async def _submit(self, src: ComputeSource, task: TaskSpec, attempt: int) -> None:
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec
 
 Reporter = Callable[[TaskEvent], None]
 
@@ -31,6 +31,19 @@ class SweepContext:
 
     def task_dir(self, task: TaskSpec) -> Path:
         return self.sweep_dir / "tasks" / task.name
+
+
+def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> list[str]:
+    """What a source runs for one attempt: the command itself, or for a Hydra job the
+    worker that unpickles its payload (`python -m hsm_core.worker PAYLOAD TASK_DIR`).
+
+    `python`, `sweep_dir` and `task_dir` are as seen on the machine that runs the task."""
+    if task.kind is TaskKind.HYDRA:
+        if not task.payload:
+            raise ValueError(f"{task.name} is a Hydra job without a payload")
+        payload = f"{sweep_dir.rstrip('/')}/{task.payload}"
+        return [python, "-m", "hsm_core.worker", payload, task_dir]
+    return list(task.argv)
 
 
 @dataclass(frozen=True)

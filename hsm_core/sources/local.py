@@ -17,9 +17,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
-from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
+from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv
 
 RUNNER = str(resources.files("hsm_core.sources") / "runner.sh")
 KILL_GRACE_S = 3.0
@@ -48,11 +49,27 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def read_exit_record(task_dir: Path) -> int | None:
+def read_result(task_dir: Path) -> dict[str, Any] | None:
+    """result.json: `{"exit_code": N}` from the runner, or the Hydra worker's own record
+    (which adds `error`, a one-line reason). None if absent or unreadable."""
     try:
-        return int(json.loads((task_dir / "result.json").read_text())["exit_code"])
+        data = json.loads((task_dir / "result.json").read_text())
+        data["exit_code"] = int(data["exit_code"])
+        return data  # type: ignore[no-any-return]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def settle(
+    data: dict[str, Any] | None, code: int | None
+) -> tuple[TaskState, int | None, str | None]:
+    """What a finished attempt's exit record means: (state, exit code, error)."""
+    if data is None:
+        return TaskState.FAILED, code, f"ended without an exit record ({describe_exit(code or 0)})"
+    rc = int(data["exit_code"])
+    if rc == 0:
+        return TaskState.COMPLETED, 0, None
+    return TaskState.FAILED, rc, str(data.get("error") or describe_exit(rc))
 
 
 @dataclass
@@ -90,12 +107,13 @@ class LocalSource(ComputeSource):
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         cwd = (self.ctx.project_root / task.cwd).resolve()
+        argv = task_argv(task, self.ctx.python, str(self.ctx.sweep_dir), str(task_dir))
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
                 RUNNER,
                 str(task_dir),
-                *task.argv,
+                *argv,
                 cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -145,15 +163,7 @@ class LocalSource(ComputeSource):
         if run.stopping is not None:
             state, error, exit_code = run.stopping, run.stop_reason, code
         else:
-            recorded = read_exit_record(task_dir)
-            exit_code = recorded if recorded is not None else code
-            if recorded == 0:
-                state, error = TaskState.COMPLETED, None
-            elif recorded is None:
-                state = TaskState.FAILED
-                error = f"ended without an exit record ({describe_exit(code or 0)})"
-            else:
-                state, error = TaskState.FAILED, describe_exit(recorded)
+            state, exit_code, error = settle(read_result(task_dir), code)
         self._report(
             TaskEvent(run.task.key, run.attempt, state, self.name, exit_code=exit_code, error=error)
         )
@@ -189,15 +199,15 @@ class LocalSource(ComputeSource):
         is still alive is watched until it writes it; anything else is LOST."""
         for task, att in attempts:
             task_dir = self.ctx.task_dir(task)
-            code = read_exit_record(task_dir)
+            data = read_result(task_dir)
             pid = _read_pid(task_dir)
-            if code is None and pid is not None and _runner_alive(pid, task_dir):
+            if data is None and pid is not None and _runner_alive(pid, task_dir):
                 slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
                 run = _Running(task, att.attempt, None, pid, slot)
                 self._running[task.key] = run
                 run.waiter = asyncio.create_task(self._watch_orphan(run))
                 continue
-            if code is None:
+            if data is None:
                 self._report(
                     TaskEvent(
                         task.key,
@@ -208,8 +218,7 @@ class LocalSource(ComputeSource):
                     )
                 )
             else:
-                state = TaskState.COMPLETED if code == 0 else TaskState.FAILED
-                err = None if code == 0 else describe_exit(code)
+                state, code, err = settle(data, None)
                 self._report(
                     TaskEvent(task.key, att.attempt, state, self.name, exit_code=code, error=err)
                 )

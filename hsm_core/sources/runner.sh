@@ -10,5 +10,9 @@ shift
 echo $$ > "$d/pid"
 "$@" > "$d/stdout.log" 2> "$d/stderr.log" < /dev/null
 rc=$?
-printf '{"exit_code": %d}\n' "$rc" > "$d/.result.json.tmp" && mv -f "$d/.result.json.tmp" "$d/result.json"
+# A Hydra worker writes its own, richer result.json (exit code, error, return value);
+# only a plain command needs this one.
+if [ ! -e "$d/result.json" ]; then
+    printf '{"exit_code": %d}\n' "$rc" > "$d/.result.json.tmp" && mv -f "$d/.result.json.tmp" "$d/result.json"
+fi
 exit "$rc"
