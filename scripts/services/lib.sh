@@ -7,6 +7,10 @@
 HSM_SERVICES_DIR=${HSM_SERVICES_DIR:-/tmp/hsm-test-services}
 HSM_CHECKOUT=${HSM_CHECKOUT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 
+# Under `set -e` a failing command would end the script without a word: name it.
+set -E   # the ERR trap also fires inside functions
+trap 'log "failed (exit $?) at ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
+
 log() { printf '[%s] %s\n' "${LOG_TAG:-services}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 is_root() { [ "$(id -u)" = 0 ]; }

@@ -273,6 +273,7 @@ cmd_stop() {
 }
 
 cmd_status() {
+    trap - ERR   # "not running" is an answer here, not a failure
     local rc=0 d
     for d in munged mariadb slurmdbd slurmctld slurmd; do
         if "${d}_alive"; then log "$d: running"; else log "$d: not running"; rc=1; fi

@@ -109,11 +109,20 @@ start_host() { # NAME
     log "$name: sshd pid $(host_pid "$name") on $(grep '^ListenAddress' "$dir/sshd_config" | cut -d' ' -f2)"
 }
 
+# What goes into the remote venv (those of these that exist in the checkout).
+project_parts() {
+    local p
+    for p in pyproject.toml README.md hsm_core hydra_plugins; do
+        [ -e "$HSM_CHECKOUT/$p" ] && echo "$p"
+    done
+    return 0
+}
+
 # Hash of the project sources: the remote venv is reinstalled when it changes.
 source_hash() {
-    (cd "$HSM_CHECKOUT" && find pyproject.toml hsm_core hydra_plugins -type f \
-        ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 2>/dev/null |
-        sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    local parts; mapfile -t parts < <(project_parts)
+    (cd "$HSM_CHECKOUT" && find "${parts[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
 # The remote side's Python: a venv of the system python3 with the project installed.
@@ -132,8 +141,7 @@ ensure_remote_venv() {
     # Build from a copy: an in-tree build would write build/ and *.egg-info into the
     # checkout that others are editing.
     tmp=$(mktemp -d)
-    cp -r "$HSM_CHECKOUT/pyproject.toml" "$HSM_CHECKOUT/hsm_core" "$HSM_CHECKOUT/hydra_plugins" "$tmp/"
-    [ -f "$HSM_CHECKOUT/README.md" ] && cp "$HSM_CHECKOUT/README.md" "$tmp/"
+    (cd "$HSM_CHECKOUT" && project_parts | xargs cp -r --target-directory="$tmp")
     # pip always reinstalls a local directory (with its dependencies when missing);
     # -qq keeps errors but hides the warnings about this machine's extra indexes.
     if ! "$VENV/bin/pip" install -qq "$tmp"; then
@@ -256,6 +264,7 @@ cmd_stop() {
 }
 
 cmd_status() {
+    trap - ERR   # "not running" is an answer here, not a failure
     local name ok=0
     [ -f "$BASE/env.json" ] || { log "not started (no $BASE/env.json)"; return 1; }
     for name in $(hosts); do
