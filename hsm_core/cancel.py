@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hsm_core.errors import HsmError
 from hsm_core.model import TaskEvent, TaskState
-from hsm_core.sources.local import _read_pid, _runner_alive
+from hsm_core.procs import pid_alive, read_pid, runner_alive
 from hsm_core.store import SweepStore
 
 
@@ -38,13 +38,7 @@ def orchestrator_pid(store: SweepStore) -> int | None:
             f"run `hsm cancel` on {orch.get('host')}",
         )
     pid = int(orch["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        raise HsmError(f"the sweep's orchestrator (pid {pid}) belongs to another user") from None
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 def cancel_sweep(store: SweepStore, timeout_s: float = 60.0) -> CancelResult:
@@ -53,7 +47,7 @@ def cancel_sweep(store: SweepStore, timeout_s: float = 60.0) -> CancelResult:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if store.meta("orchestrator") is None or not _pid_alive(pid):
+            if store.meta("orchestrator") is None or not pid_alive(pid):
                 break
             time.sleep(0.1)
         else:
@@ -75,8 +69,8 @@ def _settle_offline(store: SweepStore) -> CancelResult:
         if att.state.terminal:
             continue
         tdir = store.task_dir(tasks[key])
-        pid = _read_pid(tdir)
-        if att.state is not TaskState.PENDING and pid and _runner_alive(pid, tdir):
+        pid = read_pid(tdir)
+        if att.state is not TaskState.PENDING and pid and runner_alive(pid, tdir):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
                 killed += 1
@@ -87,11 +81,3 @@ def _settle_offline(store: SweepStore) -> CancelResult:
     store.write_status_views(e.key for e in events)
     store.write_views()
     return CancelResult(False, len(events), killed)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

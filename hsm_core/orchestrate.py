@@ -90,7 +90,14 @@ async def run_sweep(
         "orchestrator",
         {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()},
     )
-    store.set_meta("sources", [_describe(s) for s in specs] or [{"name": s.name} for s in built])
+    # Keep every source the sweep ever ran on: `hsm complete` re-attaches through them.
+    recorded = {d.get("name"): d for d in store.meta("sources") or [] if isinstance(d, dict)}
+    for spec in specs:
+        if spec.max_parallel > 0:
+            recorded[spec.name] = _describe(spec)
+    for src in built:
+        recorded.setdefault(src.name, _describe(src.spec))
+    store.set_meta("sources", list(recorded.values()))
     loop = asyncio.get_running_loop()
     cancelled = False
 
@@ -130,4 +137,9 @@ async def _tick(engine: SweepEngine, progress: Progress) -> None:
 
 
 def _describe(spec: SourceSpec) -> dict[str, object]:
-    return {"name": spec.name, "type": spec.type, "max_parallel": spec.max_parallel}
+    return {
+        "name": spec.name,
+        "type": spec.type,
+        "max_parallel": spec.max_parallel,
+        "options": dict(spec.options),
+    }

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from hsm_core.cli import render
 from hsm_core.model import TaskState
@@ -97,13 +96,13 @@ def _show(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-de
 
 
 def _alive(orch: dict) -> bool:  # type: ignore[type-arg]
-    import os
     import socket
+
+    from hsm_core.procs import pid_alive
 
     if orch.get("host") != socket.gethostname():
         return True  # cannot tell from here; trust the journal
     try:
-        os.kill(int(orch["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        return pid_alive(int(orch["pid"]))
+    except (ValueError, KeyError, TypeError):
         return False
-    return Path(f"/proc/{orch['pid']}").exists()

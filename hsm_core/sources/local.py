@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
+from hsm_core.procs import read_pid, runner_alive
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv
 
 RUNNER = str(resources.files("hsm_core.sources") / "runner.sh")
@@ -200,8 +201,8 @@ class LocalSource(ComputeSource):
         for task, att in attempts:
             task_dir = self.ctx.task_dir(task)
             data = read_result(task_dir)
-            pid = _read_pid(task_dir)
-            if data is None and pid is not None and _runner_alive(pid, task_dir):
+            pid = read_pid(task_dir)
+            if data is None and pid is not None and runner_alive(pid, task_dir):
                 slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
                 run = _Running(task, att.attempt, None, pid, slot)
                 self._running[task.key] = run
@@ -226,7 +227,7 @@ class LocalSource(ComputeSource):
     async def _watch_orphan(self, run: _Running) -> None:
         # Not our child: we cannot wait() on it, so poll its liveness.
         task_dir = self.ctx.task_dir(run.task)
-        while _runner_alive(run.pid, task_dir):
+        while runner_alive(run.pid, task_dir):
             await asyncio.sleep(0.2)
         self._finish(run, None)
 
@@ -243,25 +244,6 @@ class LocalSource(ComputeSource):
             mem_free_gb=_mem_available_gb(),
             gpus=tuple(self.gpus),
         )
-
-
-def _read_pid(task_dir: Path) -> int | None:
-    try:
-        return int((task_dir / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _runner_alive(pid: int, task_dir: Path) -> bool:
-    """True if `pid` is still our runner for this task (not a recycled pid, not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return str(task_dir).encode() in f.read()
-    except OSError:
-        return False
 
 
 def _mem_available_gb() -> float | None:

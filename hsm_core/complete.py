@@ -1,0 +1,121 @@
+"""Planning `hsm complete`: which tasks run again, and which sources must come along.
+
+A task is never run again once COMPLETED. Attempts the journal shows as ASSIGNED or
+RUNNING may still be alive where they were started (a detached ssh task, a queued
+Slurm job, a local runner that outlived a killed orchestrator): their source is brought
+into the run with no free slots, only to re-attach to them and collect their results.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hsm_core.errors import ConfigError, HsmError
+from hsm_core.model import SourceSpec, TaskState
+from hsm_core.store import SweepStore
+
+RERUN = (TaskState.PENDING, TaskState.LOST, TaskState.CANCELLED)
+REATTACH = (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+@dataclass
+class CompletionPlan:
+    keys: list[str]
+    specs: list[SourceSpec]
+    by_state: Counter[str]
+    watch_only: list[str]
+    skipped_failed: int
+
+    def describe(self) -> str:
+        if not self.keys:
+            extra = (
+                f" ({self.skipped_failed} FAILED: add --retry-failed to run them)"
+                if self.skipped_failed
+                else ""
+            )
+            return f"nothing to complete{extra}"
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.by_state.items()))
+        line = f"completing {len(self.keys)} tasks ({parts}) on " + ", ".join(
+            f"{s.name}:{s.max_parallel}" for s in self.specs if s.max_parallel
+        )
+        if self.watch_only:
+            line += f"; re-attaching on {', '.join(self.watch_only)}"
+        if self.skipped_failed:
+            line += f"; {self.skipped_failed} FAILED left alone (--retry-failed runs them)"
+        return line
+
+
+def parse_task_numbers(text: str) -> set[int]:
+    nums: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ConfigError(f"{part!r} is not a number or a range like 7-9", key="--tasks")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if hi < lo:
+            raise ConfigError(f"range {part!r} runs backwards", key="--tasks")
+        nums.update(range(lo, hi + 1))
+    return nums
+
+
+def plan_completion(
+    store: SweepStore,
+    specs: Sequence[SourceSpec],
+    *,
+    tasks: str | None = None,
+    retry_failed: bool = False,
+) -> CompletionPlan:
+    orch = store.meta("orchestrator")
+    if orch:
+        from hsm_core.cancel import orchestrator_pid
+
+        pid = orchestrator_pid(store)
+        if pid is not None:
+            raise HsmError(
+                f"sweep {store.sweep_id} is still running (pid {pid})",
+                f"wait for it, or stop it with `hsm cancel {store.sweep_dir}`",
+            )
+    all_tasks = store.tasks()
+    wanted = None
+    if tasks:
+        wanted = parse_task_numbers(tasks)
+        known = {t.num for t in all_tasks}
+        missing = sorted(wanted - known)
+        if missing:
+            raise ConfigError(
+                f"no task number {missing[0]} in this sweep",
+                key="--tasks",
+                hint=f"tasks are numbered {min(known)}-{max(known)}" if known else None,
+            )
+    latest = store.latest_attempts()
+    keys: list[str] = []
+    by_state: Counter[str] = Counter()
+    need_sources: set[str] = set()
+    skipped_failed = 0
+    for t in all_tasks:
+        if wanted is not None and t.num not in wanted:
+            continue
+        att = latest[t.key]
+        if att.state is TaskState.COMPLETED:
+            continue
+        if att.state is TaskState.FAILED and not retry_failed:
+            skipped_failed += 1
+            continue
+        keys.append(t.key)
+        by_state[att.state.value] += 1
+        if att.state in REATTACH and att.source:
+            need_sources.add(att.source)
+    chosen = {s.name for s in specs}
+    recorded = {d.get("name"): d for d in store.meta("sources") or [] if isinstance(d, dict)}
+    watch_only: list[str] = []
+    extra: list[SourceSpec] = []
+    for name in sorted(need_sources - chosen):
+        d = recorded.get(name)
+        if d and d.get("type"):
+            extra.append(SourceSpec(name, str(d["type"]), 0, dict(d.get("options") or {})))
+            watch_only.append(name)
+    return CompletionPlan(keys, [*specs, *extra], by_state, watch_only, skipped_failed)
