@@ -1,0 +1,84 @@
+"""Small builders shared by tests: a stored sweep of command tasks, and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hsm_core.model import SourceSpec, TaskKind, TaskSpec, TaskState, task_key
+from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
+from hsm_core.store import SweepStore
+from tests.helpers import wait_for
+
+__all__ = ["wait_for"]
+
+PY = sys.executable
+
+
+def command_tasks(argvs: Sequence[Sequence[str]], timeout_s: float | None = None) -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            key=task_key({"i": i}),
+            num=i + 1,
+            params={"i": i},
+            kind=TaskKind.COMMAND,
+            argv=tuple(argv),
+            timeout_s=timeout_s,
+        )
+        for i, argv in enumerate(argvs)
+    ]
+
+
+def make_sweep(tmp: Path, tasks: Sequence[TaskSpec], sweep_id: str = "t") -> SweepStore:
+    store = SweepStore.create(
+        tmp / sweep_id, sweep_id=sweep_id, kind="command", config={}, project_root=tmp
+    )
+    store.add_tasks(tasks)
+    return store
+
+
+def run_local(
+    store: SweepStore, slots: int = 2, options: dict[str, Any] | None = None, **opts: Any
+) -> RunOutcome:
+    spec = SourceSpec("local", "local", slots, options or {})
+    return asyncio.run(
+        run_sweep(store, context_for(store), [spec], RunOptions(**opts), handle_signals=False)
+    )
+
+
+def states(store: SweepStore) -> dict[int, TaskState]:
+    latest = store.latest_attempts()
+    return {t.num: latest[t.key].state for t in store.tasks()}
+
+
+def hsm(*args: str, cwd: Path, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200"}
+    proc = subprocess.run(
+        [PY, "-m", "hsm_core.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hsm {args} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def hsm_popen(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200"}
+    return subprocess.Popen(
+        [PY, "-m", "hsm_core.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
