@@ -19,9 +19,9 @@ from tests.sweep_utils import PY, command_tasks, make_sweep, run_local, states, 
 TIMED = (
     "import os, time, json, sys\n"
     "t0 = time.monotonic(); time.sleep(float(sys.argv[1])); t1 = time.monotonic()\n"
-    "d = os.environ['HSM_TASK_DIR']\n"
+    "out = os.path.join(os.environ['HSM_TASK_DIR'], 'results', 't.json')\n"
     "json.dump({'start': t0, 'end': t1, 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES'),\n"
-    "           'task': os.environ['HSM_TASK_ID']}, open(os.path.join(d, 'results', 't.json'), 'w'))\n"
+    "           'task': os.environ['HSM_TASK_ID']}, open(out, 'w'))\n"
 )
 
 
