@@ -16,11 +16,12 @@ def run(args: argparse.Namespace) -> int:
     from hsm_core.sweeps import find_sweep
 
     store = SweepStore.open(find_sweep(args.sweep))
+    sweep_id = store.sweep_id
     try:
         res = cancel_sweep(store, args.timeout)
     finally:
         store.close()
     how = "the running orchestrator stopped" if res.via_orchestrator else "settled the journal"
     extra = f", killed {res.killed} task process groups" if res.killed else ""
-    print(f"cancelled {store.sweep_id}: {how}; {res.cancelled} tasks cancelled{extra}")
+    print(f"cancelled {sweep_id}: {how}; {res.cancelled} tasks cancelled{extra}")
     return 0
