@@ -80,6 +80,14 @@ descendants() {
     done
 }
 
+# lock_dir DIR: hold an exclusive lock on DIR/.lock until the script exits, so that
+# two test runs starting or stopping the same services wait for each other.
+lock_dir() {
+    mkdir -p "$1"
+    exec 9>"$1/.lock"
+    flock 9
+}
+
 # tcp_listening ADDR PORT: something accepts connections there.
 tcp_listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -226,6 +226,7 @@ cmd_start() {
     getent hosts "$NODE" | grep -q '^127\.' ||
         log "warning: $NODE does not resolve to a loopback address (see /etc/hosts)"
     mkdir -p "$BASE"/{state,spool,log}
+    lock_dir "$BASE"
     local db_port; db_port=$(choose_db_port)
     if all_alive && node_idle; then
         write_env_json "$db_port"
@@ -253,6 +254,8 @@ cmd_start() {
 }
 
 cmd_stop() {
+    [ -d "$BASE" ] || return 0
+    lock_dir "$BASE"
     # Running jobs live in slurmstepd processes that outlive slurmd: cancel them first.
     if slurmctld_alive; then
         scancel --full --quiet --user=root 2>/dev/null || true

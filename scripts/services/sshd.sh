@@ -201,7 +201,8 @@ cmd_start() {
     usermod -p '*' "$LOGIN_USER"   # useradd leaves it locked ('!'); sshd refuses locked users
     home=$(getent passwd "$LOGIN_USER" | cut -d: -f6)
 
-    mkdir -p "$BASE"; chmod 755 "$HSM_SERVICES_DIR" "$BASE"
+    lock_dir "$BASE"
+    chmod 755 "$HSM_SERVICES_DIR" "$BASE"
     [ -f "$BASE/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C hsm-test-client -f "$BASE/id_ed25519"
     install -m 644 "$BASE/id_ed25519.pub" "$BASE/authorized_keys"
     install -d -m 755 /run/sshd   # sshd as root checks it on start and on every connection
@@ -244,6 +245,8 @@ cmd_start() {
 
 cmd_stop() {
     local name pid dir
+    [ -d "$BASE" ] || return 0
+    lock_dir "$BASE"
     for dir in "$BASE"/h*/; do
         [ -d "$dir" ] || continue
         name=$(basename "$dir")
