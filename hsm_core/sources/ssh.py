@@ -1,0 +1,429 @@
+"""SSH source: tasks on a remote host, detached, through one agent on one connection.
+
+Per host: one asyncssh connection (hsm_core.transport.ssh), one stdlib agent process on
+one channel (hsm_core.remote_agent). The agent launches each attempt under a monitor in
+its own session that survives the channel, the connection and this process; it reports
+starts and exits as events, with the task folder's small files inline, so a slot turns
+over without any polling. The agent holds `max_parallel` slots and we keep `prefetch`
+more attempts queued there, so a freed slot refills without a round trip.
+
+Remote layout: `<project_dir>/.hsm/sweeps/<sweep_id>/tasks/task_NNN/` holds stdout.log,
+stderr.log, results/, result.json and the agent's records (.hsm_pid.json,
+.hsm_exit.json); Hydra payloads go to the same relative path as in the local sweep dir.
+
+Failures: a dropped connection is noticed by keepalives; we reconnect with backoff for
+`reconnect_window` seconds and re-attach (the agent's `scan`); if the host stays
+unreachable, every attempt it held is reported LOST (never FAILED) and the engine runs
+it elsewhere. A task is COMPLETED only once its folder, result.json last, is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import posixpath
+import sys
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsm_core import collect
+from hsm_core.errors import HsmError
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
+from hsm_core.sources.base import (
+    ComputeSource,
+    HealthReport,
+    SourceError,
+    SweepContext,
+    task_argv,
+)
+from hsm_core.sources.local import describe_exit
+from hsm_core.sources.ssh_agent import AgentChannel, Event
+from hsm_core.sources.ssh_options import SshOptions, remote_path
+from hsm_core.transport.ssh import SshTransport
+
+# Payloads up to this size travel inside the launch message; larger ones by SFTP first.
+INLINE_PAYLOAD_MAX = 4 * 1024 * 1024
+AGENT_START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Att:
+    task: TaskSpec
+    attempt: int
+    id: str
+    remote_dir: str
+    launch: dict[str, Any] | None = None
+    started: bool = False
+    finishing: bool = False
+
+
+class SSHSource(ComputeSource):
+    type = "ssh"
+
+    def __init__(self, spec: SourceSpec, ctx: SweepContext) -> None:
+        super().__init__(spec, ctx)
+        self.opts = SshOptions.parse(spec.name, spec.options)
+        self.transport = SshTransport(self.opts.target, name=spec.name)
+        self.log = logging.getLogger(f"hsm.source.{self.name}")
+        self.metadata: dict[str, Any] = {}  # sync report etc., for the sweep metadata
+        self._agent: AgentChannel | None = None
+        self._atts: dict[str, _Att] = {}
+        self._state = "new"  # new | up | recovering | down | closed
+        self._down_since = 0.0
+        self._last_error = ""
+        self._recovery: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._pongs: dict[int, asyncio.Future[Event]] = {}
+        self._seq = itertools.count(1)
+        self.home = ""
+        self.project_dir = self.opts.project_dir
+        self.sweep_dir = ""
+
+    # ------------------------------------------------------------------ slots
+    @property
+    def capacity(self) -> int:
+        return self.spec.max_parallel + self.opts.prefetch
+
+    def running(self) -> int:
+        return len(self._atts)
+
+    def free_slots(self) -> int:
+        if self._state == "up":
+            return max(0, self.capacity - len(self._atts))
+        if self._state == "down" and time.monotonic() - self._down_since > self.opts.down_timeout:
+            # Down for long: take work again so that it is LOST at once and the sweep
+            # ends (or moves on) instead of waiting for this host forever.
+            return max(0, self.capacity - len(self._atts))
+        return 0
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self, report: Any) -> None:
+        await super().start(report)
+        self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
+        await self.transport.ensure(window=min(self.opts.reconnect_window, 10.0))
+        await self._start_agent()
+        from hsm_core.sync import verify_source  # sync needs git; only import when used
+
+        self.metadata["sync"] = await verify_source(self)
+        self._state = "up"
+
+    async def _start_agent(self) -> None:
+        agent = AgentChannel(
+            self.transport, self.opts.agent_python, self._on_event, self._channel_closed
+        )
+        config = {
+            "slots": self.spec.max_parallel,
+            "gpus": list(self.opts.gpus) or None,
+            "inline_max": self.opts.inline_max,
+            "exclude": list(self.opts.exclude),
+            "grace": self.opts.kill_grace,
+        }
+        hello = await agent.start(config, AGENT_START_TIMEOUT_S)
+        self._agent = agent
+        self.home = str(hello.get("home") or "/")
+        self.project_dir = remote_path(self.opts.project_dir, self.home)
+        self.sweep_dir = posixpath.join(self.project_dir, ".hsm", "sweeps", self.ctx.sweep_id)
+        self.metadata["agent"] = {
+            "host": hello.get("host"),
+            "python": hello.get("python"),
+            "version": ".".join(str(v) for v in hello.get("version") or ()),
+            "project_dir": self.project_dir,
+            "sweep_dir": self.sweep_dir,
+        }
+
+    async def close(self) -> None:
+        self._state = "closed"
+        for job in (self._recovery, *self._jobs):
+            if job is not None and not job.done():
+                job.cancel()
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            await agent.close()
+        await self.transport.close()
+
+    # ----------------------------------------------------------------- submit
+    def remote_task_dir(self, task: TaskSpec) -> str:
+        return posixpath.join(self.sweep_dir, "tasks", task.name)
+
+    async def submit(self, task: TaskSpec, attempt: int) -> str | None:
+        if self._state != "up" or self._agent is None:
+            raise SourceError(f"{self.name} is unreachable: {self._last_error or self._state}")
+        att = _Att(task, attempt, f"{task.key}:{attempt}", self.remote_task_dir(task))
+        att.launch = await self._launch_message(att)
+        self._atts[att.id] = att
+        try:
+            self._agent.send(att.launch)
+        except SourceError:
+            del self._atts[att.id]
+            raise
+        return None
+
+    async def _launch_message(self, att: _Att) -> dict[str, Any]:
+        task, rdir = att.task, att.remote_dir
+        files: dict[str, str] = {}
+        if task.kind is TaskKind.HYDRA and task.payload:
+            local = self.ctx.sweep_dir / task.payload
+            remote = posixpath.join(self.sweep_dir, task.payload)
+            data = await asyncio.to_thread(local.read_bytes)
+            if len(data) <= INLINE_PAYLOAD_MAX:
+                files[remote] = base64.b64encode(data).decode("ascii")
+            else:
+                sftp = await self.transport.sftp()
+                await sftp.makedirs(posixpath.dirname(remote), exist_ok=True)
+                await self.transport.put_file(local, remote)
+        argv = task_argv(task, self.opts.python, self.sweep_dir, rdir)
+        if task.kind is TaskKind.COMMAND and argv and argv[0] in (sys.executable, self.ctx.python):
+            # A `script:` sweep names the interpreter hsm runs under; here it is the host's.
+            argv[0] = self.opts.python
+        if self.opts.setup:
+            # Setup lines come from the user's own hsm.yaml; the task's argv (and so every
+            # parameter value) stays "$@", never parsed by this shell.
+            script = "\n".join((*self.opts.setup, 'exec "$@"'))
+            argv = [self.opts.shell, "-c", script, "hsm-task", *argv]
+        env = dict(task.env)
+        env.update(
+            HSM_SWEEP_ID=self.ctx.sweep_id,
+            HSM_TASK_ID=task.name,
+            HSM_TASK_KEY=task.key,
+            HSM_TASK_DIR=rdir,
+            HSM_SWEEP_DIR=self.sweep_dir,
+        )
+        skip = [posixpath.relpath(p, rdir) for p in files]
+        return {
+            "op": "launch",
+            "id": att.id,
+            "attempt": att.attempt,
+            "dir": rdir,
+            "cwd": posixpath.normpath(posixpath.join(self.project_dir, task.cwd)),
+            "argv": argv,
+            "env": env,
+            "timeout": task.timeout_s,
+            "files": files,
+            "skip": skip,
+            "result": "if_missing" if task.kind is TaskKind.HYDRA else "always",
+        }
+
+    # ----------------------------------------------------------------- events
+    def _on_event(self, ev: Event) -> None:
+        kind = ev.get("ev")
+        if kind == "pong":
+            fut = self._pongs.pop(int(ev.get("seq") or 0), None)
+            if fut is not None and not fut.done():
+                fut.set_result(ev)
+            return
+        if kind == "error":
+            self.log.warning("agent: %s", ev.get("msg"))
+            return
+        att = self._atts.get(str(ev.get("id")))
+        if att is None:
+            return
+        if kind in ("started", "running"):
+            att.started = True
+            self._report(
+                TaskEvent(
+                    att.task.key,
+                    att.attempt,
+                    TaskState.RUNNING,
+                    self.name,
+                    handle=f"{self.opts.target.host}:{ev.get('pid')}",
+                )
+            )
+        elif kind == "exit" and not att.finishing:
+            att.finishing = True
+            self._spawn(self._finish(att, ev))
+
+    def _spawn(self, coro: Any) -> None:
+        job = asyncio.create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _finish(self, att: _Att, ev: Event) -> None:
+        record = ev.get("record")
+        if record is None:
+            error = str(ev.get("error") or "no exit record")
+            if ev.get("launch_error"):
+                self._done(att, TaskState.FAILED, error=error)
+            elif not att.started and "no record" in error and self._resend(att):
+                return  # never started (queued in an agent that went away): launch again
+            else:
+                self._done(att, TaskState.LOST, error=f"{error} on {self.name}")
+            return
+        try:
+            stats = await collect.collect_folder(
+                self.ctx.task_dir(att.task),
+                att.remote_dir,
+                ev.get("files") or {},
+                ev.get("large") or [],
+                self.transport.sftp,
+                self.opts.exclude,
+            )
+        except SourceError as exc:
+            # The exit record stays on the host: the re-attach after reconnecting (or
+            # giving up: LOST) decides. Never COMPLETED without the folder.
+            self.log.warning("collecting %s failed: %s", att.task.name, exc)
+            att.finishing = False
+            return
+        self.log.debug("%s: collected %s", att.task.name, stats)
+        code = record.get("exit_code")
+        if record.get("cancelled"):
+            self._done(att, TaskState.CANCELLED, code, "cancelled")
+        elif record.get("timed_out"):
+            self._done(att, TaskState.FAILED, code, f"timed out after {att.task.timeout_s:g} s")
+        elif code != 0:
+            self._done(att, TaskState.FAILED, code, describe_exit(int(code)))
+        else:
+            recorded = await asyncio.to_thread(_local_exit_code, self.ctx.task_dir(att.task))
+            if recorded == 0:
+                self._done(att, TaskState.COMPLETED, 0)
+            elif recorded is None:
+                self._done(att, TaskState.FAILED, 0, "result.json did not arrive")
+            else:
+                self._done(att, TaskState.FAILED, recorded, describe_exit(recorded))
+
+    def _done(
+        self, att: _Att, state: TaskState, code: int | None = None, error: str | None = None
+    ) -> None:
+        if self._atts.pop(att.id, None) is None:
+            return
+        self._report(
+            TaskEvent(att.task.key, att.attempt, state, self.name, exit_code=code, error=error)
+        )
+
+    def _resend(self, att: _Att) -> bool:
+        if self._agent is None or att.launch is None:
+            return False
+        try:
+            self._agent.send(att.launch)
+        except SourceError:
+            return False
+        att.finishing = False
+        return True
+
+    # --------------------------------------------------------------- recovery
+    def _channel_closed(self, reason: str) -> None:
+        if self._state in ("closed", "new") or (
+            self._recovery is not None and not self._recovery.done()
+        ):
+            return
+        self.log.warning("%s: %s; reconnecting", self.name, reason)
+        self._last_error = reason
+        self._state = "recovering"
+        self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            await agent.close()
+        if self.transport.connected and "connection" in self._last_error:
+            self.transport.abort()
+        try:
+            await self.transport.ensure(window=self.opts.reconnect_window)
+            await self._start_agent()
+        except (SourceError, HsmError) as exc:
+            self._went_down(str(exc))
+            return
+        self._state = "up"
+        self.log.info("%s: reconnected; re-attaching %d attempts", self.name, len(self._atts))
+        self._scan(list(self._atts.values()))
+
+    def _went_down(self, why: str) -> None:
+        self._state = "down"
+        self._down_since = time.monotonic()
+        self._last_error = why
+        self.log.error("%s is unreachable: %s", self.name, why)
+        for att in list(self._atts.values()):
+            self._done(att, TaskState.LOST, error=f"host unreachable: {why}")
+        self._recovery = asyncio.create_task(self._revive())
+
+    async def _revive(self) -> None:
+        """Keep trying in the background; the host takes work again once it is back."""
+        delay = 2.0
+        while self._state == "down":
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            try:
+                await self.transport.connect()
+                await self._start_agent()
+            except (SourceError, HsmError) as exc:
+                self._last_error = str(exc)
+                continue
+            self._state = "up"
+            self.log.info("%s is reachable again", self.name)
+
+    def _scan(self, atts: list[_Att]) -> None:
+        if not atts or self._agent is None:
+            return
+        for att in atts:
+            att.finishing = False
+        tasks = [
+            {"id": a.id, "attempt": a.attempt, "dir": a.remote_dir, "skip": []} for a in atts
+        ]
+        try:
+            self._agent.send({"op": "scan", "tasks": tasks})
+        except SourceError as exc:
+            self._channel_closed(str(exc))
+
+    async def reattach(self, attempts: Collection[tuple[TaskSpec, Attempt]]) -> None:
+        """After an orchestrator crash: ask the agent what became of each attempt."""
+        atts = []
+        for task, att in attempts:
+            a = _Att(task, att.attempt, f"{task.key}:{att.attempt}", self.remote_task_dir(task))
+            a.started = att.state is TaskState.RUNNING
+            a.launch = await self._launch_message(a)
+            self._atts[a.id] = a
+            atts.append(a)
+        self._scan(atts)
+
+    # ----------------------------------------------------------------- cancel
+    async def cancel(self, keys: Collection[str] | None = None) -> None:
+        targets = [a for a in self._atts.values() if keys is None or a.task.key in keys]
+        if not targets:
+            return
+        if self._agent is not None and self._state == "up":
+            with contextlib.suppress(SourceError):
+                self._agent.send({"op": "kill", "ids": [a.id for a in targets]})
+                return
+        for att in targets:
+            note = "cancelled; host unreachable, it may still run there" if att.started else None
+            self._done(att, TaskState.CANCELLED, error=note or "cancelled")
+
+    # ----------------------------------------------------------------- health
+    async def health_check(self) -> HealthReport:
+        if self._state != "up" or self._agent is None:
+            return HealthReport(self.name, False, f"unreachable: {self._last_error}")
+        seq = next(self._seq)
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pongs[seq] = fut
+        try:
+            self._agent.send({"op": "ping", "seq": seq, "path": self.project_dir})
+            pong = await asyncio.wait_for(fut, 10.0)
+        except (SourceError, asyncio.TimeoutError) as exc:
+            self._pongs.pop(seq, None)
+            return HealthReport(self.name, False, f"agent did not answer: {exc}")
+        disk = pong.get("disk_free")
+        load = pong.get("load") or [None]
+        return HealthReport(
+            self.name,
+            True,
+            f"{self.opts.target.label}: {pong.get('running')} running",
+            load=load[0],
+            cpus=pong.get("cpus"),
+            disk_free_gb=disk / 1e9 if disk is not None else None,
+            gpus=self.opts.gpus,
+        )
+
+
+def _local_exit_code(task_dir: Path) -> int | None:
+    import json
+
+    try:
+        data = json.loads((task_dir / collect.RESULT_FILE).read_text())
+        return int(data["exit_code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,422 @@
+"""Project sync verification: is the remote copy of the project the one we run here?
+
+Per host, before its first task:
+1. git: commit and dirty state of both sides (gitpython here, `git` over ssh there).
+   Same commit and both clean -> in sync.
+2. Otherwise (or where git is missing): sha256 of every tracked file (or, without git,
+   every file outside the usual build/output folders) on both sides; the files whose
+   content differs or that are missing remotely are the difference.
+3. Versions of python, hsm, hydra-core, omegaconf and cloudpickle on both sides. For a
+   Hydra sweep a mismatch that would break unpickling the job payloads (python
+   major.minor, cloudpickle, hydra-core, omegaconf, hsm itself) is an error whatever the
+   policy, naming the package and both versions.
+
+Policy per source (`sync:`): `warn` logs the differences and goes on; `fail` stops the
+sweep before any task starts; `push` copies the differing files over SFTP, then checks
+again. The report is kept in the sweep metadata (`sources.<name>.sync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import platform
+import posixpath
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from hsm_core.errors import CommandError, HsmError
+from hsm_core.sources.base import SourceError
+from hsm_core.transport.ssh import SshTransport
+
+if TYPE_CHECKING:
+    from hsm_core.sources.ssh import SSHSource
+
+log = logging.getLogger("hsm.sync")
+
+PACKAGES = ("hsm", "hydra-core", "omegaconf", "cloudpickle")
+PICKLE_CRITICAL = ("python", "hsm", "hydra-core", "omegaconf", "cloudpickle")
+# Folders never compared when the project has no git (outputs, caches, environments).
+SKIP_DIRS = frozenset(
+    {".git", ".hsm", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache",
+     ".ruff_cache", ".pytest_cache", "outputs", "multirun", "build", "dist"}
+)  # fmt: skip
+SKIP_SUFFIXES = (".pyc", ".pyo")
+
+# Runs on the host with the task's python (stdlib only): git state, versions and, when
+# stdin names files, their sha256. Prints one JSON object.
+REMOTE_SCRIPT = r"""
+import hashlib, json, os, subprocess, sys
+root = sys.argv[1]
+out = {"exists": os.path.isdir(root), "python": "%d.%d.%d" % sys.version_info[:3],
+       "versions": {}, "git_commit": None, "git_dirty": None, "dirty_files": [],
+       "hashes": {}, "git_error": None}
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+for name in sys.argv[2:]:
+    try:
+        out["versions"][name] = metadata.version(name) if metadata else None
+    except Exception:
+        out["versions"][name] = None
+def git(*args):
+    return subprocess.run(("git", "-C", root) + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, check=True).stdout.decode("utf-8", "replace")
+if out["exists"]:
+    try:
+        top = git("rev-parse", "--show-toplevel").strip()
+        prefix = os.path.relpath(os.path.realpath(root), os.path.realpath(top))
+        prefix = "" if prefix == "." else prefix + "/"
+        out["git_commit"] = git("rev-parse", "HEAD").strip()
+        dirty = []
+        for entry in git("status", "--porcelain", "-z", "--untracked-files=no").split("\0"):
+            path = entry[3:]
+            if len(entry) > 3 and entry[2] == " " and path.startswith(prefix):
+                dirty.append(entry[:2] + " " + path[len(prefix):])
+        out["dirty_files"] = dirty
+        out["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        out["git_error"] = (err.decode("utf-8", "replace").strip() or str(exc))[:200]
+names = json.loads(sys.stdin.read() or "[]")
+for rel in names:
+    try:
+        h = hashlib.sha256()
+        with open(os.path.join(root, rel), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out["hashes"][rel] = h.hexdigest()
+    except OSError:
+        out["hashes"][rel] = None
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Side:
+    exists: bool = True
+    python: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    dirty_files: list[str] = field(default_factory=list)
+    git_error: str | None = None
+
+
+@dataclass
+class SyncReport:
+    source: str
+    host: str
+    policy: str
+    remote_dir: str
+    status: str = "unknown"  # in_sync | differs | pushed
+    method: str = "git"  # git | checksum
+    local: Side = field(default_factory=Side)
+    remote: Side = field(default_factory=Side)
+    differing_files: list[str] = field(default_factory=list)
+    version_mismatches: list[str] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
+    pushed_files: int = 0
+
+    def summary(self) -> str:
+        if self.status == "in_sync":
+            how = "same commit, clean" if self.method == "git" else "same file contents"
+            return f"{self.source}: project in sync ({how})"
+        if self.status == "pushed":
+            return f"{self.source}: pushed {self.pushed_files} file(s); project now in sync"
+        bits = []
+        if not self.remote.exists:
+            bits.append(f"{self.remote_dir} does not exist")
+        if self.remote.git_dirty:
+            bits.append(f"remote tree dirty ({', '.join(self.remote.dirty_files[:5])})")
+        if self.local.git_commit and self.remote.git_commit != self.local.git_commit:
+            bits.append(
+                f"commit {_short(self.remote.git_commit)} there, {_short(self.local.git_commit)}"
+                " here"
+            )
+        if self.differing_files:
+            more = len(self.differing_files) - 5
+            shown = ", ".join(self.differing_files[:5]) + (f" (+{more})" if more > 0 else "")
+            bits.append(f"{len(self.differing_files)} file(s) differ: {shown}")
+        return f"{self.source}: project differs from {self.remote_dir}: " + "; ".join(bits)
+
+    def to_meta(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        data["differing_files"] = self.differing_files[:50]
+        return data
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "none"
+
+
+# ---------------------------------------------------------------------- local side
+def local_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def local_state(root: Path) -> tuple[Side, list[str] | None]:
+    """Git state of the local project and its tracked files (None: no git here)."""
+    side = Side(python=platform.python_version(), versions=local_versions())
+    try:
+        import git  # gitpython; raises ImportError when the git binary is missing
+
+        repo = git.Repo(root, search_parent_directories=True)
+        top = Path(repo.working_tree_dir or root).resolve()
+        prefix = os.path.relpath(root.resolve(), top)
+        prefix = "" if prefix == "." else prefix + "/"
+        side.git_commit = repo.head.commit.hexsha
+        status = repo.git.status("--porcelain", "-z", "--untracked-files=no")
+        side.dirty_files = [
+            e[:2] + " " + e[3 + len(prefix) :]
+            for e in status.split("\0")
+            if len(e) > 3 and e[2] == " " and e[3:].startswith(prefix)
+        ]
+        side.git_dirty = bool(side.dirty_files)
+        listed = git.Git(str(root)).ls_files("-z", "--cached").split("\0")
+        files = sorted({f for f in listed if f and (root / f).is_file()})
+        return side, files
+    except Exception as exc:  # no git, not a repo, no commit yet: fall back to a walk
+        side.git_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return side, None
+
+
+def walk_files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        rel_dir = os.path.relpath(dirpath, root)
+        for n in names:
+            if n.endswith(SKIP_SUFFIXES):
+                continue
+            rel = n if rel_dir == "." else f"{rel_dir}/{n}"
+            if os.path.isfile(os.path.join(dirpath, n)):
+                out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
+def hash_files(root: Path, files: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for rel in files:
+        h = hashlib.sha256()
+        try:
+            with open(root / rel, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):  # type: ignore[misc]
+                    h.update(block)
+            out[rel] = h.hexdigest()
+        except OSError:
+            out[rel] = None
+    return out
+
+
+# --------------------------------------------------------------------- remote side
+def remote_command(python: str, setup: tuple[str, ...], shell: str, argv: list[str]) -> list[str]:
+    """argv run with the task's python, after the source's setup lines (as tasks are)."""
+    full = [python, *argv]
+    if setup:
+        return [shell, "-c", "\n".join((*setup, 'exec "$@"')), "hsm-sync", *full]
+    return full
+
+
+async def remote_state(
+    transport: SshTransport,
+    remote_dir: str,
+    python: str,
+    setup: tuple[str, ...] = (),
+    shell: str = "/bin/bash",
+    hash_names: list[str] | None = None,
+) -> tuple[Side, dict[str, str | None]]:
+    argv = remote_command(python, setup, shell, ["-c", REMOTE_SCRIPT, remote_dir, *PACKAGES])
+    payload = json.dumps(hash_names or []).encode()
+    try:
+        result = await transport.run(argv, input=payload, timeout=300.0)
+    except CommandError as exc:
+        raise HsmError(
+            f"ssh {transport.name}: cannot inspect the project with `{python}`: "
+            f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc.exit_code}",
+            "check `python:` and `setup:` of this source in hsm.yaml",
+        ) from None
+    try:
+        data = json.loads(result.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise HsmError(
+            f"ssh {transport.name}: unreadable answer while inspecting {remote_dir}",
+            "a login or setup script printing to stdout may be the cause",
+        ) from None
+    side = Side(
+        exists=bool(data["exists"]),
+        python=data["python"],
+        versions=data["versions"],
+        git_commit=data["git_commit"],
+        git_dirty=data["git_dirty"],
+        dirty_files=data["dirty_files"],
+        git_error=data["git_error"],
+    )
+    return side, data["hashes"]
+
+
+# ------------------------------------------------------------------ comparison
+def version_problems(local: Side, remote: Side, hydra: bool) -> tuple[list[str], list[str]]:
+    """(all mismatches, the unpickling-breaking ones) as readable lines."""
+    mismatches, fatal = [], []
+    pairs: list[tuple[str, str | None, str | None]] = [("python", local.python, remote.python)]
+    pairs += [(p, local.versions.get(p), remote.versions.get(p)) for p in PACKAGES]
+    for name, here, there in pairs:
+        if here == there:
+            continue
+        line = f"{name} {here or 'missing'} here, {there or 'missing'} on the host"
+        mismatches.append(line)
+        if not hydra or name not in PICKLE_CRITICAL:
+            continue
+        if name == "python" and here and there and here.split(".")[:2] == there.split(".")[:2]:
+            continue  # a different patch release unpickles fine
+        fatal.append(line)
+    return mismatches, fatal
+
+
+async def verify(
+    transport: SshTransport,
+    *,
+    source: str,
+    host: str,
+    local_root: Path,
+    remote_dir: str,
+    python: str,
+    setup: tuple[str, ...] = (),
+    shell: str = "/bin/bash",
+    policy: str = "warn",
+    hydra: bool = False,
+) -> SyncReport:
+    """Compare, apply the policy, and return the report (HsmError on fail/fatal)."""
+    report = SyncReport(source, host, policy, remote_dir)
+    local, tracked = await asyncio.to_thread(local_state, local_root)
+    remote, _ = await remote_state(transport, remote_dir, python, setup, shell)
+    report.local, report.remote = local, remote
+    report.version_mismatches, report.fatal = version_problems(local, remote, hydra)
+    if report.fatal:
+        raise HsmError(
+            f"{source}: the host cannot unpickle this sweep's Hydra jobs: "
+            + "; ".join(report.fatal),
+            f"install the same versions in `{python}` on {host}",
+        )
+    same_git = (
+        local.git_commit is not None
+        and local.git_commit == remote.git_commit
+        and local.git_dirty is False
+        and remote.git_dirty is False
+    )
+    if same_git:
+        report.status = "in_sync"
+    else:
+        report.method = "checksum"
+        files = tracked if tracked is not None else await asyncio.to_thread(walk_files, local_root)
+        report.differing_files = await _differing(
+            transport, local_root, remote_dir, python, setup, shell, files
+        )
+        report.status = "differs" if report.differing_files or not remote.exists else "in_sync"
+    if report.status == "differs" and policy == "push":
+        report.pushed_files = await push_files(
+            transport, local_root, remote_dir, report.differing_files
+        )
+        report.differing_files = await _differing(
+            transport, local_root, remote_dir, python, setup, shell, report.differing_files
+        )
+        if report.differing_files:
+            raise HsmError(f"{source}: files still differ after the push: {report.summary()}")
+        report.status = "pushed"
+    _announce(report)
+    if report.status == "differs" and policy == "fail":
+        raise HsmError(
+            report.summary(),
+            "commit and pull the same revision there, or set `sync: push` (or `warn`) "
+            f"for {source} in hsm.yaml",
+        )
+    return report
+
+
+def _announce(report: SyncReport) -> None:
+    if report.status == "differs":
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    for line in report.version_mismatches:
+        log.warning("%s: version differs: %s", report.source, line)
+
+
+async def _differing(
+    transport: SshTransport,
+    local_root: Path,
+    remote_dir: str,
+    python: str,
+    setup: tuple[str, ...],
+    shell: str,
+    files: list[str],
+) -> list[str]:
+    here = await asyncio.to_thread(hash_files, local_root, files)
+    _, there = await remote_state(transport, remote_dir, python, setup, shell, files)
+    return [f for f in files if here.get(f) is not None and here.get(f) != there.get(f)]
+
+
+async def push_files(
+    transport: SshTransport, local_root: Path, remote_dir: str, files: list[str]
+) -> int:
+    """Copy files of the working tree to the host by SFTP (directories made as needed)."""
+    sftp = await transport.sftp()
+    made: set[str] = set()
+    for rel in files:
+        target = posixpath.join(remote_dir, rel)
+        parent = posixpath.dirname(target)
+        try:
+            if parent not in made:
+                await sftp.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            await sftp.put(str(local_root / rel), target, preserve=True)
+        except (OSError, asyncssh.Error) as exc:
+            raise SourceError(f"ssh {transport.name}: pushing {rel} failed: {exc}") from None
+    log.info("%s: pushed %d file(s) to %s", transport.name, len(files), remote_dir)
+    return len(files)
+
+
+async def verify_source(src: SSHSource) -> dict[str, Any]:
+    """Run the check for an ssh source with its own options; returns the metadata form."""
+    report = await verify(
+        src.transport,
+        source=src.name,
+        host=src.opts.target.label,
+        local_root=src.ctx.project_root,
+        remote_dir=src.project_dir,
+        python=src.opts.python,
+        setup=src.opts.setup,
+        shell=src.opts.shell,
+        policy=src.opts.sync,
+        hydra=await asyncio.to_thread(_sweep_is_hydra, src.ctx.sweep_dir),
+    )
+    return report.to_meta()
+
+
+def _sweep_is_hydra(sweep_dir: Path) -> bool:
+    from hsm_core.store import SweepStore
+
+    try:
+        store = SweepStore.open(sweep_dir, readonly=True)
+    except HsmError:
+        return False
+    try:
+        return bool(store.meta("kind") == "hydra")
+    finally:
+        store.close()

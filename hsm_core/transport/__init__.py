@@ -1,0 +1,1 @@
+"""Ways to reach other machines (ssh); used by the ssh and hpc compute sources."""
