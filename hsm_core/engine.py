@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsm_core.errors import HsmError
+from hsm_core.health import HealthMonitor, HealthSettings
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
 from hsm_core.store import SweepStore
@@ -43,6 +44,7 @@ class _Live:
     failures: int = 0
     losses: int = 0
     lost_on: set[str] = field(default_factory=set)
+    completed_attempt: int | None = None  # an older attempt that finished after all
 
 
 class SweepEngine:
@@ -57,6 +59,7 @@ class SweepEngine:
         max_parallel: int | None = None,
         weights: dict[str, float] | None = None,
         seed: int | None = None,
+        health: HealthSettings | None = None,
     ) -> None:
         self.store = store
         self.ctx = ctx
@@ -79,6 +82,14 @@ class SweepEngine:
         self._cancelling = False
         self._last_views = 0.0
         self.listeners: list[Callable[[TaskEvent], None]] = []
+        self.health = HealthMonitor(
+            self.sources,
+            health or HealthSettings(),
+            on_disable=self._disable_source,
+            on_enable=self._enable_source,
+            inflight=lambda name: self._inflight[name],
+        )
+        self.stalled: str | None = None  # why the run ended with work left, if it did
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -90,7 +101,7 @@ class SweepEngine:
     def counts(self) -> dict[TaskState, int]:
         out = {s: 0 for s in TaskState}
         for live in self._live.values():
-            out[live.state] += 1
+            out[TaskState.COMPLETED if live.completed_attempt else live.state] += 1
         return out
 
     def inflight(self) -> dict[str, int]:
@@ -103,6 +114,7 @@ class SweepEngine:
         await asyncio.to_thread(self._load, keys, retry_failed)
         self.store.set_meta("started", time.time())
         await self._start_sources()
+        self.health.start()
         pollers = [
             asyncio.create_task(self._poll_loop(s))
             for s in self.sources.values()
@@ -111,6 +123,7 @@ class SweepEngine:
         try:
             await self._main_loop()
         finally:
+            await self.health.stop()
             for p in pollers:
                 p.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
@@ -158,14 +171,14 @@ class SweepEngine:
                     raise res
                 raise HsmError(f"source {src.name} could not start: {res}") from res
         for src_name, keys in self._reattach.items():
-            src = self.sources.get(src_name)
+            owner = self.sources.get(src_name)
             pairs = [(self._tasks[k], self.store.attempts(k)[-1]) for k in keys]
             for k in keys:
                 self._live[k].source = src_name
-                if src is not None:
+                if owner is not None:
                     self._inflight[src_name] += 1
-            if src is not None:
-                await src.reattach(pairs)
+            if owner is not None:
+                await owner.reattach(pairs)
             else:
                 # Its source is not part of this run: nobody can watch it; run it again.
                 for task, att in pairs:
@@ -193,8 +206,15 @@ class SweepEngine:
                 job = asyncio.create_task(self._submit(src, task, attempt))
                 self._submits.add(job)
                 job.add_done_callback(self._submits.discard)
-            if not self._queue and not any(self._inflight.values()) and not self._submits:
-                return
+            if not any(self._inflight.values()) and not self._submits:
+                if not self._queue:
+                    return
+                if not any(self.enabled.values()):
+                    self.stalled = "every source is disabled: " + "; ".join(
+                        f"{n}: {h.reason}" for n, h in self.health.state.items()
+                    )
+                    log.error("%d tasks left PENDING; %s", len(self._queue), self.stalled)
+                    return
             try:
                 first = await asyncio.wait_for(self._events.get(), VIEW_INTERVAL_S)
             except asyncio.TimeoutError:
@@ -280,10 +300,7 @@ class SweepEngine:
             log.warning("report for unknown task %s ignored", ev.key)
             return
         if ev.attempt != live.attempt:
-            # A report about an older attempt (a host that came back): journal it, the
-            # store keeps it only if it moves that attempt forward; the task goes on.
-            log.info("late report for %s attempt %d: %s", ev.key, ev.attempt, ev.state)
-            self._writes.append(ev)
+            self._late_report(ev, live)
             return
         if not can_move(live.state, ev.state):
             log.debug("ignored %s -> %s for %s", live.state, ev.state, ev.key)
@@ -294,6 +311,13 @@ class SweepEngine:
         name = self._tasks[ev.key].name
         if ev.source in self._inflight:
             self._inflight[ev.source] -= 1
+        if ev.source in self.sources and ev.state is not TaskState.CANCELLED:
+            if ev.state is TaskState.LOST:
+                self.health.check_soon(ev.source)
+            else:
+                self.health.record_outcome(ev.source, ev.state is TaskState.COMPLETED)
+        if live.completed_attempt:
+            return  # an older attempt already delivered the result
         if ev.state is TaskState.FAILED:
             live.failures += 1
             log.info("%s failed on %s: %s", name, ev.source, ev.error)
@@ -307,6 +331,46 @@ class SweepEngine:
             log.warning("%s lost on %s: %s", name, ev.source, ev.error)
             if live.losses < LOST_LIMIT and not self._cancelling:
                 self._reopen(ev.key)
+
+    def _late_report(self, ev: TaskEvent, live: _Live) -> None:
+        """A report about an older attempt (its host came back). The store keeps it only
+        if it moves that attempt forward (LOST -> COMPLETED). The first COMPLETED result
+        wins: a re-run still going is then cancelled, never completed a second time."""
+        log.info("late report for %s attempt %d: %s", ev.key, ev.attempt, ev.state)
+        self._writes.append(ev)
+        if ev.state is not TaskState.COMPLETED or live.completed_attempt:
+            return
+        if live.state is TaskState.COMPLETED:
+            return
+        live.completed_attempt = ev.attempt
+        name = self._tasks[ev.key].name
+        log.warning(
+            "%s: attempt %d finished after all; attempt %d is not needed",
+            name,
+            ev.attempt,
+            live.attempt,
+        )
+        if live.state is TaskState.PENDING:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(ev.key)
+        elif live.state in (TaskState.ASSIGNED, TaskState.RUNNING) and live.source in self.sources:
+            job = asyncio.create_task(self.sources[live.source].cancel([ev.key]))
+            self._submits.add(job)
+            job.add_done_callback(self._submits.discard)
+
+    def _disable_source(self, name: str, reason: str, lost: bool) -> None:
+        self.enabled[name] = False
+        if lost:
+            for key, live in self._live.items():
+                if live.source == name and live.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+                    self._report(
+                        TaskEvent(key, live.attempt, TaskState.LOST, name, error=f"{name} {reason}")
+                    )
+        self._events.put_nowait(None)  # wake the loop
+
+    def _enable_source(self, name: str) -> None:
+        self.enabled[name] = True
+        self._events.put_nowait(None)
 
     def _reopen(self, key: str) -> None:
         live = self._live[key]

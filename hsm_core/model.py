@@ -66,6 +66,11 @@ def can_move(old: TaskState, new: TaskState) -> bool:
     return new in TRANSITIONS[old]
 
 
+# argv[0] of a `script:` task when the sweep file names no interpreter: each source puts
+# its own there (the local one hsm runs under; an ssh host's or a cluster's `python:`).
+PYTHON = "{hsm:python}"
+
+
 class TaskKind(str, Enum):
     COMMAND = "command"  # argv run as a process (hsm run)
     HYDRA = "hydra"  # a cloudpickled Hydra job (launcher, hsm complete)
@@ -139,7 +144,7 @@ class TaskEvent:
     key: str
     attempt: int
     state: TaskState
-    source: str
+    source: str | None  # None: the engine itself (e.g. cancelling a queued task)
     time: float = field(default_factory=time.time)
     exit_code: int | None = None
     error: str | None = None  # one line for humans; the details are in the task's logs

@@ -15,8 +15,10 @@ import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from hsm_core.engine import SweepEngine
+from hsm_core.health import HealthSettings
 from hsm_core.logs import SweepLogs
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.sources import make_source
@@ -34,6 +36,7 @@ class RunOptions:
     retry_failed: bool = False
     keys: Collection[str] | None = None
     weights: dict[str, float] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)  # hsm.yaml `health:` keys
 
 
 @dataclass
@@ -85,6 +88,7 @@ async def run_sweep(
         max_retries=opts.max_retries,
         max_parallel=opts.max_parallel,
         weights=opts.weights,
+        health=HealthSettings.from_mapping(opts.health),
     )
     store.set_meta(
         "orchestrator",
@@ -106,7 +110,7 @@ async def run_sweep(
         cancelled = True
         engine.cancel()
 
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 _ATTEMPT_COLS = "key, attempt, state, source, handle, created, started, ended, exit_code, error"
+_RANKED = (
+    f"SELECT {_ATTEMPT_COLS}, ROW_NUMBER() OVER (PARTITION BY key ORDER BY "
+    "state = 'COMPLETED' DESC, CASE WHEN state = 'COMPLETED' THEN attempt ELSE -attempt END"
+    ") AS rn FROM attempts"
+)
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLS}) VALUES (?,?,?,NULL,NULL,?,NULL,NULL,NULL,NULL)"
 )
@@ -253,9 +258,11 @@ class SweepStore:
 
     # ---------------------------------------------------------------- attempts
     def latest_attempts(self) -> dict[str, Attempt]:
+        """The attempt that stands for each task: its first COMPLETED attempt if it has
+        one (the first result wins, e.g. over a re-run of a task whose host came back),
+        otherwise its newest attempt."""
         rows = self._conn.execute(
-            f"SELECT {_ATTEMPT_COLS} FROM attempts a WHERE attempt = "
-            "(SELECT MAX(attempt) FROM attempts b WHERE b.key = a.key)"
+            f"SELECT {_ATTEMPT_COLS} FROM ({_RANKED}) WHERE rn = 1"
         ).fetchall()
         return {r[0]: _attempt(r) for r in rows}
 
@@ -273,8 +280,7 @@ class SweepStore:
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state of their latest attempt (one query, fast on 10,000 tasks)."""
         rows = self._conn.execute(
-            "SELECT state, COUNT(*) FROM attempts a WHERE attempt = "
-            "(SELECT MAX(attempt) FROM attempts b WHERE b.key = a.key) GROUP BY state"
+            f"SELECT state, COUNT(*) FROM ({_RANKED}) WHERE rn = 1 GROUP BY state"
         ).fetchall()
         return {TaskState(s): n for s, n in rows}
 
@@ -343,7 +349,7 @@ class SweepStore:
             return
         latest = self.latest_attempts() if len(keys) > 50 else None
         for key in keys:
-            att = latest[key] if latest is not None else self.attempts(key)[-1]
+            att = latest[key] if latest is not None else _representative(self.attempts(key))
             name = f"task_{self._num(key):03d}"
             doc = {
                 "state": att.state.value,
@@ -389,6 +395,11 @@ class SweepStore:
     def write_views(self) -> None:
         self.write_metadata_view()
         self.write_mapping_view()
+
+
+def _representative(attempts: list[Attempt]) -> Attempt:
+    done = [a for a in attempts if a.state is TaskState.COMPLETED]
+    return done[0] if done else attempts[-1]
 
 
 def _iso(ts: float | None) -> str | None:

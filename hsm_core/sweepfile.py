@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 
 from hsm_core import overrides as ov
 from hsm_core.errors import ConfigError
-from hsm_core.model import TaskKind, TaskSpec, canonical_json, task_key
+from hsm_core.model import PYTHON, TaskKind, TaskSpec, canonical_json, task_key
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +195,9 @@ def _parse(data: Any, source_name: str) -> SweepDefinition:
     if (script is None) == (command is None):
         what = "both given" if script is not None else "missing"
         raise _Bad("script/command", f"{what}: give one of `script:` (a Hydra app) or `command:`")
-    python = opts.get("python", sys.executable)
+    # Unless the file names one, each source puts its own interpreter here (local: the
+    # one hsm runs under; ssh/hpc: their `python:` setting).
+    python = opts.get("python", PYTHON)
     if script is not None:
         if not isinstance(script, str) or not script:
             raise _Bad(where("script"), "must be the path of a script")

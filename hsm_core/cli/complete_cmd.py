@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             max_parallel=args.max_parallel,
             retry_failed=args.retry_failed,
             keys=plan.keys,
+            health=dict(config.health),
         )
         ctx = context_for(store)
         show = not args.no_progress and sys.stdout.isatty()

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from hsm_core.model import TaskSpec, TaskState
+from hsm_core.model import PYTHON, TaskSpec, TaskState
 
 if TYPE_CHECKING:
     from hsm_core.engine import SweepEngine
@@ -42,7 +42,8 @@ def task_table(tasks: Sequence[TaskSpec], cwd_root: Path) -> None:
     for t in tasks:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in t.env)
         cwd = "" if t.cwd in ("", ".") else f"(cd {shlex.quote(t.cwd)}) "
-        line = shlex.join(t.argv) if t.argv else f"<hydra job {t.payload}>"
+        argv = [sys.executable if a == PYTHON else a for a in t.argv]
+        line = shlex.join(argv) if argv else f"<hydra job {t.payload}>"
         out.write(f"{t.name}  {cwd}{env + ' ' if env else ''}{line}\n")
 
 

@@ -7,11 +7,16 @@ import asyncio
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.cli import render
 from hsm_core.config import check_strategy, load_config, parse_sources
 from hsm_core.errors import ConfigError, HsmError
 from hsm_core.strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from hsm_core.model import SourceSpec, TaskSpec
+    from hsm_core.sweepfile import SweepDefinition
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,10 +65,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not tasks:
         raise HsmError(f"{args.config}: the sweep has no points", "add values under grid:")
-    return _execute(args, root, definition, tasks, specs, strategy, retries)
+    return _execute(args, root, definition, tasks, specs, strategy, retries, dict(config.health))
 
 
-def _execute(args, root, definition, tasks, specs, strategy, retries) -> int:  # type: ignore[no-untyped-def]
+def _execute(
+    args: argparse.Namespace,
+    root: Path,
+    definition: SweepDefinition,
+    tasks: list[TaskSpec],
+    specs: list[SourceSpec],
+    strategy: str,
+    retries: int,
+    health: dict[str, Any],
+) -> int:
     from hsm_core.orchestrate import RunOptions, context_for, run_sweep
     from hsm_core.store import SweepStore
     from hsm_core.sweeps import OUTPUTS, new_sweep_id, register
@@ -92,7 +106,12 @@ def _execute(args, root, definition, tasks, specs, strategy, retries) -> int:  #
         store.add_tasks(tasks)
         register(sweep_id, sweep_dir)
         ctx = context_for(store)
-        opts = RunOptions(strategy=strategy, max_retries=retries, max_parallel=args.max_parallel)
+        opts = RunOptions(
+            strategy=strategy,
+            max_retries=retries,
+            max_parallel=args.max_parallel,
+            health=health,
+        )
         show = not args.no_progress and sys.stdout.isatty()
         print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")
         with render.LiveProgress(len(tasks), enabled=show) as live:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.cli import render
 from hsm_core.model import TaskState
+
+if TYPE_CHECKING:
+    from hsm_core.store import SweepStore
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _show(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _show(store: SweepStore, args: argparse.Namespace) -> int:
     counts = store.counts()
     by_source = render.per_source(store)
     orch = store.meta("orchestrator")
@@ -95,7 +99,7 @@ def _show(store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-de
     return 0
 
 
-def _alive(orch: dict) -> bool:  # type: ignore[type-arg]
+def _alive(orch: dict[str, Any]) -> bool:
     import socket
 
     from hsm_core.procs import pid_alive

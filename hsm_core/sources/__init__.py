@@ -40,7 +40,8 @@ def source_class(type_name: str) -> type[ComputeSource]:
             hint=f"valid types: {', '.join(source_types())}",
         ) from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found: type[ComputeSource] = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def make_source(spec: SourceSpec, ctx: SweepContext) -> ComputeSource:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec
+from hsm_core.model import PYTHON, Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec
 
 Reporter = Callable[[TaskEvent], None]
 
@@ -43,7 +43,10 @@ def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> lis
             raise ValueError(f"{task.name} is a Hydra job without a payload")
         payload = f"{sweep_dir.rstrip('/')}/{task.payload}"
         return [python, "-m", "hsm_core.worker", payload, task_dir]
-    return list(task.argv)
+    argv = list(task.argv)
+    if argv and argv[0] == PYTHON:
+        argv[0] = python
+    return argv
 
 
 @dataclass(frozen=True)

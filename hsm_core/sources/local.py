@@ -56,7 +56,7 @@ def read_result(task_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((task_dir / "result.json").read_text())
         data["exit_code"] = int(data["exit_code"])
-        return data  # type: ignore[no-any-return]
+        return data if isinstance(data, dict) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -92,6 +92,8 @@ class LocalSource(ComputeSource):
         super().__init__(spec, ctx)
         gpus = spec.option("gpus") or []
         self.gpus: list[str] = [str(g) for g in gpus]
+        # Per-source environment (e.g. a scratch dir or a library path on this machine).
+        self.extra_env = {str(k): str(v) for k, v in (spec.option("env") or {}).items()}
         self._running: dict[str, _Running] = {}
         self._free_slots = list(range(spec.max_parallel))
         self.log = logging.getLogger(f"hsm.source.{self.name}")
@@ -105,6 +107,7 @@ class LocalSource(ComputeSource):
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "results").mkdir(exist_ok=True)
         env = task_env(task, self.ctx, task_dir)
+        env.update(self.extra_env)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         cwd = (self.ctx.project_root / task.cwd).resolve()

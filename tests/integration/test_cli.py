@@ -65,10 +65,12 @@ def test_hostile_values_reach_a_hydra_script_byte_exact(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(
         "import json, os, hydra\n"
+        "from omegaconf import OmegaConf\n"
         "@hydra.main(version_base=None, config_path=None)\n"
         "def main(cfg):\n"
         "    d = os.environ['HSM_TASK_DIR']\n"
-        "    json.dump({'v': cfg.v}, open(os.path.join(d, 'results', 'v.json'), 'w'))\n"
+        "    v = OmegaConf.to_container(cfg)['v']\n"
+        "    json.dump({'v': v}, open(os.path.join(d, 'results', 'v.json'), 'w'))\n"
         "main()\n"
     )
     values = [v for v in HOSTILE if v != "${HOME}"] + [1, 2.5, True, None, [1, "a b"], "1e-3"]

@@ -1,0 +1,169 @@
+"""`hsm sources list` and `hsm sources test [NAME|--all]`: configured sources as tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from hsm_core.cli import render
+from hsm_core.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    lst = sub.add_parser("list", help="configured sources and their limits")
+    t = sub.add_parser("test", help="connect and check python, hsm, disk, load, GPUs, sync")
+    t.add_argument("name", nargs="?", help="source to test (default: all)")
+    t.add_argument("--all", action="store_true", help="test every configured source")
+    for q in (lst, t):
+        q.add_argument(
+            "--project-root", type=Path, default=Path.cwd(), help="project root (default: cwd)"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from hsm_core.config import load_config
+
+    root = args.project_root.resolve()
+    config = load_config(root)
+    sources: dict[str, Any] = dict(config.sources)
+    sources.setdefault("local", {"type": "local"})
+    if args.action == "list":
+        _list(sources, config.where)
+        return 0
+    if args.name and args.name not in sources:
+        raise ConfigError(
+            f"unknown source {args.name!r}",
+            key="sources",
+            hint=f"configured in {config.where}: {', '.join(sorted(sources))}",
+        )
+    names = [args.name] if args.name and not args.all else sorted(sources)
+    results = asyncio.run(_test_all({n: sources[n] for n in names}, root))
+    _show_tests(results)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _list(sources: dict[str, Any], where: str) -> None:
+    from rich.table import Table
+
+    from hsm_core.config import source_spec
+
+    table = Table(title=f"sources ({where})")
+    for col in ("name", "type", "max parallel", "where", "details"):
+        table.add_column(col)
+    for name in sorted(sources):
+        entry = sources[name]
+        spec = source_spec(name, entry)
+        stype = str(entry.get("type"))
+        if stype == "ssh":
+            where_ = str(entry.get("host"))
+            details = f"project_dir={entry.get('project_dir')} sync={entry.get('sync', 'warn')}"
+        elif stype == "hpc":
+            where_ = str(entry.get("ssh") or "this machine")
+            details = " ".join(
+                f"{k}={entry[k]}" for k in ("scheduler", "partition", "queue") if k in entry
+            )
+        else:
+            where_, details = "this machine", ""
+        if entry.get("gpus"):
+            details += f" gpus={entry['gpus']}"
+        table.add_row(name, stype, str(spec.max_parallel), where_, details.strip())
+    render.console().print(table)
+
+
+async def _test_all(sources: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*(_test_one(n, e, root) for n, e in sources.items())))
+
+
+async def _test_one(name: str, entry: dict[str, Any], root: Path) -> dict[str, Any]:
+    stype = entry.get("type")
+    if stype == "ssh":
+        from dataclasses import asdict
+
+        from hsm_core.sources.ssh_probe import probe_ssh
+
+        return asdict(await probe_ssh(name, entry, root))
+    if stype == "local":
+        import platform
+
+        from hsm_core import __version__
+
+        st = os.statvfs(root)
+        return {
+            "name": name,
+            "ok": True,
+            "host": "this machine",
+            "python": platform.python_version(),
+            "hsm": __version__,
+            "disk_free_gb": st.f_bavail * st.f_frsize / 1e9,
+            "load": os.getloadavg()[0],
+            "cpus": os.cpu_count(),
+            "gpus": [str(g) for g in entry.get("gpus") or []],
+            "sync": "local project",
+        }
+    return await _test_generic(name, entry)
+
+
+async def _test_generic(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Other source types: start one, ask its health check, close it."""
+    import sys
+    import tempfile
+
+    from hsm_core.config import source_spec
+    from hsm_core.errors import HsmError
+    from hsm_core.sources import make_source
+    from hsm_core.sources.base import SourceError, SweepContext
+
+    with tempfile.TemporaryDirectory(prefix="hsm-sources-test-") as tmp:
+        ctx = SweepContext("sources-test", Path(tmp), Path.cwd(), sys.executable)
+        try:
+            src = make_source(source_spec(name, entry), ctx)
+            await src.start(lambda ev: None)
+            try:
+                health = await src.health_check()
+            finally:
+                await src.close()
+        except (HsmError, SourceError, OSError) as exc:
+            return {"name": name, "ok": False, "error": str(exc)}
+    return {
+        "name": name,
+        "ok": health.ok,
+        "error": None if health.ok else health.detail,
+        "host": health.detail,
+        "load": health.load,
+        "cpus": health.cpus,
+        "disk_free_gb": health.disk_free_gb,
+        "gpus": list(health.gpus),
+    }
+
+
+def _show_tests(results: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="source tests")
+    cols = ("name", "status", "host", "connect", "python", "hsm", "disk free", "load", "GPUs")
+    for col in (*cols, "sync"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        ok = r.get("ok")
+        status = "[green]ok[/]" if ok else f"[red]FAILED[/]: {r.get('error')}"
+        ms = r.get("connect_ms")
+        disk = r.get("disk_free_gb")
+        load = r.get("load")
+        cpus = r.get("cpus")
+        table.add_row(
+            r["name"],
+            status,
+            r.get("host") or "",
+            f"{ms:.0f} ms" if ms is not None else "",
+            r.get("python") or "",
+            r.get("hsm") or ("missing" if ok and r.get("python") else ""),
+            f"{disk:.1f} GB" if disk is not None else "",
+            f"{load:.2f}" + (f" / {cpus} cpus" if cpus else "") if load is not None else "",
+            ", ".join(r.get("gpus") or []) or "none",
+            r.get("sync") or "",
+        )
+    render.console().print(table)
