@@ -301,6 +301,7 @@ async def verify(
     shell: str = "/bin/bash",
     policy: str = "warn",
     hydra: bool = False,
+    announce: bool = True,
 ) -> SyncReport:
     """Compare, apply the policy, and return the report (HsmError on fail/fatal)."""
     report = SyncReport(source, host, policy, remote_dir)
@@ -339,7 +340,8 @@ async def verify(
         if report.differing_files:
             raise HsmError(f"{source}: files still differ after the push: {report.summary()}")
         report.status = "pushed"
-    _announce(report)
+    if announce:
+        _announce(report)
     if report.status == "differs" and policy == "fail":
         raise HsmError(
             report.summary(),
@@ -355,7 +357,20 @@ def _announce(report: SyncReport) -> None:
     else:
         log.info("%s", report.summary())
     for line in report.version_mismatches:
-        log.warning("%s: version differs: %s", report.source, line)
+        # A patch release of python alone is harmless: keep it out of the warnings.
+        minor = line.startswith("python ") and _same_minor(
+            report.local.python, report.remote.python
+        )
+        log.log(
+            logging.INFO if minor else logging.WARNING,
+            "%s: version differs: %s",
+            report.source,
+            line,
+        )
+
+
+def _same_minor(a: str | None, b: str | None) -> bool:
+    return bool(a and b and a.split(".")[:2] == b.split(".")[:2])
 
 
 async def _differing(

@@ -141,29 +141,33 @@ async def _test_generic(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show_tests(results: list[dict[str, Any]]) -> None:
+    """A narrow table of facts, then one line per source for sync state and errors (long
+    texts wrap badly inside table cells)."""
     from rich.table import Table
 
+    con = render.console()
     table = Table(title="source tests")
-    cols = ("name", "status", "host", "connect", "python", "hsm", "disk free", "load", "GPUs")
-    for col in (*cols, "sync"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "status", "host", "connect", "python", "hsm", "disk free", "load", "GPUs"):
+        table.add_column(col)
     for r in results:
         ok = r.get("ok")
-        status = "[green]ok[/]" if ok else f"[red]FAILED[/]: {r.get('error')}"
-        ms = r.get("connect_ms")
-        disk = r.get("disk_free_gb")
-        load = r.get("load")
-        cpus = r.get("cpus")
+        ms, disk, load = r.get("connect_ms"), r.get("disk_free_gb"), r.get("load")
         table.add_row(
             r["name"],
-            status,
+            "[green]ok[/]" if ok else "[red]FAILED[/]",
             r.get("host") or "",
             f"{ms:.0f} ms" if ms is not None else "",
-            r.get("python") or "",
-            r.get("hsm") or ("missing" if ok and r.get("python") else ""),
+            str(r.get("python") or "").split(" ")[0],
+            r.get("hsm") or ("[yellow]missing[/]" if r.get("python") else ""),
             f"{disk:.1f} GB" if disk is not None else "",
-            f"{load:.2f}" + (f" / {cpus} cpus" if cpus else "") if load is not None else "",
-            ", ".join(r.get("gpus") or []) or "none",
-            r.get("sync") or "",
+            f"{load:.2f}" if load is not None else "",
+            str(len(r.get("gpus") or [])),
         )
-    render.console().print(table)
+    con.print(table)
+    for r in results:
+        if r.get("error"):
+            con.print(f"[red]{r['name']}[/]: {r['error']}", soft_wrap=True)
+        elif r.get("sync"):
+            con.print(f"{r['name']}: {r['sync']}", soft_wrap=True)
+        for gpu in r.get("gpus") or []:
+            con.print(f"{r['name']}: GPU {gpu}", soft_wrap=True)

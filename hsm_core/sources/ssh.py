@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import logging
 import posixpath
-import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -178,9 +177,6 @@ class SSHSource(ComputeSource):
                 await sftp.makedirs(posixpath.dirname(remote), exist_ok=True)
                 await self.transport.put_file(local, remote)
         argv = task_argv(task, self.opts.python, self.sweep_dir, rdir)
-        if task.kind is TaskKind.COMMAND and argv and argv[0] in (sys.executable, self.ctx.python):
-            # A `script:` sweep names the interpreter hsm runs under; here it is the host's.
-            argv[0] = self.opts.python
         if self.opts.setup:
             # Setup lines come from the user's own hsm.yaml; the task's argv (and so every
             # parameter value) stays "$@", never parsed by this shell.

@@ -1,0 +1,108 @@
+"""`hsm sources test` for an ssh source: connect, then one remote exec for the facts.
+
+Reports what a user checks by hand before a sweep: that the host answers (and how
+fast), the task python and its hsm, free disk at the project dir, load, GPUs (through
+nvidia-smi when present) and whether the remote project matches the local one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsm_core.errors import CommandError, HsmError
+from hsm_core.sources.base import SourceError
+from hsm_core.sources.ssh_options import SshOptions, remote_path
+from hsm_core.sync import remote_command, verify
+from hsm_core.transport.ssh import SshTransport
+
+PROBE_SCRIPT = r"""
+import json, os, shutil, subprocess, sys
+root = sys.argv[1]
+out = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
+       "hsm": None, "load": list(os.getloadavg()), "cpus": os.cpu_count(),
+       "disk_free": None, "gpus": [], "home": os.path.expanduser("~")}
+try:
+    from importlib import metadata
+    out["hsm"] = metadata.version("hsm")
+except Exception:
+    pass
+path = os.path.expanduser(root) if os.path.isdir(os.path.expanduser(root)) else out["home"]
+st = os.statvfs(path)
+out["disk_free"] = st.f_bavail * st.f_frsize
+if shutil.which("nvidia-smi"):
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total",
+                            "--format=csv,noheader"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=20)
+        out["gpus"] = [l.strip() for l in q.stdout.decode().splitlines() if l.strip()]
+    except Exception as exc:
+        out["gpus"] = ["nvidia-smi failed: %s" % exc]
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    ok: bool
+    error: str | None = None
+    host: str = ""
+    connect_ms: float | None = None
+    python: str | None = None
+    hsm: str | None = None
+    disk_free_gb: float | None = None
+    load: float | None = None
+    cpus: int | None = None
+    gpus: list[str] = field(default_factory=list)
+    sync: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -> ProbeResult:
+    opts = SshOptions.parse(name, options)
+    result = ProbeResult(name, False, host=opts.target.label)
+    transport = SshTransport(opts.target, name=name)
+    try:
+        t0 = time.perf_counter()
+        await transport.connect()
+        result.connect_ms = (time.perf_counter() - t0) * 1000
+        argv = remote_command(
+            opts.python, opts.setup, opts.shell, ["-c", PROBE_SCRIPT, opts.project_dir]
+        )
+        try:
+            out = await transport.run(argv, timeout=60.0)
+        except CommandError as exc:
+            result.error = f"`{opts.python}` does not run there: {exc}"
+            return result
+        facts = json.loads(out.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+        result.python = f"{facts['python']} ({facts['executable']})"
+        result.hsm = facts["hsm"]
+        result.disk_free_gb = facts["disk_free"] / 1e9 if facts["disk_free"] else None
+        result.load = facts["load"][0]
+        result.cpus = facts["cpus"]
+        result.gpus = facts["gpus"]
+        remote_dir = remote_path(opts.project_dir, facts["home"])
+        report = await verify(
+            transport,
+            source=name,
+            host=opts.target.label,
+            local_root=project_root,
+            remote_dir=remote_dir,
+            python=opts.python,
+            setup=opts.setup,
+            shell=opts.shell,
+            policy="warn",  # a test never changes the host
+            announce=False,  # the table shows it
+        )
+        result.sync = report.summary().split(": ", 1)[-1]
+        result.ok = True
+    except (HsmError, SourceError, ValueError, KeyError, IndexError) as exc:
+        result.error = str(exc)
+    finally:
+        await transport.close()
+    return result
