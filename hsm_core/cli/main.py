@@ -31,7 +31,9 @@ def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (`only`) one whose other commands are listed but not loaded:
+    importing every command module would cost each `hsm` call ~50 ms."""
     parser = argparse.ArgumentParser(
         prog="hsm",
         description="Run parameter sweeps over local processes, SSH hosts and Slurm/PBS.",
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         if not _available(module):
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            continue
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
         importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
@@ -52,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
