@@ -1,0 +1,164 @@
+"""Failed and lost tasks of a sweep, each classified from its logs, grouped by cause.
+
+A task counts here when its newest attempt is FAILED or LOST (a task retried into success
+is not a failure; `recovered` counts those). Logs are read from the attempt's folder:
+stderr.log first, then scheduler files (`*.err`), then the worker's result.json; stdout.log
+only when none of those names an exception (some programs print errors there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsm_core.errors_analysis import Cause, classify, exception_line, traceback_tail
+from hsm_core.model import TaskState
+from hsm_core.sweepdata import SweepData
+
+READ_BYTES = 64 * 1024  # the end of a log holds the traceback; huge logs are not read whole
+_LOG_SUFFIXES = (".log", ".err", ".out")
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    key: str
+    attempt: int
+    state: TaskState
+    source: str | None
+    exit_code: int | None
+    error: str | None
+    params: Mapping[str, Any]
+    cause: Cause
+    tail: str  # representative end of the traceback / log
+    logs: tuple[Path, ...]
+    ended: float | None
+
+
+@dataclass
+class ErrorGroup:
+    cause: Cause  # of the first member; members share category and detail
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.cause.label
+
+    @property
+    def count(self) -> int:
+        return len(self.failures)
+
+    @property
+    def representative(self) -> Failure:
+        """The first member whose logs hold a traceback, else the first member."""
+        for f in self.failures:
+            if "Traceback" in f.tail:
+                return f
+        return self.failures[0]
+
+    @property
+    def keys(self) -> set[str]:
+        return {f.key for f in self.failures}
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    groups: list[ErrorGroup]  # largest first
+    failed: int
+    lost: int
+    recovered: int  # tasks that failed or were lost at least once, then completed
+    finished_keys: frozenset[str]  # COMPLETED, FAILED or LOST: the population for patterns
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [f for g in self.groups for f in g.failures]
+
+
+def read_tail(path: Path, limit: int = READ_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+def attempt_logs(folder: Path) -> tuple[str, list[Path]]:
+    """(text to classify, log files present) for one attempt's folder."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return "", []
+    paths = [folder / n for n in names if n.endswith(_LOG_SUFFIXES) and not n.startswith(".")]
+    first = [p for p in paths if p.name == "stderr.log"]
+    errs = [p for p in paths if p.name.endswith(".err")]
+    texts = [read_tail(p) for p in first + errs]
+    if "result.json" in names:
+        texts.append(_result_text(folder / "result.json"))
+    text = "\n".join(t for t in texts if t)
+    if not exception_line(text):
+        stdout = [p for p in paths if p.name in ("stdout.log",) or p.name.endswith(".out")]
+        text = "\n".join([text, *(read_tail(p) for p in stdout)]).strip("\n")
+    ordered = first + errs + [p for p in paths if p not in first and p not in errs]
+    return text, ordered
+
+
+def _result_text(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    parts = [str(data[k]) for k in ("traceback", "error") if data.get(k)]
+    return "\n".join(parts)
+
+
+def analyze(data: SweepData, keys: Iterable[str] | None = None) -> ErrorAnalysis:
+    """Classify every task whose newest attempt FAILED or was LOST, and group them."""
+    wanted = set(keys) if keys is not None else None
+    groups: dict[tuple[str, str], ErrorGroup] = {}
+    failed = lost = recovered = 0
+    finished: set[str] = set()
+    for key, atts in data.attempts.items():
+        if wanted is not None and key not in wanted:
+            continue
+        last = atts[-1]
+        if last.state in (TaskState.COMPLETED, TaskState.FAILED, TaskState.LOST):
+            finished.add(key)
+        if last.state is TaskState.COMPLETED:
+            if any(a.state in (TaskState.FAILED, TaskState.LOST) for a in atts[:-1]):
+                recovered += 1
+            continue
+        if last.state not in (TaskState.FAILED, TaskState.LOST):
+            continue
+        failed += last.state is TaskState.FAILED
+        lost += last.state is TaskState.LOST
+        task = data.tasks[key]
+        folder = data.attempt_dir(task, last.attempt)
+        text, logs = attempt_logs(folder)
+        cause = classify(last.state, last.exit_code, last.error, text)
+        tail = traceback_tail(text) if text else (last.error or "")
+        failure = Failure(
+            name=task.name,
+            key=key,
+            attempt=last.attempt,
+            state=last.state,
+            source=last.source,
+            exit_code=last.exit_code,
+            error=last.error,
+            params=task.params,
+            cause=cause,
+            tail=tail,
+            logs=tuple(logs),
+            ended=last.ended,
+        )
+        groups.setdefault(cause.group, ErrorGroup(cause)).failures.append(failure)
+    ordered = sorted(groups.values(), key=lambda g: (-g.count, g.label))
+    return ErrorAnalysis(ordered, failed, lost, recovered, frozenset(finished))

@@ -1,0 +1,207 @@
+"""An SVG timeline (Gantt chart) of every attempt, one band of lanes per source.
+
+Each attempt is drawn from the moment it was ASSIGNED (pale: waiting in a queue or being
+started) through RUNNING to its end (solid, coloured by state). Attempts are packed into
+lanes greedily, so a source's band has as many lanes as it ran attempts at once: its slots
+as they were really used. Plain SVG, no script: the page works offline and anywhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from html import escape
+
+from hsm_core.model import Attempt, TaskState
+from hsm_core.performance import span
+from hsm_core.sweepdata import SweepData
+
+STATE_COLOURS = {
+    TaskState.PENDING: "#9aa0a6",
+    TaskState.ASSIGNED: "#46b3c8",
+    TaskState.RUNNING: "#2f6fd6",
+    TaskState.COMPLETED: "#2e9d4f",
+    TaskState.FAILED: "#d1352b",
+    TaskState.LOST: "#e8a317",
+    TaskState.CANCELLED: "#8e5ea2",
+}
+LABEL_W = 110  # left margin for source names
+BAND_MAX_H = 260  # a source with many lanes gets thinner lanes, not a taller band
+_NICE_STEPS = (
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    43200,
+)
+
+
+@dataclass(frozen=True)
+class _Bar:
+    att: Attempt
+    start: float  # assigned (or started when no assignment was journaled)
+    run: float | None  # started
+    end: float
+
+
+def css() -> str:
+    """Style rules for the chart's state classes (the page includes them once)."""
+    rules = [f".g-{s.value} {{ fill: {c}; }}" for s, c in STATE_COLOURS.items()]
+    rules.append(".g-wait { fill: #c9d3df; }")
+    rules.append(".g-axis { stroke: #bbb; stroke-width: 1; }")
+    rules.append(".g-grid { stroke: #eee; stroke-width: 1; }")
+    rules.append(".g-label { font: 12px sans-serif; fill: #333; }")
+    rules.append(".g-tick { font: 10px sans-serif; fill: #666; }")
+    return "\n".join(rules)
+
+
+def _fmt_clock(seconds: float, total: float) -> str:
+    if total < 120:
+        return f"{round(seconds, 1):g} s"
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _step(total: float, max_ticks: int = 10) -> float:
+    for step in _NICE_STEPS:
+        if total / step <= max_ticks:
+            return float(step)
+    return float(math.ceil(total / max_ticks / 86400) * 86400)
+
+
+def _bars(data: SweepData, t1: float) -> dict[str, list[_Bar]]:
+    out: dict[str, list[_Bar]] = {}
+    for att in data.all_attempts():
+        if not att.source:
+            continue
+        assigned = data.assigned.get((att.key, att.attempt))
+        start = assigned if assigned is not None else att.started
+        if start is None:
+            continue
+        if att.ended is not None:
+            end = att.ended
+        elif att.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+            end = t1
+        else:
+            end = max(start, att.started or start)
+        out.setdefault(att.source, []).append(_Bar(att, start, att.started, max(end, start)))
+    return out
+
+
+def _pack(bars: list[_Bar]) -> list[tuple[int, _Bar]]:
+    """Greedy interval packing: the fewest lanes such that no two bars in a lane overlap."""
+    bars = sorted(bars, key=lambda b: (b.start, b.end))
+    free: list[tuple[float, int]] = []  # (end time, lane)
+    placed: list[tuple[int, _Bar]] = []
+    lanes = 0
+    for bar in bars:
+        if free and free[0][0] <= bar.start:
+            _, lane = heapq.heappop(free)
+        else:
+            lane = lanes
+            lanes += 1
+        placed.append((lane, bar))
+        heapq.heappush(free, (bar.end, lane))
+    return placed
+
+
+def gantt_svg(data: SweepData, width: int = 1100) -> str:
+    t0, t1 = span(data)
+    if t0 is None or t1 is None:
+        return '<p class="muted">No task has started yet: nothing to draw.</p>'
+    total = max(t1 - t0, 1e-3)
+    plot_w = width - LABEL_W - 10
+    names = {k: t.name for k, t in data.tasks.items()}
+
+    def x(t: float) -> float:
+        return LABEL_W + (t - t0) / total * plot_w
+
+    parts: list[str] = []
+    y = 24.0
+    for source, bars in sorted(_bars(data, t1).items()):
+        placed = _pack(bars)
+        lanes = 1 + max(lane for lane, _ in placed)
+        lane_h = max(2.0, min(14.0, BAND_MAX_H / lanes))
+        band_h = lanes * lane_h
+        parts.append(f'<line class="g-axis" x1="{LABEL_W}" y1="{y - 3:.1f}" x2="{width - 10}" ')
+        parts.append(f'y2="{y - 3:.1f}"/>')
+        short = source if len(source) <= 15 else source[:14] + "…"
+        parts.append(f'<text class="g-label" x="4" y="{y + 10:.1f}">{escape(short)}')
+        parts.append(f"<title>{escape(source)}</title></text>")
+        parts.append(f'<text class="g-tick" x="4" y="{y + 23:.1f}">{lanes} at once</text>')
+        band_h = max(band_h, 26.0)
+        gap = 1.0 if lane_h >= 4 else 0.0
+        for lane, bar in placed:
+            top = y + lane * lane_h
+            h = lane_h - gap
+            att = bar.att
+            name = names.get(att.key, att.key)
+            run_s = (bar.end - bar.run) if bar.run is not None else 0.0
+            wait_s = (bar.run - bar.start) if bar.run is not None else bar.end - bar.start
+            tip = f"{name} #{att.attempt} {att.state.value} run {run_s:.1f} s, wait {wait_s:.1f} s"
+            if att.error:
+                tip += f": {att.error[:120]}"
+            run_from = bar.run if bar.run is not None else bar.end
+            if run_from > bar.start:
+                w = max(x(run_from) - x(bar.start), 0.5)
+                parts.append(
+                    f'<rect class="g-wait" x="{x(bar.start):.1f}" y="{top:.1f}" '
+                    f'width="{w:.1f}" height="{h:.1f}"/>'
+                )
+            w = max(x(bar.end) - x(run_from), 1.0)
+            parts.append(
+                f'<rect class="g-{att.state.value}" x="{x(run_from):.1f}" y="{top:.1f}" '
+                f'width="{w:.1f}" height="{h:.1f}"><title>{escape(tip)}</title></rect>'
+            )
+        y += band_h + 18
+    # time axis at the bottom, with grid lines through every band
+    step = _step(total)
+    ticks: list[str] = []
+    for i in range(int(total / step + 1e-9) + 1):
+        t = i * step
+        xt = x(t0 + t)
+        ticks.append(f'<line class="g-grid" x1="{xt:.1f}" y1="16" x2="{xt:.1f}" y2="{y:.1f}"/>')
+        ticks.append(
+            f'<text class="g-tick" x="{xt:.1f}" y="{y + 12:.1f}" text-anchor="middle">'
+            f"{_fmt_clock(t, total)}</text>"
+        )
+    height = y + 20
+    legend = []
+    lx = LABEL_W
+    for state in (
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+        TaskState.LOST,
+        TaskState.CANCELLED,
+        TaskState.RUNNING,
+    ):
+        legend.append(f'<rect class="g-{state.value}" x="{lx}" y="2" width="10" height="10"/>')
+        legend.append(f'<text class="g-tick" x="{lx + 14}" y="11">{state.value.lower()}</text>')
+        lx += 90
+    legend.append(f'<rect class="g-wait" x="{lx}" y="2" width="10" height="10"/>')
+    legend.append(f'<text class="g-tick" x="{lx + 14}" y="11">assigned, waiting</text>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" '
+        f'viewBox="0 0 {width} {height:.0f}" role="img" aria-label="timeline of every task">'
+        + "".join(legend)
+        + "".join(ticks)
+        + "".join(parts)
+        + "</svg>"
+    )
