@@ -1,0 +1,244 @@
+"""What `hsm monitor watch` shows: one frame of a sweep, read from its journal.
+
+A frame costs one query over the newest attempts (fast on 10,000 tasks) plus a few
+single-task lookups for the rows it lists, so it can be rebuilt every second from another
+terminal while the orchestrator writes (SQLite WAL: readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsm_core.errors_analysis import classify
+from hsm_core.failures import attempt_logs, read_tail
+from hsm_core.model import Attempt, TaskState
+from hsm_core.procs import pid_alive
+from hsm_core.store import SweepStore
+from hsm_core.sweepdata import source_slots
+
+HEALTH_LOG = Path("logs") / "health_status.log"
+_LOG_LINE = re.compile(r"^(?P<time>\S+ \S+) (?P<level>[A-Z]+)\s+(?P<logger>\S+): (?P<msg>.*)$")
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    name: str
+    slots: int | None
+    counts: dict[TaskState, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.counts.items() if s.terminal)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get(TaskState.RUNNING, 0) + self.counts.get(TaskState.ASSIGNED, 0)
+
+
+@dataclass(frozen=True)
+class RunningLine:
+    name: str
+    source: str | None
+    state: TaskState
+    attempt: int
+    runtime_s: float | None  # since RUNNING; None while still ASSIGNED
+
+
+@dataclass(frozen=True)
+class FailureLine:
+    name: str
+    source: str | None
+    state: TaskState
+    ended: float | None
+    cause: str
+    error: str
+
+
+@dataclass(frozen=True)
+class HealthLine:
+    source: str
+    state: str  # ok | warning | disabled | unknown
+    message: str
+    when: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    sweep_id: str
+    sweep_dir: Path
+    active: bool
+    now: float
+    counts: dict[TaskState, int]
+    sources: list[SourceLine]
+    running: list[RunningLine]  # the longest-running first, at most `max_running`
+    failures: list[FailureLine]  # newest first
+    health: list[HealthLine]
+    elapsed_s: float | None
+    mean_duration_s: float | None
+    eta_s: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.counts.items() if s.terminal)
+
+    @property
+    def n_running(self) -> int:
+        return self.counts.get(TaskState.RUNNING, 0) + self.counts.get(TaskState.ASSIGNED, 0)
+
+
+def orchestrator_active(orch: Any) -> bool:
+    """Is the run that owns this sweep still alive? On another host we cannot tell, so
+    the journal's word stands."""
+    if not isinstance(orch, dict) or not orch:
+        return False
+    if orch.get("host") != socket.gethostname():
+        return True
+    try:
+        return pid_alive(int(orch["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def eta(latest: list[Attempt], mean_s: float | None, parallel: int, now: float) -> float | None:
+    """Seconds until the queue drains if tasks keep their observed mean duration."""
+    if mean_s is None:
+        return None
+    queued = sum(1 for a in latest if a.state in (TaskState.PENDING, TaskState.ASSIGNED))
+    left = sum(
+        max(0.0, mean_s - (now - a.started))
+        for a in latest
+        if a.state is TaskState.RUNNING and a.started is not None
+    )
+    if not queued and not left:
+        return 0.0
+    return (queued * mean_s + left) / max(1, parallel)
+
+
+def health_lines(sweep_dir: Path, sources: list[str]) -> list[HealthLine]:
+    """Each source's health as the sweep's health monitor logged it (health_status.log):
+    disabled from a "disabled" line until a "re-enabled" one; otherwise the level of the
+    last line about it. Reads only the end of the file."""
+    text = read_tail(sweep_dir / HEALTH_LOG, 256 * 1024)
+    if not text:
+        return []
+    parsed = []
+    for line in text.splitlines():
+        m = _LOG_LINE.match(line)
+        if m:
+            parsed.append((m.group("time"), m.group("level"), m.group("msg").strip()))
+    out = []
+    for name in sources:
+        rx = re.compile(rf"(?<![\w.-]){re.escape(name)}(?![\w-])")
+        disabled: str | None = None
+        last: tuple[str, str, str] | None = None
+        for when, level, msg in parsed:
+            if not rx.search(msg):
+                continue
+            low = msg.lower()
+            if "re-enabl" in low:
+                disabled = None
+            elif "disabled" in low:
+                disabled = msg
+            last = (when, level, msg)
+        if last is None:
+            continue
+        when, level, msg = last
+        if disabled is not None:
+            state, msg = "disabled", disabled if disabled == msg else f"{disabled}; then: {msg}"
+        elif level in ("WARNING", "ERROR", "CRITICAL") and "re-enabl" not in msg.lower():
+            state = "warning"
+        else:
+            state = "ok"
+        out.append(HealthLine(name, state, msg, when.split(" ")[-1].split(".")[0]))
+    return out
+
+
+def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6) -> Frame:
+    now = time.time()
+    meta = store.all_meta()
+    latest = list(store.latest_attempts().values())
+    counts: dict[TaskState, int] = {}
+    per_source: dict[str, dict[TaskState, int]] = {}
+    durations: list[float] = []
+    for a in latest:
+        counts[a.state] = counts.get(a.state, 0) + 1
+        src = a.source or "(queued)"
+        bucket = per_source.setdefault(src, {})
+        bucket[a.state] = bucket.get(a.state, 0) + 1
+        if a.state is TaskState.COMPLETED and a.started is not None and a.ended is not None:
+            durations.append(a.ended - a.started)
+    slots = source_slots(meta)
+    for name in slots:
+        per_source.setdefault(name, {})
+    sources = [
+        SourceLine(name, slots.get(name), per_source[name])
+        for name in sorted(per_source, key=lambda n: (n == "(queued)", n))
+    ]
+    active = orchestrator_active(meta.get("orchestrator"))
+
+    def name_of(key: str) -> str:
+        try:
+            return store.task(key).name
+        except KeyError:
+            return key
+
+    busy = [a for a in latest if a.state in (TaskState.ASSIGNED, TaskState.RUNNING)]
+    busy.sort(key=lambda a: a.started if a.started is not None else now)
+    running = [
+        RunningLine(
+            name_of(a.key),
+            a.source,
+            a.state,
+            a.attempt,
+            (now - a.started) if a.started is not None else None,
+        )
+        for a in busy[:max_running]
+    ]
+    bad = [a for a in latest if a.state in (TaskState.FAILED, TaskState.LOST)]
+    bad.sort(key=lambda a: a.ended or 0.0, reverse=True)
+    failures = []
+    for a in bad[:max_failures]:
+        name = name_of(a.key)
+        text, _ = attempt_logs(store.sweep_dir / "tasks" / name)
+        cause = classify(a.state, a.exit_code, a.error, text)
+        failures.append(
+            FailureLine(name, a.source, a.state, a.ended, cause.label, cause.summary or "")
+        )
+    mean = statistics.fmean(durations) if durations else None
+    started = meta.get("started")
+    ended = meta.get("ended")
+    elapsed = None
+    if isinstance(started, (int, float)):
+        stop = now if active or not isinstance(ended, (int, float)) else ended
+        elapsed = max(0.0, stop - started)
+    parallel = sum(slots.values()) or max(1, len(busy))
+    names = [s.name for s in sources if s.name != "(queued)"]
+    return Frame(
+        sweep_id=str(meta.get("sweep_id", store.sweep_dir.name)),
+        sweep_dir=store.sweep_dir,
+        active=active,
+        now=now,
+        counts=counts,
+        sources=sources,
+        running=running,
+        failures=failures,
+        health=health_lines(store.sweep_dir, names),
+        elapsed_s=elapsed,
+        mean_duration_s=mean,
+        eta_s=eta(latest, mean, parallel, now) if active else None,
+    )
