@@ -1,0 +1,180 @@
+"""A sweep over two real loopback ssh hosts: placement, HSM_* variables, hostile values
+arriving byte-exact, results here while the sweep still runs, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from hsm_core.model import TaskEvent, TaskState
+from hsm_core.orchestrate import context_for
+from hsm_core.sources.ssh import SSHSource
+from tests.helpers import async_wait_for, wait_for
+from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
+from tests.services import SshEnv
+
+HOSTILE = [
+    "it's",
+    '"double"',
+    "'\"'\"'",
+    "\\'",
+    "back\\slash",
+    "$(touch /tmp/hsm-pwned-ssh)",
+    "`touch /tmp/hsm-pwned-ssh`",
+    "a; touch /tmp/hsm-pwned-ssh",
+    "a && touch /tmp/hsm-pwned-ssh",
+    "a | cat",
+    "> /tmp/hsm-pwned-ssh",
+    "*",
+    "~",
+    "!event",
+    "--leading-dash",
+    "-",
+    "new\nline",
+    "cr\rlf",
+    "tab\there",
+    "ctl\x01\x1b[31m",
+    "%s %d %n {}",
+    "rtl \u202eoverride",
+    "\u4e2d\u6587 \U0001f600",
+    "x" * 20_000,
+    "",
+    "lone \udcff\udcfe bytes",
+    "$HOME ${PATH}",
+    "key=value,with,commas",
+]
+
+
+def test_sweep_over_two_hosts(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["python3", "echo.py", f"value-{i}"] for i in range(12)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = [ssh_spec(ssh_env, "h1"), ssh_spec(ssh_env, "h2")]
+
+    outcome = asyncio.run(run(store, specs))
+
+    assert outcome.counts[TaskState.COMPLETED] == 12, outcome.counts
+    latest = store.latest_attempts()
+    assert {a.source for a in latest.values()} == {"h1", "h2"}
+    for task in store.tasks():
+        tdir = store.sweep_dir / "tasks" / task.name
+        assert (tdir / "stdout.log").read_bytes() == task.argv[2].encode()
+        assert json.loads((tdir / "result.json").read_text())["exit_code"] == 0
+        env = json.loads((tdir / "results" / "env.json").read_text())
+        host = latest[task.key].source
+        project_dir = next(s for s in specs if s.name == host).options["project_dir"]
+        assert env["HSM_SWEEP_ID"] == store.sweep_id
+        assert env["HSM_TASK_ID"] == task.name
+        remote_sweep = f"{project_dir}/.hsm/sweeps/{store.sweep_id}"
+        assert env["HSM_TASK_DIR"] == f"{remote_sweep}/tasks/{task.name}"
+        assert env["HSM_SWEEP_DIR"] == remote_sweep
+        assert env["cwd"] == project_dir  # tasks run in the remote project copy
+        # Really started through that host's sshd (server address of the session).
+        assert env["SSH_CONNECTION"].split()[2] == ssh_env.host(host).address
+        assert not (tdir / ".hsm_pid.json").exists()  # agent bookkeeping stays remote
+    store.close()
+
+
+def test_hostile_values_arrive_byte_exact(ssh_env: SshEnv, tmp_path: Path) -> None:
+    marker = Path("/tmp/hsm-pwned-ssh")
+    marker.unlink(missing_ok=True)
+    project = make_project(tmp_path / "proj")
+    params = [{"i": i} if "\udcff" in v else {"i": i, "v": v} for i, v in enumerate(HOSTILE)]
+    tasks = command_tasks([["python3", "echo.py", v] for v in HOSTILE], params)
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = [ssh_spec(ssh_env, "h1"), ssh_spec(ssh_env, "h2")]
+
+    outcome = asyncio.run(run(store, specs))
+
+    assert outcome.counts[TaskState.COMPLETED] == len(HOSTILE), outcome.counts
+    for task, value in zip(sorted(store.tasks(), key=lambda t: t.num), HOSTILE, strict=True):
+        got = (store.sweep_dir / "tasks" / task.name / "stdout.log").read_bytes()
+        assert got == os.fsencode(value), (task.name, value[:40])
+    assert not marker.exists(), "a parameter value was run as shell code"
+    store.close()
+
+
+def test_results_are_local_before_the_sweep_ends(ssh_env: SshEnv, tmp_path: Path) -> None:
+    """Each finished folder is here when its COMPLETED is recorded, while others run."""
+    project = make_project(tmp_path / "proj")
+    argvs = [["sh", "-c", "echo fast-$0", str(i)] for i in range(3)]
+    argvs.append(["sh", "-c", "sleep 3; echo slow"])
+    tasks = command_tasks(argvs)
+    store = new_store(tmp_path / "sweep", project, tasks)
+    seen: dict[str, tuple[float, bool]] = {}
+    names = {t.key: t.name for t in tasks}
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.COMPLETED:
+            tdir = store.sweep_dir / "tasks" / names[ev.key]
+            here = (tdir / "result.json").is_file() and (tdir / "stdout.log").is_file()
+            seen[names[ev.key]] = (time.monotonic(), here)
+
+    outcome = asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=4)], listener=listener))
+    end = time.monotonic()
+
+    assert outcome.counts[TaskState.COMPLETED] == 4
+    assert all(here for _, here in seen.values()), seen
+    for name in ("task_001", "task_002", "task_003"):
+        assert end - seen[name][0] > 1.5, f"{name} collected only at the end"
+        out = (store.sweep_dir / "tasks" / name / "stdout.log").read_text()
+        assert out.startswith("fast-")
+    store.close()
+
+
+def test_cancel_kills_the_remote_process_group(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    # A task with a grandchild: cancel must take the whole group.
+    tasks = command_tasks([["sh", "-c", "sleep 60 & sleep 60; wait"] for _ in range(2)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    spec = ssh_spec(ssh_env, "h1", kill_grace=1)
+    ctx = context_for(store)
+    source = SSHSource(spec, ctx)
+    running: set[str] = set()
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.RUNNING:
+            running.add(ev.key)
+
+    async def scenario() -> tuple[object, list[int]]:
+        holder: dict[str, object] = {}
+        job = asyncio.create_task(
+            run(
+                store,
+                [spec],
+                sources=[source],
+                listener=listener,
+                engine_hook=lambda e: holder.setdefault("engine", e),
+            )
+        )
+        await async_wait_for(lambda: len(running) == 2, timeout=15, message="2 tasks running")
+        pgids = []
+        for task in store.tasks():
+            rec = Path(source.remote_task_dir(task)) / ".hsm_pid.json"
+            pgids.append(json.loads(rec.read_text())["pgid"])  # hosts share this filesystem
+        holder["engine"].cancel()  # type: ignore[attr-defined]
+        return await asyncio.wait_for(job, 20), pgids
+
+    outcome, pgids = asyncio.run(scenario())
+
+    assert outcome.counts[TaskState.CANCELLED] == 2, outcome.counts  # type: ignore[attr-defined]
+    wait_for(lambda: not live_members(pgids), timeout=10, message="remote groups gone")
+    store.close()
+
+
+def live_members(pgids: list[int]) -> list[int]:
+    """Processes (not zombies) in these process groups; the hosts share our /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            found.append(int(entry))
+    return found
