@@ -204,6 +204,10 @@ def _directives(
     for directive in params.directives:
         text = directive.strip()
         text = text[len("#PBS") :].strip() if text.startswith("#PBS") else text
+        # PBS Pro arrays are always rerunnable and its qsub refuses "-r n" for them
+        # ("cannot submit non-rerunable Array Job"): leave it out rather than fail.
+        if dialect == "pro" and map_count is not None and re.fullmatch(r"-r\s*n", text):
+            continue
         if text:
             out.append(text)
     return out

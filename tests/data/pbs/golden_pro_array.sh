@@ -1,0 +1,33 @@
+#!/bin/bash
+
+# Parameters
+#PBS -S /bin/bash
+#PBS -N sweep
+#PBS -q gpu
+#PBS -A abc123
+#PBS -l select=1:ncpus=4:mem=16gb:ngpus=1
+#PBS -l walltime=01:30:00
+#PBS -J 0-9%4
+#PBS -V
+#PBS -j oe
+#PBS -o '/shared/sweeps/run 1/logs'
+#PBS -l place=scatter
+#PBS -W group_list=proj
+
+# Logs: <submitit job id>_0_log.out/.err, the names submitit reads
+_submitit_seq=${PBS_JOBID%%.*}
+_submitit_seq=${_submitit_seq%%\[*}
+_submitit_seq=${_submitit_seq%%-*}
+_submitit_index="$PBS_ARRAY_INDEX"
+_submitit_job="${_submitit_seq}_${_submitit_index}"
+mkdir -p '/shared/sweeps/run 1/logs'
+exec >>'/shared/sweeps/run 1/logs/'"$_submitit_job"_0_log.out 2>>'/shared/sweeps/run 1/logs/'"$_submitit_job"_0_log.err
+cd "$PBS_O_WORKDIR"
+
+# setup
+module load cuda/12.1
+conda activate ml
+
+# command
+export SUBMITIT_EXECUTOR=pbs
+/opt/py/bin/python -u -m submitit.core._submit '/shared/sweeps/run 1/logs'
