@@ -1,0 +1,189 @@
+"""What one element of an hsm job array runs on the compute node.
+
+submitit pickles :func:`run_task` (by reference: hsm must be importable where the jobs
+run) with one job request, and its ``python -m submitit.core._submit`` calls it there.
+The task itself runs as a child process in its own session, so that the wrapper
+survives the task's crash and can write the records the orchestrator reads:
+
+- ``.hsm_job.json`` when it starts (job id, host, attempt): "running" without asking
+  the scheduler;
+- ``.hsm_exit.json`` when the task process ends (exit code, signal, whether the
+  scheduler signalled us): FAILED-by-itself versus killed-around-it;
+- ``result.json`` for command tasks (the same record, the proof of the outcome). A Hydra
+  task's result.json is written by ``python -m hsm_core.worker`` itself.
+
+A non-zero exit leaves the job with that exit code, so ``sacct`` agrees with hsm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hsm_core.sources.hpc_states import signal_name
+from hsm_core.yamlio import write_json_atomic
+
+START_FILE = ".hsm_job.json"
+EXIT_FILE = ".hsm_exit.json"
+RESULT_FILE = "result.json"
+KILL_GRACE_S = 3.0
+
+
+def hydra_worker_argv(python: str, payload: str, task_dir: str) -> list[str]:
+    """How a Hydra job is run: the worker module owns the payload format."""
+    return [python, "-m", "hsm_core.worker", payload, task_dir]
+
+
+def job_id_from_env() -> str | None:
+    """`123_4` for an array element, `123` for a single job (Slurm or PBS)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    pbs = env.get("PBS_JOBID")
+    if pbs:
+        seq = pbs.split(".")[0].split("[")[0]
+        index = env.get("PBS_ARRAY_INDEX") or env.get("PBS_ARRAYID")
+        return f"{seq}_{index}" if index else seq
+    return None
+
+
+class _Watch:
+    """Signals from the scheduler while the task runs (its time limit, scancel, node
+    shutdown): pass them to the task's process group and remember them."""
+
+    def __init__(self, task_dir: Path) -> None:
+        self.task_dir = task_dir
+        self.pgid: int | None = None
+        self.terminated: str | None = None
+        self.warned = False
+
+    def install(self) -> None:
+        # submitit's own handlers would requeue or ignore; hsm decides about retries.
+        signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGINT, self._terminate)
+        usr2 = getattr(signal, "SIGUSR2", None)
+        if usr2 is not None:
+            signal.signal(usr2, self._warn)
+
+    def _terminate(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = signal.Signals(signum).name
+        if self.pgid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, signal.SIGTERM)
+
+    def _warn(self, signum: int, frame: FrameType | None) -> None:
+        # Slurm's --signal: the time limit (or a preemption) is near.
+        self.warned = True
+        _note(self.task_dir, "the scheduler signalled that the job will be stopped soon")
+
+
+def _note(task_dir: Path, text: str) -> None:
+    with contextlib.suppress(OSError), open(task_dir / "stderr.log", "a") as f:
+        f.write(f"[hsm] {text}\n")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def task_argv(job: Mapping[str, Any]) -> list[str]:
+    if job.get("kind") == "hydra":
+        return hydra_worker_argv(sys.executable, str(job["payload"]), str(job["task_dir"]))
+    return [str(a) for a in job["argv"]]
+
+
+def run_task(job: Mapping[str, Any]) -> int:
+    """Run one attempt of one task (a job request made by hpc_backend.job_request)."""
+    tdir = Path(job["task_dir"])
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "results").mkdir(exist_ok=True)
+    attempt = int(job["attempt"])
+    with contextlib.suppress(FileNotFoundError):
+        (tdir / EXIT_FILE).unlink()  # an earlier attempt's: it must never speak for this one
+    base = {"attempt": attempt, "job_id": job_id_from_env(), "host": socket.gethostname()}
+    started = time.time()
+    write_json_atomic(tdir / START_FILE, {**base, "pid": os.getpid(), "started": started})
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+    argv = task_argv(job)
+    watch = _Watch(tdir)
+    watch.install()
+    timeout = job.get("timeout_s")
+    timed_out = False
+    with open(tdir / "stdout.log", "wb") as out, open(tdir / "stderr.log", "wb") as err:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=job.get("cwd") or None,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            err.write(f"[hsm] cannot start {argv[0] if argv else '?'}: {why}\n".encode())
+            err.flush()
+            record = {**base, "exit_code": 127, "error": f"cannot start: {why}"}
+            return _finish(job, tdir, record, started)
+        watch.pgid = proc.pid
+        try:
+            proc.wait(timeout=float(timeout) if timeout else None)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    rc = proc.returncode
+    sig = signal_name(rc)
+    record = {
+        **base,
+        "exit_code": 128 - rc if rc < 0 else rc,
+        "signal": sig,
+        "terminated": watch.terminated,
+        "timed_out": timed_out,
+        "timeout_s": timeout,
+    }
+    return _finish(job, tdir, record, started)
+
+
+def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started: float) -> int:
+    record.update(started=started, ended=time.time())
+    write_json_atomic(tdir / EXIT_FILE, record)
+    if job.get("kind") != "hydra":
+        write_json_atomic(tdir / RESULT_FILE, record)
+    code = int(record["exit_code"])
+    if code != 0:
+        # The job's own exit code, so that the scheduler's accounting agrees with hsm.
+        raise SystemExit(min(code, 255))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - debugging aid
+    """`python -m hsm_core.sources.hpc_job REQUEST.json`: run a job request by hand."""
+    import json
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    run_task(json.loads(Path(args[0]).read_text()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
