@@ -338,3 +338,49 @@ def test_fakes_are_named_as_fakes() -> None:
     for name in ("qsub", "qstat", "qdel"):
         text = (FAKES / name).read_text()
         assert f"FAKE PBS {name}" in text and os.access(FAKES / name, os.X_OK)
+
+
+# ------------------------------------------------------------------ the submitit classes
+
+
+def test_job_environment_reads_the_pbs_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import submitit
+
+    from hsm_core.sources.pbs.executor import PBSJobEnvironment
+
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\nn2\n")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "pbs")
+    monkeypatch.setenv("PBS_JOBID", "1234[7].pbs01.example.org")
+    monkeypatch.setenv("PBS_ARRAY_INDEX", "7")
+    monkeypatch.setenv("PBS_NODEFILE", str(nodefile))
+    env = submitit.JobEnvironment()  # found through the plugin entry point
+    assert isinstance(env, PBSJobEnvironment)
+    assert (env.job_id, env.array_job_id, env.array_task_id) == ("1234_7", "1234", "7")
+    assert env.hostnames == ["n1", "n2"] and env.global_rank == 0 and env.num_tasks == 1
+    monkeypatch.delenv("PBS_ARRAY_INDEX")
+    monkeypatch.setenv("PBS_JOBID", "99.torque-server")  # a plain Torque job
+    assert PBSJobEnvironment().job_id == "99"
+
+
+def test_executor_parameters_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hsm_core.sources.pbs.executor import PBSExecutor
+
+    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")  # qsub, qstat
+    ex = PBSExecutor(tmp_path / "logs", dialect="torque", python="/opt/py/bin/python")
+    ex.update_parameters(queue="batch", cpus_per_task=2)
+    with pytest.raises(ValueError, match="unknown PBS parameter"):
+        ex.update_parameters(partition="gpu")
+    with pytest.raises(ValueError, match="cpus_per_task must be an integer >= 1"):
+        ex.update_parameters(cpus_per_task=0)
+    assert ex.parameters == {"queue": "batch", "cpus_per_task": 2}  # nothing half-applied
+    text = ex._make_submission_file_text(ex._submitit_command_str, "uid")
+    assert "#PBS -q batch" in text and "#PBS -l nodes=1:ppn=2" in text
+    assert text.rstrip().endswith(f"/opt/py/bin/python -u -m submitit.core._submit {ex.folder}")
+    with pytest.raises(ValueError, match="unknown PBS dialect 'sge'"):
+        PBSExecutor(tmp_path, dialect="sge")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qsub here
+    with pytest.raises(RuntimeError, match='Could not find "qsub" and "qstat"'):
+        PBSExecutor(tmp_path, dialect="pro")
