@@ -252,12 +252,19 @@ def test_dialect_is_detected_from_qstat_version(pbs: FakePBS) -> None:
     assert type(PBSExecutor(pbs.folder).watcher) is PBSInfoWatcher
 
 
-def test_json_answering_for_one_job_only_falls_back_to_text(
-    pbs: FakePBS, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "FAKE_PBS_JSON_FIRST_ONLY",  # OpenPBS issue #2672: JSON for the first job only
+        "FAKE_PBS_NO_JSON",  # PBS Pro before 14.1: no -F at all
+    ],
+)
+def test_json_trouble_falls_back_to_text(
+    pbs: FakePBS, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     if pbs.dialect != "pro":
         pytest.skip("JSON output is PBS Pro's")
-    monkeypatch.setenv("FAKE_PBS_JSON_FIRST_ONLY", "1")  # as OpenPBS issue #2672
+    monkeypatch.setenv(fault, "1")
     ex = PBSExecutor(pbs.folder, dialect="pro")
     jobs = [ex.submit(add, 1, 1), ex.submit(add, 2, 2)]
     wait_all(ex, [j.job_id for j in jobs], "COMPLETED")

@@ -107,10 +107,13 @@ class PBSInfoWatcher(core.InfoWatcher):
         info = self.read_info(result.stdout)
         queried = d.query_ids(self._registered - self._finished, SERVERS)
         gone = unknown_ids(result.stderr, queried)
-        if self.json_output and self._dropped_jobs(queried, info, gone):
+        # PBS Pro before 14.1 has no -F and answers with its usage text.
+        said = result.stderr.lower()
+        refused = result.returncode != 0 and not info and ("usage" in said or "invalid" in said)
+        if self.json_output and (refused or self._dropped_jobs(queried, info, gone)):
             log.warning(
-                "`qstat -F json` answered for %d of %d jobs (a known OpenPBS bug); "
-                "reading qstat's text output from now on",
+                "`qstat -F json` answered for %d of %d jobs (PBS Pro before 14.1, or "
+                "OpenPBS issue #2672); reading qstat's text output from now on",
                 len({i.split("_")[0] for i in info}),
                 len(queried),
             )

@@ -17,7 +17,8 @@ Configuration (environment): ``FAKE_PBS_STATE`` (JSON state file, required),
 ``FAKE_PBS_DIALECT`` (pro), ``FAKE_PBS_SERVER`` (fakepbs), ``FAKE_PBS_HISTORY`` (1: keep
 finished jobs visible, as PBS Pro job history / Torque keep_completed; 0: forget them),
 ``FAKE_PBS_KILL_DELAY`` (0.5), ``FAKE_PBS_JSON_FIRST_ONLY`` (1: answer JSON queries for
-the first job only, as OpenPBS issue #2672).
+the first job only, as OpenPBS issue #2672), ``FAKE_PBS_NO_JSON`` (1: refuse ``-F``, as
+PBS Pro before 14.1).
 """
 
 from __future__ import annotations
