@@ -1,0 +1,234 @@
+"""Run one Hydra job in the current process and record its outcome in its task folder.
+
+Shared by the fork source's children (warm, forked from the launcher) and by
+`python -m hsm_core.worker` (cold, from the pickled payload). Either way the job leaves:
+
+- `hydra_job.json`: where Hydra writes the job (output dir, job log), written before the
+  task function starts, so that a job dying hard can still get its reason appended;
+- `job_return.pkl`: the cloudpickled JobReturn;
+- `result.json`: `{"exit_code": 0|1, ...}`, written last; it is what proves the outcome.
+
+Both result files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsm_core.model import task_key
+from hsm_core.yamlio import write_atomic, write_json_atomic
+
+log = logging.getLogger("hsm.hydra.job")
+
+JOB_INFO = "hydra_job.json"
+JOB_RETURN = "job_return.pkl"
+RESULT = "result.json"
+
+Gate = Callable[[], None]
+
+
+def job_params(overrides: Sequence[str]) -> dict[str, Any]:
+    """A job's parameters as shown by `hsm status`: override key (with its +/~) -> value."""
+    params: dict[str, Any] = {}
+    for line in overrides:
+        key, sep, value = line.partition("=")
+        if key in params:  # the same key twice: keep the exact lines instead
+            return {"overrides": list(overrides)}
+        params[key] = value if sep else None
+    return params
+
+
+def job_key(overrides: Sequence[str]) -> str:
+    return task_key(job_params(overrides))
+
+
+@dataclass
+class JobRuntime:
+    """What every job of one launch shares (inherited by fork, or unpickled by the worker)."""
+
+    task_function: Callable[[Any], Any]
+    hydra_context: Any
+    composer: Any  # hsm_core.hydra_compose.JobComposer
+
+
+def run_here(
+    rt: JobRuntime,
+    *,
+    num: int,
+    job_id: str,
+    overrides: Sequence[str],
+    task_dir: Path,
+    config: Any = None,
+    gate: Gate | None = None,
+    inplace: bool = False,
+    sweep_dir: str | None = None,
+) -> int:
+    """Run the job; write its result files; return the process exit code (0 or 1)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobReturn, JobStatus, run_job
+    from omegaconf import open_dict
+
+    started = time.time()
+    cfg = None
+    info: dict[str, Any] = {"num": num, "job_id": job_id, "pid": os.getpid()}
+    try:
+        cfg = config if config is not None else rt.composer.compose(overrides, inplace=inplace)
+        with open_dict(cfg):
+            cfg.hydra.job.id = job_id
+            cfg.hydra.job.num = num
+            if sweep_dir is not None:
+                cfg.hydra.sweep.dir = sweep_dir
+        HydraConfig.instance().set_config(cfg)
+        info.update(_job_paths(cfg))
+        write_json_atomic(task_dir / JOB_INFO, info)
+        fn = rt.task_function if gate is None else _gated(rt.task_function, gate)
+        ret = run_job(
+            hydra_context=rt.hydra_context,
+            task_function=fn,
+            config=cfg,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except BaseException as exc:  # a compose error, or SystemExit from the task itself
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
+        if cfg is not None:
+            ret.working_dir = info.get("output_dir")
+    failed = ret.status is not JobStatus.COMPLETED
+    error = None
+    if failed:
+        err = ret._return_value
+        error = _one_line(err)
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        info["traceback"] = text
+        # The job's logging is still configured by run_job: this reaches the job's .log.
+        log.error("job #%d failed (overrides: %s)\n%s", num, " ".join(overrides), text.rstrip())
+        sys.stderr.write(text)
+    write_result(task_dir, ret, info, error=error, started=started)
+    return 1 if failed else 0
+
+
+def _gated(fn: Callable[[Any], Any], gate: Gate) -> Callable[[Any], Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def gated(cfg: Any) -> Any:
+        gate()  # set-up done; wait for a free slot (and its GPUs) before the real work
+        return fn(cfg)
+
+    return gated
+
+
+def _job_paths(cfg: Any) -> dict[str, str]:
+    from omegaconf import OmegaConf
+
+    sweep = os.path.abspath(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
+    out = os.path.abspath(os.path.join(sweep, str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
+    return {
+        "sweep_dir": sweep,
+        "output_dir": out,
+        "log": os.path.join(out, f"{cfg.hydra.job.name}.log"),
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def write_result(
+    task_dir: Path,
+    ret: Any,
+    info: Mapping[str, Any],
+    *,
+    error: str | None,
+    started: float,
+) -> None:
+    from hsm_core.hydra_payload import dumps
+
+    try:
+        data = dumps(ret)
+    except Exception as exc:  # an unpicklable return value or exception: keep the outcome
+        data = dumps(_plain_copy(ret, exc))
+    write_atomic(task_dir / JOB_RETURN, data)
+    failed = error is not None
+    record = {
+        **info,
+        "exit_code": 1 if failed else 0,
+        "status": "FAILED" if failed else "COMPLETED",
+        "error": error,
+        "started": started,
+        "ended": time.time(),
+        "job_return": JOB_RETURN,
+    }
+    write_json_atomic(task_dir / RESULT, record)
+
+
+def _plain_copy(ret: Any, exc: Exception) -> Any:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    value = ret._return_value
+    note = f"{type(value).__qualname__} could not be pickled ({_one_line(exc)})"
+    if ret.status is JobStatus.COMPLETED:
+        log.warning("job return value dropped: %s", note)
+        replacement: Any = UnpicklableResult(note, repr(value)[:500])
+    else:
+        replacement = RuntimeError(f"{_one_line(value)} [{note}]")
+    return JobReturn(
+        overrides=ret.overrides,
+        cfg=ret.cfg,
+        hydra_cfg=ret.hydra_cfg,
+        working_dir=ret.working_dir,
+        task_name=ret.task_name,
+        status=ret.status,
+        _return_value=replacement,
+    )
+
+
+@dataclass(frozen=True)
+class UnpicklableResult:
+    """Stands in for a return value that could not travel back to the launcher."""
+
+    reason: str
+    text: str
+
+
+def read_info(task_dir: Path, name: str = JOB_INFO) -> dict[str, Any] | None:
+    try:
+        data = json.loads((task_dir / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_job_return(task_dir: Path) -> Any | None:
+    from hsm_core.hydra_payload import load
+
+    try:
+        return load(task_dir / JOB_RETURN)
+    except Exception:  # missing, truncated, or a class that no longer unpickles
+        return None
+
+
+def note_hard_death(task_dir: Path, task: Any, reason: str) -> None:
+    """Append why a job process died to its job log and stderr.log (it could not)."""
+    line = f"[hsm] {getattr(task, 'name', 'job')} {reason}\n"
+    targets = [task_dir / "stderr.log"]
+    info = read_info(task_dir)
+    if info and info.get("log"):
+        targets.append(Path(str(info["log"])))
+    for path in targets:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError:
+            log.warning("could not append to %s: %s", path, reason)

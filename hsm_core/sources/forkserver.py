@@ -1,0 +1,361 @@
+"""A single-threaded fork server: one fresh process per job, forked from a warm parent.
+
+The server is forked from the launcher before the engine (and its threads) start, so
+every job process starts from a copy of a process that had one thread: no lock held by
+another thread can be inherited. It speaks JSON lines over two pipes:
+
+    launcher -> server: {"op": "run", "id", "job"} | {"op": "go", "id", "env"}
+                        | {"op": "kill", "id", "sig", "grace"};  EOF = shut down
+    server -> launcher: {"ev": "started", "id", "pid"} | {"ev": "exit", "id", "status"}
+                        | {"ev": "error", "id", "msg"}
+
+A job process first does its set-up (compose, output dir, logging), then waits at a gate
+until "go" hands it a slot (and the environment for that slot, e.g. CUDA_VISIBLE_DEVICES);
+EOF on the gate means cancelled. Each job runs in its own process group so that a kill
+reaches everything it started. Nothing here writes the store: SQLite connections never
+cross a fork; a job reports through files, the server through its pipe.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
+
+EXIT_INTERNAL = 70  # the job process failed outside the job (hsm's own bug or set-up)
+EXIT_CANCELLED = 75  # cancelled while waiting at the gate
+
+
+class ForkServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Child:
+    pid: int
+    go_w: int | None
+    kill_at: float | None = None
+
+
+@dataclass
+class _State:
+    cmd_r: int
+    evt_w: int
+    wake_r: int
+    wake_w: int
+    sel: selectors.BaseSelector
+    children: dict[str, _Child] = field(default_factory=dict)
+    pids: dict[int, str] = field(default_factory=dict)
+    buf: bytes = b""
+    closing: bool = False
+
+
+class ForkServer:
+    """The launcher's handle on the server process."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.pid: int | None = None
+        self.cmd_w: int | None = None
+        self.evt_r: int | None = None
+
+    def start(self) -> None:
+        if threading.active_count() != 1:
+            names = ", ".join(t.name for t in threading.enumerate())
+            raise ForkServerError(f"cannot fork safely: this process runs threads ({names})")
+        cmd_r, cmd_w = os.pipe()
+        evt_r, evt_w = os.pipe()
+        _flush_all()
+        gc.freeze()  # keep the inherited objects' pages shared (no refcount-less GC writes)
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            for fd in (cmd_r, cmd_w, evt_r, evt_w):
+                os.close(fd)
+            raise
+        if pid == 0:  # the server
+            code = 0
+            try:
+                os.close(cmd_w)
+                os.close(evt_r)
+                _serve(self.runner, cmd_r, evt_w)
+            except BaseException:
+                traceback.print_exc()
+                code = EXIT_INTERNAL
+            finally:
+                os._exit(code)
+        gc.unfreeze()
+        os.close(cmd_r)
+        os.close(evt_w)
+        self.pid, self.cmd_w, self.evt_r = pid, cmd_w, evt_r
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        if self.cmd_w is None:
+            raise ForkServerError("the fork server is not running")
+        try:
+            os.write(self.cmd_w, (json.dumps(msg) + "\n").encode())
+        except BrokenPipeError:
+            raise ForkServerError("the fork server is gone") from None
+
+    def close(self) -> None:
+        """EOF tells the server to kill what still runs and exit; wait for it."""
+        if self.cmd_w is not None:
+            os.close(self.cmd_w)
+            self.cmd_w = None
+        if self.pid is not None:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = None
+        if self.evt_r is not None:
+            os.close(self.evt_r)
+            self.evt_r = None
+
+
+def _flush_all() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+    for ref in list(getattr(logging, "_handlerList", [])):
+        handler = ref()
+        if handler is not None:
+            try:
+                handler.flush()
+            except Exception:
+                pass
+
+
+# ----------------------------------------------------------------- the server
+def _serve(runner: Runner, cmd_r: int, evt_w: int) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        # The launcher decides what to cancel; the server only dies with its pipe.
+        signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    st = _State(cmd_r, evt_w, wake_r, wake_w, sel)
+    sel.register(cmd_r, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while True:
+        _reap(st)
+        if st.closing and not st.children:
+            return
+        deadlines = [c.kill_at for c in st.children.values() if c.kill_at is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        for key, _ in sel.select(timeout):
+            if key.fd == wake_r:
+                _drain(wake_r)
+            elif key.fd == cmd_r:
+                _read_commands(runner, st)
+        _escalate(st)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _emit(st: _State, msg: Mapping[str, Any]) -> None:
+    try:
+        os.write(st.evt_w, (json.dumps(msg) + "\n").encode())
+    except BrokenPipeError:
+        st.closing = True
+
+
+def _read_commands(runner: Runner, st: _State) -> None:
+    data = os.read(st.cmd_r, 65536)
+    if not data:
+        _shutdown(st)
+        return
+    st.buf += data
+    *lines, st.buf = st.buf.split(b"\n")
+    for line in lines:
+        if line.strip():
+            _command(runner, st, json.loads(line))
+
+
+def _command(runner: Runner, st: _State, msg: dict[str, Any]) -> None:
+    op, jid = msg.get("op"), str(msg.get("id"))
+    child = st.children.get(jid)
+    if op == "run":
+        _spawn(runner, st, jid, msg["job"])
+    elif op == "go" and child is not None and child.go_w is not None:
+        try:
+            os.write(child.go_w, (json.dumps(msg.get("env") or {}) + "\n").encode())
+        except BrokenPipeError:
+            pass  # it died before the gate; its exit is on the way
+        os.close(child.go_w)
+        child.go_w = None
+    elif op == "kill" and child is not None:
+        _signal(child, int(msg.get("sig", signal.SIGTERM)))
+        if child.go_w is not None:
+            os.close(child.go_w)
+            child.go_w = None
+        grace = float(msg.get("grace", 3.0))
+        if child.kill_at is None:
+            child.kill_at = time.monotonic() + grace
+
+
+def _signal(child: _Child, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _escalate(st: _State) -> None:
+    now = time.monotonic()
+    for child in st.children.values():
+        if child.kill_at is not None and now >= child.kill_at:
+            _signal(child, signal.SIGKILL)
+            child.kill_at = None
+
+
+def _reap(st: _State) -> None:
+    while st.children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        jid = st.pids.pop(pid, None)
+        if jid is None:
+            continue
+        child = st.children.pop(jid)
+        if child.go_w is not None:
+            os.close(child.go_w)
+        # The job's process group may outlive its leader (a daemon it started): end it.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _emit(st, {"ev": "exit", "id": jid, "status": status})
+
+
+def _shutdown(st: _State) -> None:
+    st.closing = True
+    st.sel.unregister(st.cmd_r)
+    os.close(st.cmd_r)
+    for child in st.children.values():
+        _signal(child, signal.SIGTERM)
+        if child.go_w is not None:
+            os.close(child.go_w)
+            child.go_w = None
+        child.kill_at = time.monotonic() + 2.0
+
+
+def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None:
+    go_r, go_w = os.pipe()
+    _flush_all()
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(go_r)
+        os.close(go_w)
+        _emit(st, {"ev": "error", "id": jid, "msg": f"fork failed: {exc}"})
+        return
+    if pid == 0:
+        _child_main(runner, st, job, go_r, go_w)  # never returns
+    os.close(go_r)
+    try:
+        os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
+    except OSError:
+        pass
+    st.children[jid] = _Child(pid, go_w)
+    st.pids[pid] = jid
+    _emit(st, {"ev": "started", "id": jid, "pid": pid})
+
+
+# ------------------------------------------------------------------ the job
+def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, go_w: int) -> None:
+    code = EXIT_INTERNAL
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Close the server's descriptors. The selector is closed by fd only: unregistering
+        # would edit the epoll set the server still shares with us.
+        inherited = [st.cmd_r, st.evt_w, st.wake_r, st.wake_w, go_w]
+        inherited += [c.go_w for c in st.children.values() if c.go_w is not None]
+        sel_fd = getattr(st.sel, "fileno", None)
+        if sel_fd is not None:
+            inherited.append(sel_fd())
+        for fd in inherited:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _redirect(job)
+        os.environ.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+        # Handlers inherited from the launcher (console, sweep logs) are not this job's.
+        logging.getLogger().handlers.clear()
+        code = runner(job, _make_gate(go_r))
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except Exception:
+            pass
+        code = EXIT_INTERNAL
+    finally:
+        try:
+            logging.shutdown()
+            _flush_all()
+        finally:
+            os._exit(code)
+
+
+def _redirect(job: Mapping[str, Any]) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, key in ((1, "stdout"), (2, "stderr")):
+        path = job.get(key)
+        if path:
+            out = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+
+
+def _make_gate(go_r: int) -> Callable[[], None]:
+    def gate() -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(go_r, 65536)
+            if not chunk:  # cancelled before it got a slot
+                logging.shutdown()
+                os._exit(EXIT_CANCELLED)
+            data += chunk
+        os.close(go_r)
+        env = json.loads(data)
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+
+    return gate

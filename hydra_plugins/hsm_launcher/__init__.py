@@ -1,0 +1,1 @@
+"""hsm: Hydra launcher and sweeper plugins (heavy code in _-prefixed modules)."""

@@ -1,0 +1,145 @@
+"""The launcher's settings, checked, and the sources they select (pool + hsm.yaml).
+
+A pool entry has the keys of an hsm.yaml `sources:` entry. An entry may also name a
+source of hsm.yaml and change some of its keys (`server1: {max_parallel: 4}`): hsm.yaml
+gives the rest. `sources: "local:2,server1"` picks from the pool first, then hsm.yaml,
+with the CLI's syntax; empty, it takes every source of the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsm_core.config import check_strategy, load_config, parse_config, parse_sources, source_spec
+from hsm_core.errors import ConfigError
+from hsm_core.model import SourceSpec
+
+SYNC_POLICIES = ("warn", "fail", "push")
+WHERE = "hydra.launcher"
+
+
+@dataclass(frozen=True)
+class Settings:
+    sources: str | None
+    pool_name: str
+    pool: dict[str, Any]
+    strategy: str
+    max_retries: int
+    max_parallel: int | None
+    timeout_s: float | None
+    health: dict[str, Any] = field(default_factory=dict)
+    sync: str | None = None
+    ahead: int = 2
+    progress: bool = True
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _int(params: Mapping[str, Any], key: str, low: int, default: int | None) -> int | None:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"must be a whole number >= {low}, got {value!r}", key=f"{WHERE}.{key}")
+    return value
+
+
+def settings_from(params: Mapping[str, Any]) -> Settings:
+    params = {k: _plain(v) for k, v in params.items()}
+    pool = params.get("pool") or {"name": "local", "sources": {"local": {"type": "local"}}}
+    if not isinstance(pool, dict) or not isinstance(pool.get("sources") or {}, dict):
+        raise ConfigError(
+            "must be a mapping with `sources:`",
+            key=f"{WHERE}.pool",
+            hint="a pool file <config dir>/hydra/launcher/pool/NAME.yaml holds "
+            "`sources: {name: {type: ...}}`",
+        )
+    timeout = params.get("timeout_s")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(
+            f"must be a number of seconds > 0, got {timeout!r}", key=f"{WHERE}.timeout_s"
+        )
+    sync = params.get("sync")
+    if sync is not None and sync not in SYNC_POLICIES:
+        raise ConfigError(
+            f"unknown policy {sync!r}",
+            key=f"{WHERE}.sync",
+            hint=f"valid: {', '.join(SYNC_POLICIES)}",
+        )
+    sources = params.get("sources")
+    if sources is not None and not isinstance(sources, str):
+        raise ConfigError(
+            f"must be a string like 'local:2,server1:8', got {sources!r}", key=f"{WHERE}.sources"
+        )
+    return Settings(
+        sources=sources or None,
+        pool_name=str(pool.get("name") or "pool"),
+        pool=dict(pool.get("sources") or {}),
+        strategy=check_strategy(params.get("strategy", "least_loaded"), WHERE, "strategy"),
+        max_retries=_int(params, "max_retries", 0, 0) or 0,
+        max_parallel=_int(params, "max_parallel", 1, None),
+        timeout_s=float(timeout) if timeout is not None else None,
+        health=dict(params.get("health") or {}),
+        sync=sync,
+        ahead=_int(params, "ahead", 0, 2) or 0,
+        progress=bool(params.get("progress", True)),
+    )
+
+
+def resolve_sources(settings: Settings, project_root: Path) -> list[SourceSpec]:
+    """The run's sources; one clear ConfigError naming the pool or hsm.yaml if wrong."""
+    base = load_config(project_root)
+    entries: dict[str, Any] = {k: dict(v) for k, v in base.sources.items()}
+    for name, entry in settings.pool.items():
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                "must be a mapping of source settings",
+                file=f"hydra/launcher/pool={settings.pool_name}",
+                key=f"sources.{name}",
+            )
+        entries[name] = {**entries.get(name, {}), **entry}
+        if name == "local":
+            entries[name].setdefault("type", "local")
+    config = parse_config(
+        {"sources": entries}, f"hsm_pool={settings.pool_name} (with {base.where})"
+    )
+    if settings.sources:
+        specs = parse_sources(settings.sources, config)
+    else:
+        specs = [source_spec(name, config.sources[name]) for name in settings.pool]
+    if not specs:
+        raise ConfigError(
+            "the pool has no sources",
+            file=f"hydra/launcher/pool={settings.pool_name}",
+            hint="add one under `sources:`, or set hydra.launcher.sources=local:2",
+        )
+    if settings.sync:
+        specs = [
+            s
+            if s.type == "local"
+            else SourceSpec(
+                s.name, s.type, s.max_parallel, {**s.options, "sync": settings.sync}, s.weight
+            )
+            for s in specs
+        ]
+    return specs
+
+
+def project_root_for(cwd: Path) -> Path:
+    """The nearest folder up from `cwd` with hsm.yaml, else with .git, else `cwd`."""
+    for marker in ("hsm.yaml", ".git"):
+        for folder in (cwd, *cwd.parents):
+            if (folder / marker).exists():
+                return folder
+    return cwd

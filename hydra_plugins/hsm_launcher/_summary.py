@@ -1,0 +1,130 @@
+"""The table the hsm sweeper prints at the end: jobs per state and per source, and every
+failed job with its log."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+
+STATES = ("COMPLETED", "FAILED", "LOST", "CANCELLED", "PENDING", "RUNNING")
+MAX_LISTED = 20
+
+
+def _store_rows(sweep_dir: Path, nums: set[int]) -> dict[int, tuple[str, str, str | None, str]]:
+    """num -> (state, source, error, task name) from the sweep's journal, if there is one."""
+    if not (sweep_dir / "sweep.db").is_file():
+        return {}
+    from hsm_core.store import SweepStore
+
+    store = SweepStore.open(sweep_dir, readonly=True)
+    try:
+        job_nums = store.meta("hydra_job_nums") or {}
+        latest = store.latest_attempts()
+        out = {}
+        for task in store.tasks():
+            num = job_nums.get(task.key)
+            att = latest.get(task.key)
+            if num is None or int(num) not in nums or att is None:
+                continue
+            out[int(num)] = (att.state.value, att.source or "-", att.error, task.name)
+        return out
+    finally:
+        store.close()
+
+
+def _job_log(sweep_dir: Path, ret: JobReturn | None, task_name: str | None) -> str:
+    if task_name:
+        from hsm_core.hydra_job import read_info
+
+        info = read_info(sweep_dir / "tasks" / task_name) or {}
+        if info.get("log"):
+            return str(info["log"])
+    if ret is not None and ret.working_dir and ret.task_name:
+        return str(Path(ret.working_dir) / f"{ret.task_name}.log")
+    return "-"
+
+
+def report(
+    sweep_dir: Path,
+    all_jobs: Sequence[Sequence[str]],
+    plan: Any,
+    returns: Sequence[JobReturn],
+    interrupted: bool,
+) -> int:
+    """Print the summary; return how many jobs of this sweep did not complete."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    launched = list(plan.jobs)
+    by_num: dict[int, JobReturn] = {}
+    for (num, _), ret in zip(
+        launched, returns[len(plan.done) :] if plan.done else returns, strict=False
+    ):
+        by_num[num] = ret
+    nums = {n for n, _ in launched} | {n for n, _ in plan.done}
+    rows = _store_rows(sweep_dir, nums)
+    state_of: dict[int, str] = {}
+    source_of: dict[int, str] = {}
+    for num, _ in plan.done:
+        state_of[num], source_of[num] = "COMPLETED", rows.get(num, ("", "-", None, ""))[1]
+    for num, _ in launched:
+        if num in rows:
+            state_of[num], source_of[num] = rows[num][0], rows[num][1]
+        elif num in by_num:
+            ok = by_num[num].status is JobStatus.COMPLETED
+            state_of[num], source_of[num] = ("COMPLETED" if ok else "FAILED"), "-"
+        else:
+            state_of[num], source_of[num] = ("CANCELLED" if interrupted else "PENDING"), "-"
+    for num, ret in by_num.items():  # a stored COMPLETED whose JobReturn says FAILED
+        if ret.status is not JobStatus.COMPLETED and state_of[num] == "COMPLETED":
+            state_of[num] = "FAILED"
+
+    con = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    counts = Counter(state_of.values())
+    head = ", ".join(f"{counts[s]} {s.lower()}" for s in STATES if counts[s])
+    resumed = f" ({len(plan.done)} done before)" if plan.done else ""
+    folder = escape(str(sweep_dir))
+    con.print(f"[bold]hsm sweep[/]: {len(all_jobs)} jobs: {head}{resumed}  [dim]{folder}[/]")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("source")
+    present = [s for s in STATES if counts[s]]
+    for s in present:
+        table.add_column(s.lower(), justify="right")
+    table.add_column("total", justify="right")
+    per_source: dict[str, Counter[str]] = {}
+    for num, state in state_of.items():
+        per_source.setdefault(source_of[num], Counter())[state] += 1
+    for source in sorted(per_source):
+        c = per_source[source]
+        table.add_row(source, *(str(c[s]) for s in present), str(sum(c.values())))
+    con.print(table)
+    bad = sorted(n for n, s in state_of.items() if s != "COMPLETED")
+    if bad:
+        jobs = dict(launched)
+        con.print("[bold red]not completed[/]:")
+        for num in bad[:MAX_LISTED]:
+            row = rows.get(num)
+            found = by_num.get(num)
+            error = row[2] if row and row[2] else _error_of(found)
+            log = _job_log(sweep_dir, found, row[3] if row else None)
+            overrides = escape(" ".join(jobs.get(num, [])))
+            con.print(f"  #{num} {state_of[num]} [dim]{overrides}[/] {escape(error or '')}")
+            con.print(f"      log: {escape(log)}")
+        if len(bad) > MAX_LISTED:
+            con.print(f"  ... and {len(bad) - MAX_LISTED} more (hsm status {sweep_dir})")
+    return len(bad)
+
+
+def _error_of(ret: JobReturn | None) -> str:
+    if ret is None:
+        return ""
+    value = ret._return_value
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}".splitlines()[0]
+    return ""

@@ -1,0 +1,76 @@
+"""Typed configs of the hsm launcher and sweeper, registered in Hydra's ConfigStore.
+
+Hydra imports this module at every start-up (plugin scan), so it holds dataclasses only.
+
+Source pools: `hydra/launcher/pool=<name>` on the command line picks a pool from the
+config group `hydra/launcher/pool` (built-in: `local`; users add
+`<config dir>/hydra/launcher/pool/<name>.yaml`). The pool lands in `hydra.launcher.pool`.
+Being a `hydra/` choice, it is launcher configuration, not a parameter of the jobs: it is
+not in their overrides, their output dir names or multirun.yaml's task overrides.
+
+No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+before it is in sys.modules, and dataclasses then cannot resolve string annotations.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+POOL_GROUP = "hydra/launcher/pool"
+
+
+@dataclass
+class HealthConf:
+    interval_s: float = 300.0
+    consecutive_failures: int = 3
+    failure_rate: float = 0.4
+    min_tasks: int = 5
+
+
+@dataclass
+class PoolConf:
+    name: str = "local"
+    # name -> the keys of an hsm.yaml `sources:` entry ({type: local, max_parallel: 2}, ...)
+    sources: dict[str, Any] = field(default_factory=lambda: {"local": {"type": "local"}})
+
+
+@dataclass
+class HsmLauncherConf:
+    _target_: str = "hydra_plugins.hsm_launcher.launcher.HsmLauncher"
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"pool": "local"}])
+    # "local:2,server1:8": same syntax as `hsm run --sources`; names come from the pool,
+    # then from hsm.yaml. Empty: every source of the pool at its configured size.
+    sources: str | None = None
+    pool: Any = None
+    strategy: str = "least_loaded"
+    max_retries: int = 0
+    max_parallel: int | None = None  # over all sources together
+    timeout_s: float | None = None  # per job
+    health: HealthConf = field(default_factory=HealthConf)
+    sync: str | None = None  # warn | fail | push, for every remote source of the run
+    # Local jobs prepared (forked, composed) ahead of a free slot, waiting at the gate.
+    ahead: int = 2
+    progress: bool = True
+
+
+@dataclass
+class HsmSweeperConf:
+    _target_: str = "hydra_plugins.hsm_launcher.sweeper.HsmSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+    # Groups of keys whose sweeps are zipped instead of crossed: [[model.lr, batch_size]]
+    paired: list[list[str]] | None = None
+    num_samples: int | None = None  # random points from the space (without replacement)
+    seed: int = 0
+    resume: bool = False
+
+
+def _register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="hydra/launcher", name="hsm", node=HsmLauncherConf, provider="hsm")
+    cs.store(group="hydra/sweeper", name="hsm", node=HsmSweeperConf, provider="hsm")
+    cs.store(group=POOL_GROUP, name="local", node=PoolConf, provider="hsm")
+
+
+_register()
