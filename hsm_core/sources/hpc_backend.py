@@ -32,6 +32,7 @@ from hsm_core.sources.hpc_options import HpcOptions, slurm_directive
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 60.0
+WARN_BEFORE_END_S = 60
 STDERR_TAIL_BYTES = 4096
 # Files of one attempt in a task folder; a new attempt moves them to attempt_N/ (the
 # engine does the same locally; on a remote cluster this is the only place that can).
@@ -124,6 +125,11 @@ class Slurm(Scheduler):
         if not o.requeue:
             # A node failure must reach hsm (LOST, placed again), not be requeued silently.
             extra.setdefault("no-requeue", True)
+        # submitit asks for USR2 before the time limit, which Slurm may send up to a minute
+        # early: with short limits it kills every process of the job at start (USR2's
+        # default action), the task's own included. URG is ignored by default; the
+        # wrapper only notes it.
+        extra.setdefault("signal", f"URG@{WARN_BEFORE_END_S}")
         params: dict[str, Any] = {
             "job_name": o.job_name,
             "time": o.time_min,

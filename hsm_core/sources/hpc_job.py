@@ -18,6 +18,7 @@ A non-zero exit leaves the job with that exit code, so ``sacct`` agrees with hsm
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -72,9 +73,12 @@ class _Watch:
         # submitit's own handlers would requeue or ignore; hsm decides about retries.
         signal.signal(signal.SIGTERM, self._terminate)
         signal.signal(signal.SIGINT, self._terminate)
-        usr2 = getattr(signal, "SIGUSR2", None)
-        if usr2 is not None:
-            signal.signal(usr2, self._warn)
+        # The scheduler's "time limit near" signal: hsm asks for URG (see hpc_backend),
+        # a submitit setting may still send USR2.
+        for name in ("SIGUSR2", "SIGURG"):
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                signal.signal(signum, self._warn)
 
     def _terminate(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = signal.Signals(signum).name
@@ -165,8 +169,22 @@ def run_task(job: Mapping[str, Any]) -> int:
     return _finish(job, tdir, record, started)
 
 
+def _owned(tdir: Path, attempt: int) -> bool:
+    """Is the task folder still this attempt's? An attempt given up as LOST (its node
+    froze) can come back later, after the next attempt has taken the folder over."""
+    try:
+        current = json.loads((tdir / START_FILE).read_text()).get("attempt")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(current == attempt)
+
+
 def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started: float) -> int:
     record.update(started=started, ended=time.time())
+    attempt = int(job["attempt"])
+    if not _owned(tdir, attempt):
+        tdir = tdir / f"attempt_{attempt}"
+        tdir.mkdir(exist_ok=True)
     write_json_atomic(tdir / EXIT_FILE, record)
     if job.get("kind") != "hydra":
         write_json_atomic(tdir / RESULT_FILE, record)
@@ -179,8 +197,6 @@ def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started:
 
 def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - debugging aid
     """`python -m hsm_core.sources.hpc_job REQUEST.json`: run a job request by hand."""
-    import json
-
     args = list(sys.argv[1:] if argv is None else argv)
     run_task(json.loads(Path(args[0]).read_text()))
 

@@ -1,0 +1,474 @@
+"""The hpc source on the real one-node Slurm (with slurmdbd, so sacct works).
+
+Every scheduler command (sbatch, sacct, squeue, scancel, sinfo, scontrol) is counted by a
+small logging shim put first on PATH: the real command still runs; the shim only writes
+one line per call. Tests poll with deadlines, never sleep to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hsm_core.model import SourceSpec, TaskState
+from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
+from hsm_core.sources.hpc import HPCSource
+from hsm_core.sources.hpc_job import START_FILE
+from hsm_core.store import SweepStore
+from tests.services import SlurmEnv
+from tests.sweep_utils import PY, command_tasks, hsm, hsm_popen, make_sweep, states, wait_for
+
+pytestmark = pytest.mark.slurm
+
+SCHEDULER_COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "sinfo", "scontrol")
+FAST = {"time": 2, "poll_min": 0.5, "poll_interval": 2, "batch_window": 0.2}
+
+# A task that sleeps long on its first attempt and ends at once on a later one (the
+# marker file survives the attempt): "lost, then run again" finishes quickly.
+FIRST_SLOW = (
+    "import os, sys, time\n"
+    "m = os.path.join(os.environ['HSM_TASK_DIR'], 'marker')\n"
+    "if os.path.exists(m): print('again'); sys.exit(0)\n"
+    "open(m, 'w').close(); time.sleep(float(sys.argv[1]))\n"
+)
+
+
+@dataclass
+class SchedulerLog:
+    path: Path
+
+    def calls(self, name: str | None = None) -> list[list[str]]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = [shlex.split(line) for line in lines if line.strip()]
+        return [c for c in out if name is None or c[0] == name]
+
+    def count(self, name: str) -> int:
+        return len(self.calls(name))
+
+
+@pytest.fixture
+def sched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm_env: SlurmEnv) -> SchedulerLog:
+    """Count every scheduler command this process (and its children) runs."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    log = SchedulerLog(tmp_path / "scheduler_calls.log")
+    for name in SCHEDULER_COMMANDS:
+        real = shutil.which(name)
+        assert real, f"{name} is not installed"
+        shim = shims / name
+        shim.write_text(
+            "#!/bin/sh\n"
+            f'printf "%s\\n" "{name} $*" >> {shlex.quote(str(log.path))}\n'
+            f'exec {shlex.quote(real)} "$@"\n'
+        )
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def hpc_spec(slurm: SlurmEnv, slots: int = 4, **options: Any) -> SourceSpec:
+    return SourceSpec("cluster", "hpc", slots, {"partition": slurm.partition, **FAST, **options})
+
+
+def run_hpc(store: SweepStore, spec: SourceSpec, **opts: Any) -> tuple[RunOutcome, HPCSource]:
+    ctx = context_for(store)
+    src = HPCSource(spec, ctx)
+    out = asyncio.run(
+        run_sweep(store, ctx, [spec], RunOptions(**opts), sources=[src], handle_signals=False)
+    )
+    return out, src
+
+
+def squeue_ids(name: str) -> list[str]:
+    done = subprocess.run(
+        ["squeue", "-h", "-r", "-n", name, "-o", "%i"], capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()
+
+
+def sacct_states(job_id: str) -> set[str]:
+    done = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def settles_as(job_id: str, state: str) -> None:
+    """sacct lags the job's end by a second or so: wait for its final word."""
+    wait_for(
+        lambda: sacct_states(job_id) == {state},
+        timeout=30,
+        interval=0.3,
+        message=f"sacct to say {state} for job {job_id} (says {sacct_states(job_id)})",
+    )
+
+
+def started_job(task_dir: Path) -> str | None:
+    try:
+        return str(json.loads((task_dir / START_FILE).read_text())["job_id"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# ------------------------------------------------------------------ arrays
+
+
+def test_sweep_is_one_array_job(tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog) -> None:
+    script = (
+        "import os, sys\n"
+        "print(os.environ['HSM_TASK_ID'], os.environ['HSM_SWEEP_ID'], sys.argv[1])\n"
+        "open(os.path.join(os.environ['HSM_TASK_DIR'], 'results', 'r.txt'), 'w').write('ok')\n"
+    )
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", script, f"v{i}"] for i in range(12)]))
+    out, _ = run_hpc(store, hpc_spec(slurm_env, slots=4))
+    assert out.ok, out.counts
+    assert sched.count("sbatch") == 1  # twelve tasks, one array
+    attempts = store.latest_attempts()
+    arrays = {a.handle.split("_")[0] for a in attempts.values() if a.handle}
+    assert len(arrays) == 1
+    assert sorted(int(a.handle.split("_")[1]) for a in attempts.values() if a.handle) == list(
+        range(12)
+    )
+    script_file = next((store.sweep_dir / "scripts" / "cluster").rglob("*submission.sh"))
+    assert "#SBATCH --array=0-11%4" in script_file.read_text()
+    for i, task in enumerate(store.tasks()):
+        tdir = store.task_dir(task)
+        assert (tdir / "stdout.log").read_text().split() == [task.name, "t", f"v{i}"]
+        assert (tdir / "results" / "r.txt").read_text() == "ok"
+        assert json.loads((tdir / "result.json").read_text())["exit_code"] == 0
+    settles_as(next(iter(arrays)), "COMPLETED")
+
+
+def test_array_larger_than_the_limit_is_split(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", "pass"]] * 7))
+    out, _ = run_hpc(store, hpc_spec(slurm_env, slots=7, array_limit=3))
+    assert out.ok, out.counts
+    sizes = []
+    for call in sched.calls("sbatch"):
+        text = Path(call[-1]).read_text()
+        array = [ln for ln in text.splitlines() if ln.startswith("#SBATCH --array=")]
+        # submitit submits a chunk of one as a plain job (no --array line)
+        sizes.append(int(array[0].split("-")[-1].split("%")[0]) + 1 if array else 1)
+    assert sorted(sizes) == [1, 3, 3]
+    handles = [a.handle or "" for a in store.latest_attempts().values()]
+    assert len({h.split("_")[0] for h in handles}) == 3
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_failing_tasks_are_failed_with_their_errors(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    argvs = [
+        [PY, "-c", "print('fine')"],
+        [PY, "-c", "def f():\n    raise ValueError('boom at depth')\nf()"],
+        [PY, "-c", "import sys; sys.stderr.write('disk is full\\n'); sys.exit(3)"],
+        ["/nonexistent/program", "x"],
+    ]
+    store = make_sweep(tmp_path, command_tasks(argvs))
+    out, _ = run_hpc(store, hpc_spec(slurm_env))
+    assert not out.ok
+    st = states(store)
+    assert st == {
+        1: TaskState.COMPLETED,
+        2: TaskState.FAILED,
+        3: TaskState.FAILED,
+        4: TaskState.FAILED,
+    }
+    tasks = store.tasks()
+    latest = store.latest_attempts()
+    raised = latest[tasks[1].key]
+    assert raised.exit_code == 1 and "ValueError: boom at depth" in (raised.error or "")
+    traceback = (store.task_dir(tasks[1]) / "stderr.log").read_text()
+    assert "Traceback (most recent call last)" in traceback and "in f" in traceback
+    exited = latest[tasks[2].key]
+    assert exited.exit_code == 3 and "disk is full" in (exited.error or "")
+    missing = latest[tasks[3].key]
+    assert missing.exit_code == 127 and "cannot start" in (missing.error or "")
+    # sacct agrees with hsm: the failed tasks' jobs failed (the original said COMPLETED).
+    settles_as(raised.handle or "", "FAILED")
+    settles_as(latest[tasks[0].key].handle or "", "COMPLETED")
+
+
+@pytest.mark.timeout(240)
+def test_task_over_its_time_limit_is_failed_timeout(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    # Slurm counts whole minutes and checks limits about every 30 s: ~60-95 s here.
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", "import time; time.sleep(600)"]]))
+    t0 = time.monotonic()
+    run_hpc(store, hpc_spec(slurm_env, time=1))
+    assert time.monotonic() - t0 < 150
+    att = store.latest_attempts()[store.tasks()[0].key]
+    assert att.state is TaskState.FAILED
+    assert "TIMEOUT" in (att.error or "") and "time limit" in (att.error or "")
+    settles_as(att.handle or "", "TIMEOUT")
+    assert len(store.attempts(att.key)) == 1  # the task's fault: not re-queued
+
+
+# ------------------------------------------------------ lost and re-queued
+
+
+def test_job_cancelled_outside_hsm_is_lost_and_run_again(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", FIRST_SLOW, "120"]]))
+    tdir = store.task_dir(store.tasks()[0])
+
+    async def scenario() -> tuple[RunOutcome, str]:
+        ctx = context_for(store)
+        spec = hpc_spec(slurm_env)
+        run = asyncio.create_task(
+            run_sweep(
+                store,
+                ctx,
+                [spec],
+                RunOptions(),
+                sources=[HPCSource(spec, ctx)],
+                handle_signals=False,
+            )
+        )
+        deadline = time.monotonic() + 60
+        while (jid := started_job(tdir)) is None:
+            assert time.monotonic() < deadline, "the task never started"
+            await asyncio.sleep(0.1)
+        scancel = await asyncio.create_subprocess_exec("scancel", jid)
+        assert await scancel.wait() == 0
+        return await asyncio.wait_for(run, 120), jid
+
+    out, killed = asyncio.run(scenario())
+    attempts = store.attempts(store.tasks()[0].key)
+    assert [a.state for a in attempts] == [TaskState.LOST, TaskState.COMPLETED]
+    assert "cancelled outside hsm" in (attempts[0].error or "")
+    assert attempts[0].handle == killed and attempts[1].handle != killed
+    assert (tdir / "stdout.log").read_text().strip() == "again"
+    assert out.ok
+
+
+@pytest.mark.timeout(240)
+def test_stopped_node_daemon_makes_tasks_lost_and_they_run_again(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("stopping slurmd needs root")
+    slurmd = int(slurm_env.pid_files["slurmd"].read_text().strip())
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", FIRST_SLOW, "300"]]))
+    tdir = store.task_dir(store.tasks()[0])
+    frozen = False
+
+    async def freeze_node_while_it_runs() -> None:
+        nonlocal frozen
+        deadline = time.monotonic() + 60
+        while started_job(tdir) is None:
+            assert time.monotonic() < deadline, "the task never started"
+            await asyncio.sleep(0.1)
+        os.kill(slurmd, signal.SIGSTOP)  # the node stops answering slurmctld
+        frozen = True
+        # Slurm declares the node down after SlurmdTimeout (10 s here) and ends its
+        # jobs as NODE_FAIL; hsm must see LOST and submit the task again. The new
+        # attempt can only run once the node is back.
+        deadline = time.monotonic() + 120
+        while not (tdir / "attempt_1").exists():
+            assert time.monotonic() < deadline, "the lost attempt was never re-queued"
+            await asyncio.sleep(0.2)
+        os.kill(slurmd, signal.SIGCONT)
+        frozen = False
+
+    async def scenario() -> RunOutcome:
+        ctx = context_for(store)
+        spec = hpc_spec(slurm_env, poll_interval=1)
+        run = asyncio.create_task(
+            run_sweep(
+                store,
+                ctx,
+                [spec],
+                RunOptions(),
+                sources=[HPCSource(spec, ctx)],
+                handle_signals=False,
+            )
+        )
+        await freeze_node_while_it_runs()
+        return await asyncio.wait_for(run, 120)
+
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        if frozen:
+            os.kill(slurmd, signal.SIGCONT)
+        wait_for(_node_ready, timeout=60, message="the node to be back in service")
+    attempts = store.attempts(store.tasks()[0].key)
+    assert [a.state for a in attempts] == [TaskState.LOST, TaskState.COMPLETED], attempts
+    assert "NODE_FAIL" in (attempts[0].error or "")
+    assert out.ok
+
+
+def _node_ready() -> bool:
+    done = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return done.stdout.strip() in ("idle", "mix", "alloc")
+
+
+# ------------------------------------------------------------------ cancel
+
+
+def test_hsm_cancel_leaves_no_job_of_the_sweep_in_the_queue(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    (tmp_path / "hsm.yaml").write_text(
+        yaml.safe_dump(
+            {"sources": {"cluster": {"type": "hpc", "partition": slurm_env.partition, **FAST}}}
+        )
+    )
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            {"grid": {"i": list(range(6))}, "command": [PY, "-c", "import time; time.sleep(300)"]}
+        )
+    )
+    proc = hsm_popen(
+        "run",
+        "-c",
+        "s.yaml",
+        "-s",
+        "hpc:cluster:2",
+        "--sweep-id",
+        "cx",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    try:
+        name = "hsm-cx"
+        # Two run (the `%2` throttle), four wait in the queue.
+        wait_for(lambda: len(squeue_ids(name)) >= 3, timeout=60, message="jobs in the queue")
+        sweep_dir = tmp_path / "sweeps" / "outputs" / "cx"
+        wait_for(
+            lambda: len(list(sweep_dir.glob(f"tasks/*/{START_FILE}"))) == 2,
+            timeout=60,
+            message="two tasks running",
+        )
+        res = hsm("cancel", "cx", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert squeue_ids("hsm-cx") == []
+    store = SweepStore.open(tmp_path / "sweeps" / "outputs" / "cx", readonly=True)
+    assert set(states(store).values()) == {TaskState.CANCELLED}
+    assert sched.count("scancel") == 1  # one call for the whole sweep
+
+
+# ------------------------------------------------------- scheduler pacing
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_one_status_query_per_poll_cycle_whatever_the_sweep_size(
+    n: int, tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    body = "import time; time.sleep(1.5)"
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", body]] * n))
+    out, src = run_hpc(store, hpc_spec(slurm_env, slots=16, poll_min=0.5, poll_interval=1))
+    assert out.ok, out.counts
+    status_calls = sched.count("sacct") + sched.count("squeue")
+    assert status_calls == src.stats["queries"]  # never more than one per query cycle
+    assert src.stats["queries"] <= src.stats["scans"]
+    assert sched.count("sbatch") == 1
+    assert sched.count("scancel") == 0
+    # The whole sweep: start-up check (sinfo) + one sbatch + the paced queries.
+    assert sched.count("sinfo") == 1
+    per_cycle = [len(c) for c in _sacct_id_lists(sched)]
+    assert all(k == 1 for k in per_cycle)  # one array id, however many tasks
+
+
+def _sacct_id_lists(sched: SchedulerLog) -> list[list[str]]:
+    out = []
+    for call in sched.calls("sacct"):
+        out.append([call[i + 1] for i, w in enumerate(call) if w == "-j"])
+    return out
+
+
+# -------------------------------------------------------------- re-attach
+
+
+def test_restarted_orchestrator_reattaches_instead_of_running_again(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    (tmp_path / "hsm.yaml").write_text(
+        yaml.safe_dump(
+            {"sources": {"cluster": {"type": "hpc", "partition": slurm_env.partition, **FAST}}}
+        )
+    )
+    gate = tmp_path / "gate"
+    wait_gate = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.1)\n"
+        "print('done', sys.argv[1])\n"
+    )
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump({"grid": {"i": [1, 2, 3]}, "command": [PY, "-c", wait_gate, "{i}"]})
+    )
+    proc = hsm_popen(
+        "run",
+        "-c",
+        "s.yaml",
+        "-s",
+        "hpc:cluster:2",
+        "--sweep-id",
+        "ra",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    sweep_dir = tmp_path / "sweeps" / "outputs" / "ra"
+    try:
+        wait_for(
+            lambda: len(list(sweep_dir.glob(f"tasks/*/{START_FILE}"))) == 2,
+            timeout=60,
+            message="two tasks running",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the orchestrator dies; its jobs do not
+        proc.wait()
+    assert sched.count("sbatch") == 1
+    gate.write_text("")
+    res = hsm("complete", "ra", "-s", "cluster", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    store = SweepStore.open(sweep_dir, readonly=True)
+    assert set(states(store).values()) == {TaskState.COMPLETED}
+    for task in store.tasks():
+        assert [a.attempt for a in store.attempts(task.key)] == [1]  # nothing ran twice
+        assert (store.task_dir(task) / "stdout.log").read_text().split()[0] == "done"
+    assert sched.count("sbatch") == 1
+
+
+# ----------------------------------------------------------------- health
+
+
+def test_health_check_reports_partitions_and_jobs(tmp_path: Path, slurm_env: SlurmEnv) -> None:
+    store = make_sweep(tmp_path, [])
+    src = HPCSource(hpc_spec(slurm_env), context_for(store))
+    report = asyncio.run(src.health_check())
+    assert report.ok, report.detail
+    assert f"{slurm_env.partition}*" in report.detail and "your jobs" in report.detail
+    bad = HPCSource(hpc_spec(slurm_env, partition="nosuch"), context_for(store))
+    report = asyncio.run(bad.health_check())
+    assert not report.ok and "'nosuch' not found" in report.detail
