@@ -100,6 +100,10 @@ class Frame:
     def n_running(self) -> int:
         return self.counts.get(TaskState.RUNNING, 0) + self.counts.get(TaskState.ASSIGNED, 0)
 
+    @property
+    def n_failures(self) -> int:
+        return self.counts.get(TaskState.FAILED, 0) + self.counts.get(TaskState.LOST, 0)
+
 
 def orchestrator_active(orch: Any) -> bool:
     """Is the run that owns this sweep still alive? On another host we cannot tell, so
@@ -177,7 +181,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
     durations: list[float] = []
     for a in latest:
         counts[a.state] = counts.get(a.state, 0) + 1
-        src = a.source or "(queued)"
+        src = a.source or "(not placed)"
         bucket = per_source.setdefault(src, {})
         bucket[a.state] = bucket.get(a.state, 0) + 1
         if a.state is TaskState.COMPLETED and a.started is not None and a.ended is not None:
@@ -187,7 +191,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         per_source.setdefault(name, {})
     sources = [
         SourceLine(name, slots.get(name), per_source[name])
-        for name in sorted(per_source, key=lambda n: (n == "(queued)", n))
+        for name in sorted(per_source, key=lambda n: (n == "(not placed)", n))
     ]
     active = orchestrator_active(meta.get("orchestrator"))
 
@@ -227,7 +231,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         stop = now if active or not isinstance(ended, (int, float)) else ended
         elapsed = max(0.0, stop - started)
     parallel = sum(slots.values()) or max(1, len(busy))
-    names = [s.name for s in sources if s.name != "(queued)"]
+    names = [s.name for s in sources if s.name != "(not placed)"]
     return Frame(
         sweep_id=str(meta.get("sweep_id", store.sweep_dir.name)),
         sweep_dir=store.sweep_dir,

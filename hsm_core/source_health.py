@@ -1,16 +1,17 @@
 """`hsm monitor health`: check every configured source now, with what each check found.
 
-Each source is built from hsm.yaml exactly as a sweep would build it and asked for its
-`health_check()`, all at once, each under the configured timeout (a frozen host must not
-hang the table). A source counts as disabled after `health.consecutive_failures` failed
-checks in a row, the rule the sweep's health monitor applies; the one-shot command sees
-one check, `--watch` accumulates them.
+Each source is built from hsm.yaml exactly as a sweep would build it, started, asked for
+its `health_check()` and closed, all at once, each step under the configured timeout (a
+frozen host must not hang the table). A source counts as disabled after
+`health.consecutive_failures` failed checks in a row, the rule the sweep's health monitor
+applies; the one-shot command sees one check, `--watch` accumulates them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,11 +52,16 @@ def configured_sources(config: HsmConfig) -> dict[str, Mapping[str, Any]]:
 async def _check_one(
     name: str, entry: Mapping[str, Any], ctx: SweepContext, timeout_s: float
 ) -> tuple[bool, str, HealthReport | None]:
+    if entry.get("sync") == "push":
+        # Looking must not change anything: never push the working tree from a health check.
+        entry = {**entry, "sync": "warn"}
     try:
         source = make_source(source_spec(name, entry), ctx)
     except Exception as exc:  # a module that is missing, a bad option: say so in the row
         return False, f"cannot build the source: {exc}", None
     try:
+        # Sources check through the connection they open in start() (ssh: the agent).
+        await asyncio.wait_for(source.start(lambda event: None), timeout_s)
         report = await asyncio.wait_for(source.health_check(), timeout_s)
         return report.ok, report.detail, report
     except asyncio.TimeoutError:
@@ -89,13 +95,10 @@ async def check_sources(
         )
     timeout_s = float(config.health.get("timeout_s", 20.0))
     limit = int(config.health.get("consecutive_failures", 3))
-    ctx = SweepContext(
-        sweep_id="health-check",
-        sweep_dir=project_root,
-        project_root=project_root,
-        python=sys.executable,
-    )
-    results = await asyncio.gather(*(_check_one(n, entries[n], ctx, timeout_s) for n in wanted))
+    # A scratch sweep folder: starting a source may create its folders there.
+    with tempfile.TemporaryDirectory(prefix="hsm-health-") as scratch:
+        ctx = SweepContext("health-check", Path(scratch), project_root, sys.executable)
+        results = await asyncio.gather(*(_check_one(n, entries[n], ctx, timeout_s) for n in wanted))
     history = history if history is not None else {}
     now = time.time()
     out = []

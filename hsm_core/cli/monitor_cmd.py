@@ -92,11 +92,11 @@ def _watch(args: argparse.Namespace) -> int:
     refresh = _positive(args.refresh, "--refresh")
     con = console()
     with open_sweep(args.sweep) as store:
-        frame = snapshot(store)
-        if args.once or not frame.active:
-            con.print(frame_view(frame))
-            return 0
         try:
+            frame = snapshot(store)
+            if args.once or not frame.active:
+                con.print(frame_view(frame))
+                return 0
             with Live(frame_view(frame), console=con, auto_refresh=False) as live:
                 while frame.active:
                     # A display loop, not synchronisation: wait, then redraw from the journal.

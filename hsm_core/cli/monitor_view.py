@@ -130,7 +130,7 @@ def frame_view(frame: Frame) -> Group:
         parts.append(run)
 
     if frame.failures:
-        bad = Table(title="recent failures", title_justify="left", box=None)
+        bad = Table(title=f"recent failures ({frame.n_failures})", title_justify="left", box=None)
         for col in ("ended", "task", "source", "cause", "error"):
             bad.add_column(col, overflow="ellipsis", no_wrap=col == "error")
         for f in frame.failures:
@@ -142,6 +142,9 @@ def frame_view(frame: Frame) -> Group:
                 Text(f.cause, style=STATE_STYLE[f.state]),
                 f.error[:160],
             )
+        if frame.n_failures > len(frame.failures):
+            more = frame.n_failures - len(frame.failures)
+            bad.add_row("", f"... {more} more: hsm monitor errors {frame.sweep_id}", "", "", "")
         parts.append(bad)
 
     if frame.health:
