@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 TRAIN = Path(__file__).resolve().parents[2] / "example_app" / "train.py"
 
@@ -157,3 +158,66 @@ def test_sleep_makes_it_run_longer(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["train_seconds"] >= 0.6
+
+
+# --- the sweep files, run by hsm itself ---------------------------------------------------
+
+REPO = TRAIN.parents[1]
+SWEEPS = REPO / "example_app" / "sweeps"
+
+
+def hsm_run(tmp_path: Path, sweep: str, *args: str) -> tuple[int, str, Path]:
+    out_dir = tmp_path / "sweep"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}  # keep the user's index
+    env.pop("HSM_TASK_DIR", None)
+    hsm = [sys.executable, "-m", "hsm_core.cli.main", "run", "--config", str(SWEEPS / sweep)]
+    proc = subprocess.run(
+        [*hsm, "--sources", "local:2", "--output-dir", str(out_dir), "--no-progress", *args],
+        cwd=REPO,  # script: paths are relative to the project root
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, out_dir
+
+
+def task_status(task_dir: Path) -> dict[str, object]:
+    return yaml.safe_load((task_dir / "status.yaml").read_text())
+
+
+def test_example_sweep_file_runs_under_hsm(tmp_path: Path) -> None:
+    from hsm_core.sweepfile import load_sweep_file
+
+    definition = load_sweep_file(SWEEPS / "example.yaml")
+    assert len(definition.points) == 12
+    assert {p["model"] for p in definition.points} == {"linear", "mlp"}
+
+    rc, output, sweep = hsm_run(tmp_path, "example.yaml", "--max-tasks", "4")
+    assert rc == 0, output
+    for num in range(1, 5):
+        task_dir = sweep / "tasks" / f"task_{num:03d}"
+        assert task_status(task_dir)["state"] == "COMPLETED"
+        metrics = json.loads((task_dir / "results" / "metrics.json").read_text())
+        params = definition.points[num - 1]
+        assert metrics["lr"] == params["optim.lr"]
+        assert (metrics["seed"], metrics["model"]) == (params["seed"], params["model"])
+        assert metrics["epochs"] == params["epochs"]
+    assert not (sweep / "tasks" / "task_005").exists()
+
+
+def test_failing_sweep_file_fails_the_expected_tasks(tmp_path: Path) -> None:
+    rc, output, sweep = hsm_run(tmp_path, "failing.yaml")
+    assert rc == 1, output
+    outcomes: dict[str, set[tuple[object, object]]] = {}
+    for task_dir in sorted((sweep / "tasks").iterdir()):
+        fail = yaml.safe_load((task_dir / "params.yaml").read_text())["fail"]
+        status = task_status(task_dir)
+        outcomes.setdefault(str(fail), set()).add((status["state"], status["exit_code"]))
+    assert outcomes == {
+        "None": {("COMPLETED", 0)},
+        "exception": {("FAILED", 1)},
+        "oom": {("FAILED", 1)},
+        "exit": {("FAILED", 3)},
+        "segfault": {("FAILED", 128 + signal.SIGSEGV)},  # as the runner's shell reports it
+    }
