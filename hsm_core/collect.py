@@ -142,9 +142,11 @@ async def collect_folder(
     large: Sequence[Sequence[Any]],
     sftp: Callable[[], Awaitable[asyncssh.SFTPClient]],
     exclude: Sequence[str] = (),
-) -> CollectStats:
+    before_result: Callable[[bytes | None], Awaitable[None]] | None = None,
+) -> tuple[CollectStats, bytes | None]:
     """One finished folder from an exit event: inline files, then SFTP for the large
-    ones, and result.json strictly last (whichever way it came)."""
+    ones, then `before_result(result bytes)` (more to pull, e.g. a Hydra job's output
+    dir), and result.json strictly last. Returns the stats and result.json's bytes."""
 
     def is_result(rel: str) -> bool:
         return posixpath.normpath(rel) == RESULT_FILE
@@ -153,14 +155,26 @@ async def collect_folder(
         write_inline, local_dir, {k: v for k, v in inline.items() if not is_result(k)}, exclude
     )
     rest = [e for e in large if not is_result(str(e[0]))]
-    last = [e for e in large if is_result(str(e[0]))]
-    if rest or last:
-        client = await sftp()
-        stats.add(await pull_files(client, remote_dir, local_dir, rest + last, exclude))
+    if rest:
+        stats.add(await pull_files(await sftp(), remote_dir, local_dir, rest, exclude))
     result = {k: v for k, v in inline.items() if is_result(k)}
+    data = base64.b64decode(next(iter(result.values()))) if result else None
+    if before_result is not None:
+        await before_result(data)
     if result:
         stats.add(await asyncio.to_thread(write_inline, local_dir, result, exclude))
-    return stats
+    last = [e for e in large if is_result(str(e[0]))]
+    if last:
+        stats.add(await pull_files(await sftp(), remote_dir, local_dir, last, exclude))
+        data = await asyncio.to_thread(_read_or_none, local_dir / RESULT_FILE)
+    return stats, data
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 async def _get(sftp: asyncssh.SFTPClient, remote: str, target: Path, mtime: float) -> None:
@@ -222,5 +236,5 @@ async def pull_tree(
             elif stat.S_ISREG(mode) and ".tmp" not in name:
                 entries.append((rel, int(attrs.size or 0), float(attrs.mtime or 0)))
     entries.sort(key=lambda e: (e[0] == RESULT_FILE, e[0]))
-    await asyncio.to_thread((local_dir / "results").mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(local_dir.mkdir, parents=True, exist_ok=True)
     return await pull_files(sftp, remote_dir, local_dir, entries, exclude)

@@ -196,10 +196,19 @@ def local_state(root: Path) -> tuple[Side, list[str] | None]:
         return side, None
 
 
-def walk_files(root: Path) -> list[str]:
+def walk_files(root: Path, skip: tuple[Path, ...] = ()) -> list[str]:
+    """Files of a project without git, minus the usual output folders and `skip`."""
     out = []
+    root = root.resolve()
+    skipped = {str(p.resolve()) for p in (root / "sweeps" / "outputs", *skip)}
     for dirpath, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and os.path.join(dirpath, d) not in skipped
+        )
         rel_dir = os.path.relpath(dirpath, root)
         for n in names:
             if n.endswith(SKIP_SUFFIXES):
@@ -302,6 +311,7 @@ async def verify(
     policy: str = "warn",
     hydra: bool = False,
     announce: bool = True,
+    skip: tuple[Path, ...] = (),
 ) -> SyncReport:
     """Compare, apply the policy, and return the report (HsmError on fail/fatal)."""
     report = SyncReport(source, host, policy, remote_dir)
@@ -325,7 +335,9 @@ async def verify(
         report.status = "in_sync"
     else:
         report.method = "checksum"
-        files = tracked if tracked is not None else await asyncio.to_thread(walk_files, local_root)
+        if tracked is None:
+            tracked = await asyncio.to_thread(walk_files, local_root, tuple(skip))
+        files = tracked
         report.differing_files = await _differing(
             transport, local_root, remote_dir, python, setup, shell, files
         )
@@ -420,6 +432,7 @@ async def verify_source(src: SSHSource) -> dict[str, Any]:
         shell=src.opts.shell,
         policy=src.opts.sync,
         hydra=await asyncio.to_thread(_sweep_is_hydra, src.ctx.sweep_dir),
+        skip=(src.ctx.sweep_dir,),  # our own outputs, when they live inside the project
     )
     return report.to_meta()
 

@@ -23,12 +23,12 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import logging
 import posixpath
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hsm_core import collect
@@ -80,6 +80,7 @@ class SSHSource(ComputeSource):
         self._jobs: set[asyncio.Task[Any]] = set()
         self._pongs: dict[int, asyncio.Future[Event]] = {}
         self._seq = itertools.count(1)
+        self._shipped: set[str] = set()  # shared Hydra payload files already on the host
         self.home = ""
         self.project_dir = self.opts.project_dir
         self.sweep_dir = ""
@@ -167,15 +168,10 @@ class SSHSource(ComputeSource):
         task, rdir = att.task, att.remote_dir
         files: dict[str, str] = {}
         if task.kind is TaskKind.HYDRA and task.payload:
-            local = self.ctx.sweep_dir / task.payload
-            remote = posixpath.join(self.sweep_dir, task.payload)
-            data = await asyncio.to_thread(local.read_bytes)
-            if len(data) <= INLINE_PAYLOAD_MAX:
-                files[remote] = base64.b64encode(data).decode("ascii")
-            else:
-                sftp = await self.transport.sftp()
-                await sftp.makedirs(posixpath.dirname(remote), exist_ok=True)
-                await self.transport.put_file(local, remote)
+            # The job's own pickle, plus the shared parts of the launch (sent once per
+            # host), at the same paths relative to the remote sweep dir.
+            for rel in [*await asyncio.to_thread(self._unsent_shared), task.payload]:
+                await self._ship(rel, files)
         argv = task_argv(task, self.opts.python, self.sweep_dir, rdir)
         if self.opts.setup:
             # Setup lines come from the user's own hsm.yaml; the task's argv (and so every
@@ -204,6 +200,28 @@ class SSHSource(ComputeSource):
             "skip": skip,
             "result": "if_missing" if task.kind is TaskKind.HYDRA else "always",
         }
+
+    def _unsent_shared(self) -> list[str]:
+        from hsm_core.hydra_payload import PAYLOAD_DIR
+
+        root = self.ctx.sweep_dir / PAYLOAD_DIR
+        found = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+        rels = sorted(str(p.relative_to(self.ctx.sweep_dir)) for p in found)
+        new = [r for r in rels if r not in self._shipped]
+        self._shipped.update(new)
+        return new
+
+    async def _ship(self, rel: str, files: dict[str, str]) -> None:
+        """Into the launch message when small (no extra round trip), else SFTP now."""
+        local = self.ctx.sweep_dir / rel
+        remote = posixpath.join(self.sweep_dir, rel)
+        data = await asyncio.to_thread(local.read_bytes)
+        if len(data) <= INLINE_PAYLOAD_MAX:
+            files[remote] = base64.b64encode(data).decode("ascii")
+            return
+        sftp = await self.transport.sftp()
+        await sftp.makedirs(posixpath.dirname(remote), exist_ok=True)
+        await self.transport.put_file(local, remote)
 
     # ----------------------------------------------------------------- events
     def _on_event(self, ev: Event) -> None:
@@ -250,14 +268,16 @@ class SSHSource(ComputeSource):
             else:
                 self._done(att, TaskState.LOST, error=f"{error} on {self.name}")
             return
+        before = self._job_dir_puller(att) if att.task.kind is TaskKind.HYDRA else None
         try:
-            stats = await collect.collect_folder(
+            stats, result = await collect.collect_folder(
                 self.ctx.task_dir(att.task),
                 att.remote_dir,
                 ev.get("files") or {},
                 ev.get("large") or [],
                 self.transport.sftp,
                 self.opts.exclude,
+                before,
             )
         except SourceError as exc:
             # The exit record stays on the host: the re-attach after reconnecting (or
@@ -274,13 +294,30 @@ class SSHSource(ComputeSource):
         elif code != 0:
             self._done(att, TaskState.FAILED, code, describe_exit(int(code)))
         else:
-            recorded = await asyncio.to_thread(_local_exit_code, self.ctx.task_dir(att.task))
+            recorded = _exit_code(result)
             if recorded == 0:
                 self._done(att, TaskState.COMPLETED, 0)
             elif recorded is None:
                 self._done(att, TaskState.FAILED, 0, "result.json did not arrive")
             else:
                 self._done(att, TaskState.FAILED, recorded, describe_exit(recorded))
+
+    def _job_dir_puller(self, att: _Att) -> Any:
+        """A Hydra job writes its output dir under the remote sweep dir (the worker puts
+        hydra.sweep.dir there): mirror it to the same place under the local sweep dir."""
+
+        async def pull(result: bytes | None) -> None:
+            try:
+                out = str(json.loads(result or b"{}").get("output_dir") or "")
+            except ValueError:
+                return
+            rel = posixpath.relpath(out, self.sweep_dir) if out else ".."
+            if rel == "." or rel.startswith("../") or rel == "..":
+                return
+            sftp = await self.transport.sftp()
+            await collect.pull_tree(sftp, out, self.ctx.sweep_dir / rel, self.opts.exclude)
+
+        return pull
 
     def _done(
         self, att: _Att, state: TaskState, code: int | None = None, error: str | None = None
@@ -415,11 +452,8 @@ class SSHSource(ComputeSource):
         )
 
 
-def _local_exit_code(task_dir: Path) -> int | None:
-    import json
-
+def _exit_code(result: bytes | None) -> int | None:
     try:
-        data = json.loads((task_dir / collect.RESULT_FILE).read_text())
-        return int(data["exit_code"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(json.loads(result or b"")["exit_code"])
+    except (ValueError, KeyError, TypeError):
         return None

@@ -29,6 +29,10 @@ from hsm_core.errors import CommandError, ConfigError, HsmError
 from hsm_core.sources.base import SourceError
 
 log = logging.getLogger(__name__)
+# asyncssh logs every channel open/close at INFO; under Hydra (root logger at INFO) that
+# floods the job logs. Quiet by default; a level the user set explicitly is kept.
+if logging.getLogger("asyncssh").level == logging.NOTSET:
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 # Keys of a source's options that describe how to reach the host.
 TARGET_KEYS = (

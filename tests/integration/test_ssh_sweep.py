@@ -178,3 +178,24 @@ def live_members(pgids: list[int]) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) in pgids:
             found.append(int(entry))
     return found
+
+
+def test_large_outputs_by_sftp_and_excluded_globs(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    script = (
+        'cd "$HSM_TASK_DIR/results" && head -c 300000 /dev/urandom > big.bin && '
+        "cp big.bin $0 && echo skip > model.ckpt && mkdir -p deep/er && echo d > deep/er/f"
+    )
+    tasks = command_tasks([["sh", "-c", script, "/tmp/hsm-ssh-big-copy"]])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    spec = ssh_spec(ssh_env, "h1", inline_max=4096, exclude=["*.ckpt"])
+
+    outcome = asyncio.run(run(store, [spec]))
+
+    assert outcome.counts[TaskState.COMPLETED] == 1
+    results = store.sweep_dir / "tasks" / "task_001" / "results"
+    assert (results / "big.bin").read_bytes() == Path("/tmp/hsm-ssh-big-copy").read_bytes()
+    assert (results / "deep" / "er" / "f").read_text() == "d\n"
+    assert not (results / "model.ckpt").exists()
+    Path("/tmp/hsm-ssh-big-copy").unlink()
+    store.close()

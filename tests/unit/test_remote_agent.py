@@ -1,0 +1,183 @@
+"""The remote agent driven directly over pipes (real processes, no ssh): launch, exit
+events with inline files, kill of the whole group, timeout, re-attach by a new agent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm_core.sources.ssh_agent import agent_source
+from tests.helpers import wait_for
+
+
+class Agent:
+    def __init__(self) -> None:
+        # Started from its source text, as the ssh source does.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", agent_source()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.hello = self.recv()
+
+    def send(self, **msg: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def recv(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "agent exited"
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+    def until(self, ev: str, job: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            event = self.recv()
+            if event.get("ev") == ev and event.get("id") == job:
+                return event
+        raise AssertionError(f"no {ev} for {job}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    a = Agent()
+    a.send(op="config", slots=2, grace=1, exclude=["*.ckpt"])
+    yield a
+    a.close()
+
+
+def launch(agent: Agent, job: str, d: Path, argv: list[str], **extra: Any) -> None:
+    agent.send(
+        op="launch",
+        id=job,
+        attempt=extra.pop("attempt", 1),
+        dir=str(d),
+        cwd=str(d.parent),
+        argv=argv,
+        env={"HSM_TASK_DIR": str(d), "PATH": os.environ["PATH"]},
+        **extra,
+    )
+
+
+def test_exit_event_carries_the_folder(agent: Agent, tmp_path: Path) -> None:
+    d = tmp_path / "t1"
+    script = 'printf "%s" "$0" > "$HSM_TASK_DIR/results/v"; echo out; echo err >&2; exit 3'
+    launch(agent, "j1", d, ["sh", "-c", script, "it's $(x) \udcff"], files={"in.txt": "aGk="})
+    started = agent.until("started", "j1")
+    done = agent.until("exit", "j1")
+
+    assert started["pid"] > 0
+    assert done["record"]["exit_code"] == 3 and done["record"]["attempt"] == 1
+    files = {k: base64.b64decode(v) for k, v in done["files"].items()}
+    assert files["stdout.log"] == b"out\n" and files["stderr.log"] == b"err\n"
+    assert files["results/v"] == b"it's $(x) \xff"
+    assert files["in.txt"] == b"hi"
+    assert json.loads(files["result.json"])["exit_code"] == 3
+    assert ".hsm_pid.json" not in files and ".hsm_exit.json" not in files
+    assert (d / ".hsm_exit.json").is_file()  # the record stays on the host
+
+
+def test_large_and_excluded_files(agent: Agent, tmp_path: Path) -> None:
+    agent.send(op="config", slots=2, inline_max=1000, exclude=["*.ckpt"])
+    d = tmp_path / "t2"
+    script = "head -c 5000 /dev/zero > big.bin; echo x > model.ckpt"
+    launch(agent, "j2", d, ["sh", "-c", f"cd {d} && {script}"])
+    done = agent.until("exit", "j2")
+
+    assert "result.json" in done["files"]  # always inline, first
+    assert [e[0] for e in done["large"]] == ["big.bin"]
+    assert not any("ckpt" in name for name in done["files"])
+
+
+def test_kill_takes_the_whole_group(agent: Agent, tmp_path: Path) -> None:
+    d = tmp_path / "t3"
+    launch(agent, "j3", d, ["sh", "-c", "sleep 60 & echo $! > child; wait"])
+    agent.until("started", "j3")
+    child = wait_for(lambda: (d.parent / "child").read_text().strip(), retry_on=(OSError,))
+    agent.send(op="kill", ids=["j3"])
+    done = agent.until("exit", "j3")
+
+    assert done["record"]["cancelled"] is True
+    assert done["record"]["exit_code"] == 128 + 15
+    wait_for(lambda: not _alive(int(child)), timeout=5, message="grandchild killed")
+
+
+def test_timeout_escalates_to_sigkill(agent: Agent, tmp_path: Path) -> None:
+    d = tmp_path / "t4"
+    launch(agent, "j4", d, ["sh", "-c", "trap '' TERM; sleep 30"], timeout=1)
+    done = agent.until("exit", "j4")
+    assert done["record"]["timed_out"] is True
+    assert done["record"]["exit_code"] == 128 + 9
+
+
+def test_queued_launch_waits_for_a_slot_and_can_be_cancelled(agent: Agent, tmp_path: Path) -> None:
+    agent.send(op="config", slots=1, grace=1)
+    launch(agent, "a", tmp_path / "a", ["sleep", "30"])
+    launch(agent, "b", tmp_path / "b", ["true"])
+    agent.until("started", "a")
+    agent.send(op="kill", ids=["b", "a"])
+    queued = agent.until("exit", "b")
+    assert queued["record"]["cancelled"] and queued["record"]["queued"]
+    assert not (tmp_path / "b").exists()  # never started
+    assert agent.until("exit", "a")["record"]["cancelled"]
+
+
+def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None:
+    first = Agent()
+    first.send(op="config", slots=2)
+    d_run, d_done = tmp_path / "run", tmp_path / "done"
+    launch(first, "r", d_run, ["sh", "-c", "sleep 1.5; echo late"])
+    launch(first, "d", d_done, ["sh", "-c", "echo early"])
+    first.until("started", "r")
+    first.until("exit", "d")
+    first.proc.kill()  # the orchestrator side goes away: the tasks must not
+    first.proc.wait()
+
+    second = Agent()
+    try:
+        second.send(
+            op="scan",
+            tasks=[
+                {"id": "r", "attempt": 1, "dir": str(d_run)},
+                {"id": "d", "attempt": 1, "dir": str(d_done)},
+                {"id": "gone", "attempt": 1, "dir": str(tmp_path / "never")},
+                {"id": "old", "attempt": 2, "dir": str(d_done)},  # record is attempt 1
+            ],
+        )
+        events = {}
+        while len(events) < 4:
+            e = second.recv()
+            events[e["id"]] = e
+        assert events["r"]["ev"] == "running"
+        assert events["d"]["ev"] == "exit" and events["d"]["record"]["exit_code"] == 0
+        assert events["gone"]["record"] is None and "no record" in events["gone"]["error"]
+        assert events["old"]["record"] is None
+        late = second.until("exit", "r")  # watched through a pidfd, not a child
+        assert base64.b64decode(late["files"]["stdout.log"]) == b"late\n"
+    finally:
+        second.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
