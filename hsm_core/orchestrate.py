@@ -130,6 +130,9 @@ async def run_sweep(
         for sig in installed:
             loop.remove_signal_handler(sig)
         store.set_meta("orchestrator", None)
+        for src in built:  # what a source learned while starting (an ssh host's sync report)
+            if getattr(src, "metadata", None):
+                store.set_meta(f"source:{src.name}", src.metadata)  # type: ignore[attr-defined]
         await asyncio.to_thread(write_reports_safely, store)  # logs its errors, never raises
         logs.close()
     if progress:

@@ -100,6 +100,14 @@ print(json.dumps(out))
 """
 
 
+class SyncError(HsmError):
+    """The policy (or an unpickling-breaking version) stops the sweep; carries the report."""
+
+    def __init__(self, message: str, hint: str | None, report: SyncReport) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
 @dataclass
 class Side:
     exists: bool = True
@@ -320,10 +328,11 @@ async def verify(
     report.local, report.remote = local, remote
     report.version_mismatches, report.fatal = version_problems(local, remote, hydra)
     if report.fatal:
-        raise HsmError(
+        raise SyncError(
             f"{source}: the host cannot unpickle this sweep's Hydra jobs: "
             + "; ".join(report.fatal),
             f"install the same versions in `{python}` on {host}",
+            report,
         )
     same_git = (
         local.git_commit is not None
@@ -350,15 +359,16 @@ async def verify(
             transport, local_root, remote_dir, python, setup, shell, report.differing_files
         )
         if report.differing_files:
-            raise HsmError(f"{source}: files still differ after the push: {report.summary()}")
+            raise SyncError(f"{source}: files still differ after the push", None, report)
         report.status = "pushed"
     if announce:
         _announce(report)
     if report.status == "differs" and policy == "fail":
-        raise HsmError(
+        raise SyncError(
             report.summary(),
             "commit and pull the same revision there, or set `sync: push` (or `warn`) "
             f"for {source} in hsm.yaml",
+            report,
         )
     return report
 
@@ -420,8 +430,19 @@ async def push_files(
 
 
 async def verify_source(src: SSHSource) -> dict[str, Any]:
-    """Run the check for an ssh source with its own options; returns the metadata form."""
-    report = await verify(
+    """Run the check for an ssh source with its own options; its report (also of a
+    failed check) goes to `src.metadata["sync"]` and is returned."""
+    try:
+        report = await _verify_source(src)
+    except SyncError as exc:
+        src.metadata["sync"] = exc.report.to_meta()
+        raise
+    src.metadata["sync"] = report.to_meta()
+    return src.metadata["sync"]
+
+
+async def _verify_source(src: SSHSource) -> SyncReport:
+    return await verify(
         src.transport,
         source=src.name,
         host=src.opts.target.label,
@@ -434,7 +455,6 @@ async def verify_source(src: SSHSource) -> dict[str, Any]:
         hydra=await asyncio.to_thread(_sweep_is_hydra, src.ctx.sweep_dir),
         skip=(src.ctx.sweep_dir,),  # our own outputs, when they live inside the project
     )
-    return report.to_meta()
 
 
 def _sweep_is_hydra(sweep_dir: Path) -> bool:

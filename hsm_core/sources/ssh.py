@@ -110,7 +110,7 @@ class SSHSource(ComputeSource):
         await self._start_agent()
         from hsm_core.sync import verify_source  # sync needs git; only import when used
 
-        self.metadata["sync"] = await verify_source(self)
+        await verify_source(self)  # sets self.metadata["sync"], raises on `sync: fail`
         self._state = "up"
 
     async def _start_agent(self) -> None:
@@ -394,9 +394,7 @@ class SSHSource(ComputeSource):
             return
         for att in atts:
             att.finishing = False
-        tasks = [
-            {"id": a.id, "attempt": a.attempt, "dir": a.remote_dir, "skip": []} for a in atts
-        ]
+        tasks = [{"id": a.id, "attempt": a.attempt, "dir": a.remote_dir, "skip": []} for a in atts]
         try:
             self._agent.send({"op": "scan", "tasks": tasks})
         except SourceError as exc:

@@ -64,6 +64,7 @@ def test_dirty_remote_tree(ssh_env: SshEnv, tmp_path: Path, policy: str) -> None
         assert "data.txt" in str(err.value) and "dirty" in str(err.value)
         assert "sync: push" in str(err.value)  # says what to do
         assert [a.state for a in store.latest_attempts().values()] == [TaskState.PENDING]
+        assert store.meta("source:h1")["sync"]["status"] == "differs"  # kept for later
         assert not asyncio.run(_exists(ssh_env, f"{remote_dir}/.hsm")), "a task started"
         store.close()
         return
@@ -72,6 +73,7 @@ def test_dirty_remote_tree(ssh_env: SshEnv, tmp_path: Path, policy: str) -> None
 
     assert outcome.counts[TaskState.COMPLETED] == 1
     sync = source.metadata["sync"]
+    assert store.meta("source:h1")["sync"] == sync  # stored in the sweep metadata
     out = (store.sweep_dir / "tasks" / "task_001" / "stdout.log").read_text()
     assert sync["remote"]["git_dirty"] is True
     assert sync["remote"]["dirty_files"] == [" M data.txt"]
