@@ -24,9 +24,10 @@ by os.fsencode here).
   {"ev": "started", "id", "pid"}            a monitor now runs the task
   {"ev": "running", "id", "pid"}            scan: still running, now watched
   {"ev": "exit", "id", "record": {..}|null, "error": str|null, "files": {REL: BASE64},
-   "large": [[REL, SIZE, MTIME]..], "launch_error": bool}
+   "large": [[REL, SIZE, MTIME]..], "launch_error": bool, "never_started": bool}
                                             record null: no exit record (lost), or
-                                            launch_error: the task could not be started
+                                            launch_error: the task could not be started,
+                                            never_started: scan found no trace of it
   {"ev": "pong", "seq", "load", "running", "queued", "disk_free"}
   {"ev": "error", "id": ID|null, "msg"}
 
@@ -114,8 +115,11 @@ def exit_code_of(status):
     return 255, None
 
 
-def run_monitor(job, grace):
-    """Body of the forked monitor. Never returns."""
+def run_monitor(job, grace, started_fd):
+    """Body of the forked monitor. Never returns.
+
+    Writes one byte on `started_fd` once the pid record is on disk: the agent reports
+    "started" only then, so a re-attach never finds a started task without its record."""
     code = 1
     try:
         os.setsid()
@@ -125,7 +129,7 @@ def run_monitor(job, grace):
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)  # let the ssh channel close when the agent goes
-        close_fds(keep=(0, 1, 2, null))
+        close_fds(keep=(0, 1, 2, null, started_fd))
         state: dict[str, Any] = {"pid": None, "cancelled": False, "timed_out": False}
 
         def stop(signum, frame):
@@ -163,6 +167,8 @@ def run_monitor(job, grace):
             "start": start,
         }
         atomic_write(os.path.join(d, PID_FILE), json.dumps(rec).encode())
+        os.write(started_fd, b"1")
+        os.close(started_fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a kill may now land
         if job.get("timeout"):
             signal.alarm(max(1, round(job["timeout"])))
@@ -252,6 +258,7 @@ class Job:
         self.monitor = None  # pid
         self.child = False  # forked by this agent (reaped by waitpid) or adopted (pidfd)
         self.pidfd = None
+        self.started_fd = None  # read end: readable once the monitor wrote its pid record
         self.gpu = None
 
 
@@ -313,6 +320,8 @@ class Agent:
                     except OSError:
                         pass
                     self.reap()
+                elif isinstance(key.data, tuple):
+                    self.started(key.data[1])
                 else:  # a pidfd of an adopted monitor
                     self.finish(key.data)
             polling = False
@@ -398,16 +407,34 @@ class Agent:
         spec["env"] = env
         # SIGTERM stays blocked in the monitor until it can forward it to the task group.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        r, w = os.pipe()
         try:
             pid = os.fork()
             if pid == 0:
-                run_monitor(spec, self.grace)
+                os.close(r)
+                run_monitor(spec, self.grace, w)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            os.close(w)
         job.monitor, job.child = pid, True
+        job.started_fd = r
+        self.sel.register(r, selectors.EVENT_READ, ("started", job))
         self.running[job.id] = job
         self.by_monitor[pid] = job
-        self.emit(ev="started", id=job.id, pid=pid)
+
+    def started(self, job):
+        """The monitor's pid record is on disk (or the monitor died first)."""
+        fd, job.started_fd = job.started_fd, None
+        if fd is None:
+            return
+        self.sel.unregister(fd)
+        try:
+            ok = os.read(fd, 1) == b"1"
+        except OSError:
+            ok = False
+        os.close(fd)
+        if ok:
+            self.emit(ev="started", id=job.id, pid=job.monitor)
 
     def reap(self):
         while True:
@@ -426,6 +453,7 @@ class Agent:
         if self.running.get(job.id) is not job:
             return
         del self.running[job.id]
+        self.started(job)  # "started" always comes before "exit"
         if job.pidfd is not None:
             self.sel.unregister(job.pidfd)
             os.close(job.pidfd)
@@ -528,9 +556,16 @@ class Agent:
             self.running[job.id] = job
             self.emit(ev="running", id=job.id, pid=job.monitor)
             return
-        why = "no record of this attempt on the host" if not rec else "its monitor is gone"
+        never = not rec or rec.get("attempt") != spec["attempt"]
+        why = "no record of this attempt on the host" if never else "its monitor is gone"
         self.emit(
-            ev="exit", id=spec["id"], record=None, files={}, large=[], error=f"not running: {why}"
+            ev="exit",
+            id=spec["id"],
+            record=None,
+            files={},
+            large=[],
+            never_started=never,
+            error=f"not running: {why}",
         )
 
     def pong(self, msg):

@@ -60,6 +60,7 @@ class _Att:
     launch: dict[str, Any] | None = None
     started: bool = False
     finishing: bool = False
+    collect_failures: int = 0
 
 
 class SSHSource(ComputeSource):
@@ -131,6 +132,7 @@ class SSHSource(ComputeSource):
         self.sweep_dir = posixpath.join(self.project_dir, ".hsm", "sweeps", self.ctx.sweep_id)
         self.metadata["agent"] = {
             "host": hello.get("host"),
+            "pid": hello.get("pid"),
             "python": hello.get("python"),
             "version": ".".join(str(v) for v in hello.get("version") or ()),
             "project_dir": self.project_dir,
@@ -263,7 +265,7 @@ class SSHSource(ComputeSource):
             error = str(ev.get("error") or "no exit record")
             if ev.get("launch_error"):
                 self._done(att, TaskState.FAILED, error=error)
-            elif not att.started and "no record" in error and self._resend(att):
+            elif not att.started and ev.get("never_started") and self._resend(att):
                 return  # never started (queued in an agent that went away): launch again
             else:
                 self._done(att, TaskState.LOST, error=f"{error} on {self.name}")
@@ -280,10 +282,17 @@ class SSHSource(ComputeSource):
                 before,
             )
         except SourceError as exc:
-            # The exit record stays on the host: the re-attach after reconnecting (or
-            # giving up: LOST) decides. Never COMPLETED without the folder.
+            # Never COMPLETED without the folder. Connection gone: the exit record stays
+            # on the host and the re-attach after reconnecting (or LOST) decides.
             self.log.warning("collecting %s failed: %s", att.task.name, exc)
             att.finishing = False
+            if self.transport.connected:  # the host is fine, the copy is not: retry once
+                att.collect_failures += 1
+                if att.collect_failures > 1:
+                    self._done(att, TaskState.LOST, error=f"results not collected: {exc}")
+                else:
+                    await asyncio.sleep(1.0)
+                    self._scan([att])
             return
         self.log.debug("%s: collected %s", att.task.name, stats)
         code = record.get("exit_code")

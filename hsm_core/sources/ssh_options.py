@@ -1,14 +1,15 @@
 """The hsm.yaml keys of an ssh source, checked once, with errors naming the key.
 
+Example (every key is described in docs/ssh.md)::
+
     server1:
       type: ssh
       host: server1                 # address or ~/.ssh/config alias (required)
-      user, port, key, ssh_config, known_hosts      # optional; default from ssh config
       project_dir: /home/alice/proj # the remote copy of the project (required)
-      python: /home/alice/envs/ml/bin/python        # default python3
-      setup: ["source ~/envs/ml/bin/activate"]      # shell lines before each task
+      python: /home/alice/envs/ml/bin/python
+      setup: ["source ~/envs/ml/bin/activate"]
       max_parallel: 8
-      gpus: [0, 1]                  # one CUDA_VISIBLE_DEVICES per running task
+      gpus: [0, 1]
       sync: warn                    # warn | fail | push
       exclude: ["*.ckpt"]           # never pulled back
 """

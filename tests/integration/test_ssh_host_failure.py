@@ -4,12 +4,16 @@ never FAILED, they run again on the other host, and the sweep does not hang."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from hsm_core.model import TaskEvent, TaskState
+from hsm_core.orchestrate import context_for
+from hsm_core.sources.ssh import SSHSource
 from tests.helpers import async_wait_for
 from tests.integration.ssh_support import (
     FAST_SSH,
@@ -59,4 +63,47 @@ def test_dead_host_attempts_are_lost_and_rerun(
         final = store.latest_attempts()[key]
         assert final.state is TaskState.COMPLETED and final.source == "h1"
     assert elapsed < 30, f"took {elapsed:.1f} s to notice the dead host"
+    store.close()
+
+
+def test_dropped_connection_reattaches_without_loss(ssh_env: SshEnv, tmp_path: Path) -> None:
+    """The ssh session dies under the agent (network blip, sshd restart): hsm reconnects,
+    re-attaches to the tasks still running there, and nothing is LOST or run twice."""
+    project = make_project(tmp_path / "proj")
+    script = 'echo start >> "$HSM_TASK_DIR/results/starts"; sleep 2; echo ok'
+    tasks = command_tasks([["sh", "-c", script, str(i)] for i in range(2)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    spec = ssh_spec(
+        ssh_env,
+        "h1",
+        reconnect_window=10,
+        **{k: v for k, v in FAST_SSH.items() if k != "reconnect_window"},
+    )
+    source = SSHSource(spec, context_for(store))
+    running: set[str] = set()
+    first_agent: list[int] = []
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.RUNNING:
+            running.add(ev.key)
+
+    async def scenario() -> object:
+        job = asyncio.create_task(run(store, [spec], sources=[source], listener=listener))
+        await async_wait_for(lambda: len(running) == 2, timeout=15, message="2 tasks running")
+        agent = int(source.metadata["agent"]["pid"])
+        first_agent.append(agent)
+        # The sshd process serving our session (the agent's parent; hosts share our /proc).
+        session = int(Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(session, signal.SIGKILL)
+        return await asyncio.wait_for(job, 30)
+
+    outcome = asyncio.run(scenario())
+
+    assert outcome.counts[TaskState.COMPLETED] == 2, outcome.counts  # type: ignore[attr-defined]
+    assert source.metadata["agent"]["pid"] != first_agent[0], "no new agent was started"
+    for task in store.tasks():
+        assert [a.state for a in store.attempts(task.key)] == [TaskState.COMPLETED]
+        tdir = store.sweep_dir / "tasks" / task.name
+        assert (tdir / "results" / "starts").read_text() == "start\n"
+        assert (tdir / "stdout.log").read_text() == "ok\n"
     store.close()
