@@ -219,12 +219,15 @@ def test_task_over_its_time_limit_is_failed_timeout(
     store = make_sweep(tmp_path, command_tasks([[PY, "-c", "import time; time.sleep(600)"]]))
     t0 = time.monotonic()
     run_hpc(store, hpc_spec(slurm_env, time=1))
-    assert time.monotonic() - t0 < 150
-    att = store.latest_attempts()[store.tasks()[0].key]
+    attempts = store.attempts(store.tasks()[0].key)
+    att = attempts[-1]
     assert att.state is TaskState.FAILED
     assert "TIMEOUT" in (att.error or "") and "time limit" in (att.error or "")
     settles_as(att.handle or "", "TIMEOUT")
-    assert len(store.attempts(att.key)) == 1  # the task's fault: not re-queued
+    # The task's fault: not re-queued. (Earlier attempts can only be LOST ones, when
+    # someone restarts the shared test Slurm meanwhile.)
+    assert all(a.state is TaskState.LOST for a in attempts[:-1])
+    assert time.monotonic() - t0 < 120 * len(attempts)
 
 
 # ------------------------------------------------------ lost and re-queued

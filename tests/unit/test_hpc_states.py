@@ -1,0 +1,155 @@
+"""The hpc source's decision table and its hsm.yaml checks (no scheduler needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hsm_core.errors import ConfigError
+from hsm_core.model import SourceSpec, TaskState
+from hsm_core.sources.hpc_options import parse_options, parse_time
+from hsm_core.sources.hpc_states import Phase, decide, phase_of
+
+OK = {"attempt": 1, "exit_code": 0}
+TERM = {"attempt": 1, "exit_code": 143, "signal": "SIGTERM", "terminated": "SIGTERM"}
+
+
+@pytest.mark.parametrize(
+    ("state", "phase"),
+    [
+        ("PENDING", Phase.QUEUED),
+        ("RUNNING", Phase.RUNNING),
+        ("COMPLETING", Phase.RUNNING),
+        ("COMPLETED", Phase.ENDED),
+        ("FAILED", Phase.FAILED),
+        ("TIMEOUT", Phase.TIMEOUT),
+        ("OUT_OF_MEMORY", Phase.OUT_OF_MEMORY),
+        ("NODE_FAIL", Phase.INFRA),
+        ("PREEMPTED", Phase.INFRA),
+        ("BOOT_FAIL", Phase.INFRA),
+        ("CANCELLED by 1000", Phase.CANCELLED),
+        ("CANCELLED+", Phase.CANCELLED),
+        ("VANISHED", Phase.VANISHED),
+        ("SOMETHING_NEW", Phase.UNKNOWN),
+        (None, Phase.UNKNOWN),
+    ],
+)
+def test_scheduler_words_map_through_one_table(state: str | None, phase: Phase) -> None:
+    assert phase_of(state) is phase
+
+
+def test_completed_only_with_a_result_record() -> None:
+    assert decide("COMPLETED", OK, OK) == decide(None, OK, None)
+    assert decide(None, OK, None).state is TaskState.COMPLETED  # type: ignore[union-attr]
+    # The scheduler's COMPLETED (or "left the queue") without result.json is not success.
+    verdict = decide("COMPLETED", None, None)
+    assert verdict is not None and verdict.state is TaskState.FAILED
+    assert "no result record" in (verdict.error or "")
+    vanished = decide("VANISHED", None, None)
+    assert vanished is not None and vanished.state is TaskState.LOST
+
+
+def test_the_tasks_own_failure_is_failed_at_once_with_its_error() -> None:
+    rec = {"attempt": 1, "exit_code": 3}
+    verdict = decide("RUNNING", rec, rec, stderr_tail="Traceback...\nValueError: boom\n")
+    assert verdict is not None
+    assert (verdict.state, verdict.exit_code) == (TaskState.FAILED, 3)
+    assert verdict.error == "exit code 3: ValueError: boom"
+    segv = {"attempt": 1, "exit_code": 139, "signal": "SIGSEGV"}
+    crashed = decide("RUNNING", segv, segv)
+    assert crashed is not None and crashed.error == "killed by SIGSEGV"
+
+
+def test_killed_from_outside_waits_for_the_schedulers_word() -> None:
+    assert decide("RUNNING", TERM, TERM) is None
+    cases: dict[str, tuple[TaskState, str]] = {
+        "TIMEOUT": (TaskState.FAILED, "time limit reached (TIMEOUT)"),
+        "OUT_OF_MEMORY": (TaskState.FAILED, "out of memory (OUT_OF_MEMORY)"),
+        "NODE_FAIL": (TaskState.LOST, "infrastructure failure (NODE_FAIL)"),
+        "PREEMPTED": (TaskState.LOST, "infrastructure failure (PREEMPTED)"),
+        "CANCELLED by 0": (TaskState.LOST, "job cancelled outside hsm (CANCELLED by 0)"),
+    }
+    for state, (want, error) in cases.items():
+        verdict = decide(state, TERM, TERM)
+        assert verdict is not None and (verdict.state, verdict.error) == (want, error), state
+    ours = decide("CANCELLED by 0", TERM, TERM, cancelled_by_us=True)
+    assert ours is not None and ours.state is TaskState.CANCELLED
+
+
+def test_jobs_that_never_ran_the_task() -> None:
+    for state, want in (
+        ("NODE_FAIL", TaskState.LOST),
+        ("BOOT_FAIL", TaskState.LOST),
+        ("FAILED", TaskState.FAILED),
+        ("TIMEOUT", TaskState.FAILED),
+    ):
+        verdict = decide(state, None, None, stderr_tail="python: not found")
+        assert verdict is not None and verdict.state is want, state
+    assert decide("PENDING", None, None) is None
+    assert decide("SOMETHING_NEW", None, None) is None
+
+
+def test_worker_that_exits_without_a_result_is_failed() -> None:
+    rec = {"attempt": 1, "exit_code": 1}
+    verdict = decide("RUNNING", None, rec, stderr_tail="ModuleNotFoundError: No module named x")
+    assert verdict is not None and verdict.state is TaskState.FAILED
+    assert "without a result record" in (verdict.error or "")
+    assert "ModuleNotFoundError" in (verdict.error or "")
+
+
+def test_hsm_timeout_is_the_tasks_fault() -> None:
+    rec = {"attempt": 1, "exit_code": 143, "signal": "SIGTERM", "timed_out": True, "timeout_s": 5}
+    verdict = decide("RUNNING", rec, rec)
+    assert verdict is not None and verdict.state is TaskState.FAILED
+    assert verdict.error == "timed out after 5 s"
+
+
+# ------------------------------------------------------------------ options
+
+
+def spec(**options: Any) -> SourceSpec:
+    return SourceSpec("cluster", "hpc", 8, options)
+
+
+def test_defaults_and_time_formats() -> None:
+    opts = parse_options(spec())
+    assert (opts.scheduler, opts.time_min, opts.array_parallelism) == ("slurm", 60, 8)
+    assert opts.max_queued == 1000 and opts.array_limit == 1000
+    assert [parse_time(v, "t") for v in (90, "90", "1:30", "04:00:00", "1-00", "0:00:01")] == [
+        90,
+        90,
+        2,
+        240,
+        1440,
+        1,
+    ]
+    assert parse_options(spec(queue="workq", scheduler="pbs")).partition == "workq"
+    assert parse_options(spec(ssh="login1", project_dir="/p")).ssh == {"host": "login1"}
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "text"),
+    [
+        ({"scheduler": "lsf"}, "sources.cluster.scheduler", "valid: slurm, pbs"),
+        ({"time": "soon"}, "sources.cluster.time", "not understood"),
+        ({"time": 0}, "sources.cluster.time", "at least 1 minute"),
+        ({"cpus_per_task": 0}, "sources.cluster.cpus_per_task", ">= 1"),
+        ({"mem_gb": "lots"}, "sources.cluster.mem_gb", "number"),
+        ({"partition": "a b"}, "sources.cluster.partition", "plain name"),
+        ({"directives": ["-C a100"]}, "sources.cluster.directives", "long sbatch option"),
+        ({"setup": ["a\nb"]}, "sources.cluster.setup", "one line"),
+        ({"nodes": 2}, "sources.cluster", "unknown key 'nodes'"),
+        ({"ssh": "login1"}, "sources.cluster.project_dir", "needs `project_dir`"),
+        ({"remote_dir": "/x"}, "sources.cluster.remote_dir", "only applies with `ssh:`"),
+        ({"scheduler": "pbs", "qos": "high"}, "sources.cluster.qos", "PBS has no qos"),
+        ({"poll_min": 10, "poll_interval": 5}, "sources.cluster.poll_min", "above"),
+        ({"partition": "a", "queue": "b"}, "sources.cluster", "not both"),
+    ],
+)
+def test_bad_options_name_the_key(options: dict[str, Any], key: str, text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_options(spec(**options))
+    assert err.value.key == key
+    assert text in str(err.value)
+    assert "\n" not in str(err.value)
