@@ -45,15 +45,22 @@ HINTS: dict[Category, str] = {
     Category.IMPORT: "install the module where the task runs (the source's `python:` and "
     "`setup:`), or check that the remote project copy is in sync",
     Category.SYNTAX: "fix the code; on remote sources check that the project copy is in sync",
-    Category.SIGNAL: "something outside the task killed it: the kernel's OOM killer "
-    "(SIGKILL), a scheduler, or a crash in native code (SIGSEGV); check `dmesg` "
-    "and the scheduler's records",
+    Category.SIGNAL: "a signal ended the task; see its stderr.log and the host's records",
     Category.HOST: "the host or node failed, not the task; hsm re-queues such tasks: "
     "check `hsm monitor health` and run `hsm complete SWEEP`",
     Category.FILE_NOT_FOUND: "check paths: tasks run in the project root (or the sweep "
     "file's `cwd:`) on every source",
     Category.EXCEPTION: "the task's own code raised; see the traceback",
     Category.OTHER: "see the task's stderr.log",
+}
+
+_SIGNAL_HINTS = {
+    "SIGKILL": "killed from outside, most often by the kernel's OOM killer (check `dmesg` "
+    "or the scheduler's memory records) or by a scheduler enforcing a limit",
+    "SIGSEGV": "a crash in native code (an extension module, a driver, a bad library build)",
+    "SIGBUS": "a crash in native code or a file mapped from a disk that went away",
+    "SIGABRT": "the process aborted itself (a failed C assertion, a fatal library error)",
+    "SIGTERM": "asked to stop from outside: a scheduler, a pre-emption or a user",
 }
 
 
@@ -91,6 +98,8 @@ class Cause:
 
     @property
     def hint(self) -> str:
+        if self.category is Category.SIGNAL:
+            return _SIGNAL_HINTS.get(self.detail, HINTS[Category.SIGNAL])
         return HINTS[self.category]
 
 

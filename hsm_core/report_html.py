@@ -191,7 +191,8 @@ def render(
         overall = _patterns(patterns)
         errors = (
             f"<p>{analysis.failed} failed and {analysis.lost} lost tasks "
-            f"in {len(analysis.groups)} groups.</p>{overall}{groups}"
+            f"in {len(analysis.groups)} group{'s' if len(analysis.groups) != 1 else ''}.</p>"
+            f"{overall}{groups}"
         )
     else:
         errors = '<p class="muted">No failed or lost task.</p>'

@@ -75,7 +75,7 @@ class _Pipe:
                     raise RuntimeError("chromium closed the debugging pipe")
                 self.buf += chunk
         raw, self.buf = self.buf.split(b"\0", 1)
-        return json.loads(raw)  # type: ignore[no-any-return]
+        return json.loads(raw)  # type: ignore[no-any-return,unused-ignore]
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, session: str = "", timeout=30.0
@@ -87,7 +87,7 @@ class _Pipe:
             if msg.get("id") == want:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})  # type: ignore[no-any-return]
+                return msg.get("result", {})  # type: ignore[no-any-return,unused-ignore]
             self.events.append(msg)
 
     def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:

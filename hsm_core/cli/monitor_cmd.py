@@ -7,7 +7,6 @@ the run, and Ctrl-C leaves the watcher only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sqlite3
 import textwrap
@@ -110,6 +109,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- health
 def _health(args: argparse.Namespace) -> int:
+    import asyncio
+
     from rich.live import Live
 
     from hsm_core.cli.monitor_view import health_view
@@ -197,6 +198,10 @@ def _errors_json(analysis: Any, patterns: bool) -> dict[str, Any]:
     return doc
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _print_errors(con: Any, analysis: Any, limit: int, patterns: bool) -> None:
     from rich.markup import escape
     from rich.text import Text
@@ -214,7 +219,7 @@ def _print_errors(con: Any, analysis: Any, limit: int, patterns: bool) -> None:
     recovered = f"; {err.recovered} recovered by a re-run" if err.recovered else ""
     con.print(
         f"[bold]sweep {escape(sweep)}[/]: {err.failed} failed and {err.lost} lost tasks "
-        f"in {len(err.groups)} groups{recovered}"
+        f"in {_plural(len(err.groups), 'group')}{recovered}"
     )
     for g in err.groups:
         con.print()

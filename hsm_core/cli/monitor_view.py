@@ -130,9 +130,21 @@ def frame_view(frame: Frame) -> Group:
         parts.append(run)
 
     if frame.failures:
-        bad = Table(title=f"recent failures ({frame.n_failures})", title_justify="left", box=None)
-        for col in ("ended", "task", "source", "cause", "error"):
-            bad.add_column(col, overflow="ellipsis", no_wrap=col == "error")
+        more = frame.n_failures - len(frame.failures)
+        bad = Table(
+            title=f"recent failures ({frame.n_failures})",
+            title_justify="left",
+            caption=f"... {more} more: hsm monitor errors {frame.sweep_id}" if more > 0 else None,
+            caption_justify="left",
+            box=None,
+        )
+        # Times, names and sources keep their width; the error text gives way first.
+        bad.add_column("ended", no_wrap=True, min_width=8)
+        bad.add_column("task", no_wrap=True, min_width=max(len(f.name) for f in frame.failures))
+        width = max(len(f.source or "-") for f in frame.failures)
+        bad.add_column("source", no_wrap=True, min_width=min(max(width, 6), 16))
+        bad.add_column("cause", no_wrap=True, min_width=12)
+        bad.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
         for f in frame.failures:
             when = time.strftime("%H:%M:%S", time.localtime(f.ended)) if f.ended else "-"
             bad.add_row(
@@ -142,9 +154,6 @@ def frame_view(frame: Frame) -> Group:
                 Text(f.cause, style=STATE_STYLE[f.state]),
                 f.error[:160],
             )
-        if frame.n_failures > len(frame.failures):
-            more = frame.n_failures - len(frame.failures)
-            bad.add_row("", f"... {more} more: hsm monitor errors {frame.sweep_id}", "", "", "")
         parts.append(bad)
 
     if frame.health:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sqlite3
 import struct
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def test_analyze_patterns_names_the_guilty_value(tmp_path: Path) -> None:
     run = hsm("run", "-c", "sweep.yaml", "-s", "local:4", "--sweep-id", "bs", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     proc = hsm("monitor", "errors", "bs", "--analyze-patterns", cwd=tmp_path, check=True)
-    assert "3 failed and 0 lost tasks in 1 groups" in proc.stdout
+    assert "3 failed and 0 lost tasks in 1 group" in proc.stdout
     assert (
         "batch_size=512: in 3 of 3 failures (support 100%); 3 of 3 tasks with it failed "
         "(confidence 100%, lift 4.0)"
@@ -270,6 +271,7 @@ def test_watch_once_while_the_sweep_runs_and_ctrl_c_leaves_it_alone(tmp_path: Pa
         out = wait_for(
             frame, timeout=30, interval=0.2, message="watch --once never showed 2 running"
         )
+        assert out is not None
         assert "sweep live  running" in out
         assert re.search(r"task_001\s+local\s+running\s+\d+:\d\d", out), out
         assert re.search(r"task_002\s+local\s+running\s+\d+:\d\d", out), out
@@ -337,7 +339,9 @@ def _db_without_tables(path: Path) -> None:
     ],
     ids=["watch", "errors", "patterns", "report"],
 )
-def test_bad_sweep_folder_is_one_clear_line(tmp_path: Path, make, argv) -> None:  # type: ignore[no-untyped-def]
+def test_bad_sweep_folder_is_one_clear_line(
+    tmp_path: Path, make: Callable[[Path], object], argv: tuple[str, ...]
+) -> None:
     target = tmp_path / "sweep"
     make(target)
     proc = hsm(*(a.format(target) for a in argv), cwd=tmp_path)
