@@ -54,19 +54,26 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 # stdin names files, their sha256. Prints one JSON object.
 REMOTE_SCRIPT = r"""
 import hashlib, json, os, subprocess, sys
-root = sys.argv[1]
-out = {"exists": os.path.isdir(root), "python": "%d.%d.%d" % sys.version_info[:3],
+root = os.path.abspath(os.path.expanduser(sys.argv[1]))  # relative: to the login dir
+out = {"root": root, "exists": os.path.isdir(root), "python": "%d.%d.%d" % sys.version_info[:3],
        "versions": {}, "git_commit": None, "git_dirty": None, "dirty_files": [],
        "hashes": {}, "git_error": None}
-try:
-    from importlib import metadata
-except ImportError:
-    metadata = None
-for name in sys.argv[2:]:
+# Installed versions from the *.dist-info folder names (importing importlib.metadata
+# alone costs ~30 ms of interpreter start-up on a small host).
+wanted = {n.lower().replace("-", "_"): n for n in sys.argv[2:]}
+for n in sys.argv[2:]:
+    out["versions"][n] = None
+for d in sys.path:
     try:
-        out["versions"][name] = metadata.version(name) if metadata else None
-    except Exception:
-        out["versions"][name] = None
+        entries = os.listdir(d or ".")
+    except OSError:
+        continue
+    for e in entries:
+        if e.endswith((".dist-info", ".egg-info")) and "-" in e:
+            dist, _, ver = e.rsplit(".", 1)[0].partition("-")
+            key = wanted.get(dist.lower().replace("-", "_").replace(".", "_"))
+            if key and out["versions"][key] is None:
+                out["versions"][key] = ver.split("-")[0]
 def git(*args):
     return subprocess.run(("git", "-C", root) + args, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, check=True).stdout.decode("utf-8", "replace")
@@ -110,6 +117,7 @@ class SyncError(HsmError):
 
 @dataclass
 class Side:
+    root: str = ""  # the project dir, absolute
     exists: bool = True
     python: str | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
@@ -276,6 +284,7 @@ async def remote_state(
             "a login or setup script printing to stdout may be the cause",
         ) from None
     side = Side(
+        root=str(data["root"]),
         exists=bool(data["exists"]),
         python=data["python"],
         versions=data["versions"],
@@ -320,13 +329,21 @@ async def verify(
     hydra: bool = False,
     announce: bool = True,
     skip: tuple[Path, ...] = (),
+    local: LocalState | None = None,
 ) -> SyncReport:
-    """Compare, apply the policy, and return the report (HsmError on fail/fatal)."""
+    """Compare, apply the policy, and return the report (HsmError on fail/fatal).
+
+    `local` may be computed ahead (`local_state_ahead`) while the connection opens."""
     report = SyncReport(source, host, policy, remote_dir)
-    local, tracked = await asyncio.to_thread(local_state, local_root)
-    remote, _ = await remote_state(transport, remote_dir, python, setup, shell)
-    report.local, report.remote = local, remote
-    report.version_mismatches, report.fatal = version_problems(local, remote, hydra)
+    if local is None:
+        local = await local_state_ahead(local_root, skip)
+    here, tracked, hashes = local
+    # Without git here, the file contents decide anyway: ask for them in the same exec.
+    names = tracked if here.git_commit is None else None
+    remote, there = await remote_state(transport, remote_dir, python, setup, shell, names)
+    report.local, report.remote = here, remote
+    remote_dir = report.remote_dir = remote.root  # `~/proj` or `proj` resolved there
+    report.version_mismatches, report.fatal = version_problems(here, remote, hydra)
     if report.fatal:
         raise SyncError(
             f"{source}: the host cannot unpickle this sweep's Hydra jobs: "
@@ -335,21 +352,21 @@ async def verify(
             report,
         )
     same_git = (
-        local.git_commit is not None
-        and local.git_commit == remote.git_commit
-        and local.git_dirty is False
+        here.git_commit is not None
+        and here.git_commit == remote.git_commit
+        and here.git_dirty is False
         and remote.git_dirty is False
     )
     if same_git:
         report.status = "in_sync"
     else:
         report.method = "checksum"
-        if tracked is None:
-            tracked = await asyncio.to_thread(walk_files, local_root, tuple(skip))
-        files = tracked
-        report.differing_files = await _differing(
-            transport, local_root, remote_dir, python, setup, shell, files
-        )
+        if names is None:
+            report.differing_files = await _differing(
+                transport, local_root, remote_dir, python, setup, shell, tracked
+            )
+        else:
+            report.differing_files = [f for f in tracked if _differs(hashes.get(f), there.get(f))]
         report.status = "differs" if report.differing_files or not remote.exists else "in_sync"
     if report.status == "differs" and policy == "push":
         report.pushed_files = await push_files(
@@ -395,6 +412,26 @@ def _same_minor(a: str | None, b: str | None) -> bool:
     return bool(a and b and a.split(".")[:2] == b.split(".")[:2])
 
 
+def _differs(here: str | None, there: str | None) -> bool:
+    return here is not None and here != there
+
+
+LocalState = tuple[Side, list[str], dict[str, str | None]]
+
+
+def _local_full(root: Path, skip: tuple[Path, ...]) -> LocalState:
+    side, tracked = local_state(root)
+    if tracked is not None:
+        return side, tracked, {}
+    files = walk_files(root, skip)  # no git here: contents are all we can compare
+    return side, files, hash_files(root, files)
+
+
+async def local_state_ahead(root: Path, skip: tuple[Path, ...] = ()) -> LocalState:
+    """The local half of the check (git state, or file hashes without git), in a thread."""
+    return await asyncio.to_thread(_local_full, root, skip)
+
+
 async def _differing(
     transport: SshTransport,
     local_root: Path,
@@ -406,7 +443,7 @@ async def _differing(
 ) -> list[str]:
     here = await asyncio.to_thread(hash_files, local_root, files)
     _, there = await remote_state(transport, remote_dir, python, setup, shell, files)
-    return [f for f in files if here.get(f) is not None and here.get(f) != there.get(f)]
+    return [f for f in files if _differs(here.get(f), there.get(f))]
 
 
 async def push_files(
@@ -429,11 +466,11 @@ async def push_files(
     return len(files)
 
 
-async def verify_source(src: SSHSource) -> dict[str, Any]:
+async def verify_source(src: SSHSource, local: LocalState | None = None) -> dict[str, Any]:
     """Run the check for an ssh source with its own options; its report (also of a
     failed check) goes to `src.metadata["sync"]` and is returned."""
     try:
-        report = await _verify_source(src)
+        report = await _verify_source(src, local)
     except SyncError as exc:
         src.metadata["sync"] = exc.report.to_meta()
         raise
@@ -441,19 +478,20 @@ async def verify_source(src: SSHSource) -> dict[str, Any]:
     return src.metadata["sync"]
 
 
-async def _verify_source(src: SSHSource) -> SyncReport:
+async def _verify_source(src: SSHSource, local: LocalState | None) -> SyncReport:
     return await verify(
         src.transport,
         source=src.name,
         host=src.opts.target.label,
         local_root=src.ctx.project_root,
-        remote_dir=src.project_dir,
+        remote_dir=src.opts.project_dir,  # resolved on the host (runs beside the agent start)
         python=src.opts.python,
         setup=src.opts.setup,
         shell=src.opts.shell,
         policy=src.opts.sync,
         hydra=await asyncio.to_thread(_sweep_is_hydra, src.ctx.sweep_dir),
         skip=(src.ctx.sweep_dir,),  # our own outputs, when they live inside the project
+        local=local,
     )
 
 

@@ -106,12 +106,27 @@ class SSHSource(ComputeSource):
     # -------------------------------------------------------------- lifecycle
     async def start(self, report: Any) -> None:
         await super().start(report)
-        self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
-        await self.transport.ensure(window=min(self.opts.reconnect_window, 10.0))
-        await self._start_agent()
-        from hsm_core.sync import verify_source  # sync needs git; only import when used
+        from hsm_core import sync  # needs gitpython: imported only when an ssh source runs
 
-        await verify_source(self)  # sets self.metadata["sync"], raises on `sync: fail`
+        # The local half of the sync check (git, or hashes) runs while we connect.
+        local = asyncio.create_task(
+            sync.local_state_ahead(self.ctx.project_root, (self.ctx.sweep_dir,))
+        )
+        try:
+            self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
+            await self.transport.ensure(window=min(self.opts.reconnect_window, 10.0))
+        except BaseException:
+            local.cancel()  # the thread may finish anyway; nobody waits for it
+            raise
+
+        async def check() -> None:  # sets metadata["sync"]; raises on `sync: fail`
+            await sync.verify_source(self, await local)
+
+        # Both are one exec on the same connection: run them side by side (and let both
+        # finish, so that close() finds the agent if the check stops the sweep).
+        for outcome in await asyncio.gather(self._start_agent(), check(), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         self._state = "up"
 
     async def _start_agent(self) -> None:
