@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
 from hsm_core.sources.hpc import HPCSource
 from hsm_core.sources.hpc_job import START_FILE
 from hsm_core.store import SweepStore
-from tests.services import SlurmEnv
+from tests.services import SlurmEnv, SshEnv
 from tests.sweep_utils import PY, command_tasks, hsm, hsm_popen, make_sweep, states, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -475,3 +476,57 @@ def test_health_check_reports_partitions_and_jobs(tmp_path: Path, slurm_env: Slu
     bad = HPCSource(hpc_spec(slurm_env, partition="nosuch"), context_for(store))
     report = asyncio.run(bad.health_check())
     assert not report.ok and "'nosuch' not found" in report.detail
+
+
+# ---------------------------------------------------------- remote login node
+
+
+def test_cluster_reached_over_ssh_submits_there_and_brings_results_back(
+    tmp_path: Path, slurm_env: SlurmEnv, ssh_env: SshEnv, sched: SchedulerLog
+) -> None:
+    """hsm here, the login node behind ssh (loopback host h1, user `sweeper`): the same
+    backend submits to the Slurm there; the task folders come back by SFTP."""
+    host = ssh_env.host("h1")
+    project = f"{host.project_dir}/hpc_{uuid.uuid4().hex[:10]}"
+    mkdir = subprocess.run(
+        ["ssh", "-F", str(ssh_env.ssh_config), "h1", f"mkdir -p {shlex.quote(project)}"],
+        capture_output=True,
+        text=True,
+    )
+    assert mkdir.returncode == 0, mkdir.stderr
+    script = (
+        "import json, os, sys\n"
+        "seen = {k: os.environ.get(k) for k in ('HSM_TASK_ID', 'HSM_TASK_DIR', 'USER')}\n"
+        "seen['cwd'] = os.getcwd(); seen['arg'] = sys.argv[1]\n"
+        "out = os.path.join(os.environ['HSM_TASK_DIR'], 'results', 'e.json')\n"
+        "json.dump(seen, open(out, 'w'))\n"
+        "print('hello from', sys.argv[1]); sys.exit(0 if sys.argv[1] != 'bad' else 5)\n"
+    )
+    values = ["a b", "it's", "bad"]
+    store = make_sweep(tmp_path, command_tasks([[host.python, "-c", script, v] for v in values]))
+    spec = SourceSpec(
+        "cluster",
+        "hpc",
+        4,
+        {
+            "partition": slurm_env.partition,
+            **FAST,
+            "ssh": {"host": "h1", "ssh_config": str(ssh_env.ssh_config)},
+            "project_dir": project,
+            "python": host.python,
+        },
+    )
+    _, src = run_hpc(store, spec)
+    assert states(store) == {1: TaskState.COMPLETED, 2: TaskState.COMPLETED, 3: TaskState.FAILED}
+    assert src.cluster_sweep_dir == f"{project}/sweeps/outputs/t"
+    for value, task in zip(values, store.tasks(), strict=True):
+        tdir = store.task_dir(task)  # the local copy, fetched by SFTP
+        assert (tdir / "stdout.log").read_text() == f"hello from {value}\n"
+        seen = json.loads((tdir / "results" / "e.json").read_text())
+        assert seen["arg"] == value and seen["USER"] == host.user
+        assert seen["cwd"] == project
+        assert seen["HSM_TASK_DIR"] == f"{project}/sweeps/outputs/t/tasks/{task.name}"
+    bad = store.latest_attempts()[store.tasks()[2].key]
+    assert bad.exit_code == 5
+    # Every scheduler command ran on the login node, none here.
+    assert sched.calls() == []
