@@ -151,14 +151,17 @@ async def collect_folder(
     def is_result(rel: str) -> bool:
         return posixpath.normpath(rel) == RESULT_FILE
 
+    result = {k: v for k, v in inline.items() if is_result(k)}
+    data = base64.b64decode(next(iter(result.values()))) if result else None
+    if not large and before_result is None:
+        # The usual case: everything came inline; one trip to a thread (result.json last).
+        return await asyncio.to_thread(write_inline, local_dir, inline, exclude), data
     stats = await asyncio.to_thread(
         write_inline, local_dir, {k: v for k, v in inline.items() if not is_result(k)}, exclude
     )
     rest = [e for e in large if not is_result(str(e[0]))]
     if rest:
         stats.add(await pull_files(await sftp(), remote_dir, local_dir, rest, exclude))
-    result = {k: v for k, v in inline.items() if is_result(k)}
-    data = base64.b64decode(next(iter(result.values()))) if result else None
     if before_result is not None:
         await before_result(data)
     if result:
