@@ -110,14 +110,17 @@ def load(path: Path) -> Any:
 # --------------------------------------------------------------- diagnosis
 def explain_failure(part: SweepPart, exc: Exception) -> PayloadError:
     found = None
-    for label, obj in _parts(part):
-        found = _find(obj, label, 0)
+    top = ""
+    for top, obj in _parts(part):
+        found = _find(obj, top, 0)
         if found is not None:
             break
     if found is None:
         what, culprit, err = "the Hydra job payload", None, exc
     else:
         what, culprit, err = found
+        if what != top:
+            what = f"{what}, in {top}"
     kind = f" (a {type(culprit).__module__}.{type(culprit).__qualname__})" if culprit else ""
     return PayloadError(
         f"cannot pickle {what}{kind}: {_one_line(err)}",

@@ -112,7 +112,9 @@ class ForkSource(ComputeSource):
         return len(self._jobs)
 
     def free_slots(self) -> int:
-        return 0 if self._broken else max(0, self.capacity - len(self._jobs))
+        # Broken, it still takes submissions: each fails at once (LOST), so the engine moves
+        # the work elsewhere or gives up, instead of waiting for a slot that never frees.
+        return max(0, self.capacity - len(self._jobs))
 
     async def start(self, report: Any) -> None:
         await super().start(report)
@@ -272,6 +274,11 @@ class ForkSource(ComputeSource):
             self._loop.remove_reader(self.server.evt_r)
         self._broken = "the fork server stopped"
         for job in list(self._jobs.values()):
+            if job.pid is not None:  # whatever the job started dies with it
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             record = _read_result(self.ctx.task_dir(job.task))
             if record is not None:
                 ok = record.get("exit_code") == 0

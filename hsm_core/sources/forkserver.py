@@ -142,7 +142,12 @@ def _flush_all() -> None:
 
 
 # ----------------------------------------------------------------- the server
+_PRCTL: Any = None
+
+
 def _serve(runner: Runner, cmd_r: int, evt_w: int) -> None:
+    global _PRCTL
+    _PRCTL = _load_prctl()  # once, in the server: every job process inherits it
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         # The launcher decides what to cancel; the server only dies with its pipe.
         signal.signal(sig, signal.SIG_IGN)
@@ -282,6 +287,7 @@ def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None
         _emit(st, {"ev": "error", "id": jid, "msg": f"fork failed: {exc}"})
         return
     if pid == 0:
+        _die_with_parent()
         _child_main(runner, st, job, go_r, go_w)  # never returns
     os.close(go_r)
     try:
@@ -294,6 +300,29 @@ def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None
 
 
 # ------------------------------------------------------------------ the job
+def _die_with_parent() -> None:
+    """Linux: a job process dies with the server (no orphan runs on unobserved)."""
+    if _PRCTL is None:
+        return
+    try:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the server died before the call
+            os._exit(EXIT_INTERNAL)
+    except Exception:
+        pass
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, go_w: int) -> None:
     code = EXIT_INTERNAL
     try:
@@ -343,6 +372,11 @@ def _redirect(job: Mapping[str, Any]) -> None:
             out = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(out, fd)
             os.close(out)
+    # The parent may have replaced sys.stdout (a notebook, a test runner, a rich console):
+    # the job's prints go to its own files whatever the parent did.
+    opts: dict[str, Any] = {"encoding": "utf-8", "errors": "backslashreplace", "buffering": 1}
+    sys.stdout = open(1, "w", closefd=False, **opts)  # noqa: SIM115 - lives as long as the job
+    sys.stderr = open(2, "w", closefd=False, **opts)  # noqa: SIM115
 
 
 def _make_gate(go_r: int) -> Callable[[], None]:

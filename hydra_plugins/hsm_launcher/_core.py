@@ -41,9 +41,10 @@ from hsm_core.hydra_payload import (
 from hsm_core.model import SourceSpec, TaskKind, TaskSpec, task_key
 from hydra_plugins.hsm_launcher import _results
 from hydra_plugins.hsm_launcher._settings import (
+    Resolved,
     Settings,
     project_root_for,
-    resolve_sources,
+    resolve,
     settings_from,
 )
 
@@ -97,10 +98,12 @@ class _Launch:
         cfg = self.config
         setup_globals()
         configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-        settings = settings_from(self.launcher.params)
+        choices = cfg.hydra.runtime.choices
+        settings = settings_from(self.launcher.params, choices.get("hydra/launcher/pool"))
         cwd = Path.cwd()
         project_root = project_root_for(cwd)
-        specs = resolve_sources(settings, project_root)
+        resolved = resolve(settings, project_root)
+        specs = resolved.specs
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         where = ", ".join(f"{s.name}:{s.max_parallel}" for s in specs)
@@ -120,6 +123,7 @@ class _Launch:
         try:
             return self._run(
                 settings,
+                resolved,
                 specs,
                 sweep_dir,
                 project_root,
@@ -198,6 +202,7 @@ class _Launch:
     def _run(
         self,
         settings: Settings,
+        resolved: Resolved,
         specs: list[SourceSpec],
         sweep_dir: Path,
         project_root: Path,
@@ -239,10 +244,11 @@ class _Launch:
             job_nums = {j.key: j.num for j in self.jobs}
             sources = _results.make_sources(specs, ctx, server, settings, errors, job_nums)
             opts = RunOptions(
-                strategy=settings.strategy,
-                max_retries=settings.max_retries,
+                strategy=resolved.strategy,
+                max_retries=resolved.max_retries,
                 max_parallel=settings.max_parallel,
                 keys=[t.key for t in tasks],
+                health=resolved.health,
             )
             progress = _results.progress_bar(len(tasks)) if settings.progress else None
             # The engine's records go to the sweep's log files, not to the app's console.

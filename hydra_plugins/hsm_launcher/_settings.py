@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.config import check_strategy, load_config, parse_config, parse_sources, source_spec
+from hsm_core.config import (
+    HsmConfig,
+    check_strategy,
+    load_config,
+    parse_config,
+    parse_sources,
+    source_spec,
+)
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec
 
@@ -26,8 +33,8 @@ class Settings:
     sources: str | None
     pool_name: str
     pool: dict[str, Any]
-    strategy: str
-    max_retries: int
+    strategy: str | None  # None: hsm.yaml's
+    max_retries: int | None  # None: hsm.yaml's
     max_parallel: int | None
     timeout_s: float | None
     health: dict[str, Any] = field(default_factory=dict)
@@ -53,7 +60,7 @@ def _int(params: Mapping[str, Any], key: str, low: int, default: int | None) -> 
     return value
 
 
-def settings_from(params: Mapping[str, Any]) -> Settings:
+def settings_from(params: Mapping[str, Any], pool_choice: str | None = None) -> Settings:
     params = {k: _plain(v) for k, v in params.items()}
     pool = params.get("pool") or {"name": "local", "sources": {"local": {"type": "local"}}}
     if not isinstance(pool, dict) or not isinstance(pool.get("sources") or {}, dict):
@@ -82,22 +89,45 @@ def settings_from(params: Mapping[str, Any]) -> Settings:
         )
     return Settings(
         sources=sources or None,
-        pool_name=str(pool.get("name") or "pool"),
+        pool_name=str(pool_choice or pool.get("name") or "pool"),
         pool=dict(pool.get("sources") or {}),
-        strategy=check_strategy(params.get("strategy", "least_loaded"), WHERE, "strategy"),
-        max_retries=_int(params, "max_retries", 0, 0) or 0,
+        strategy=_strategy(params.get("strategy")),
+        max_retries=_int(params, "max_retries", 0, None),
         max_parallel=_int(params, "max_parallel", 1, None),
         timeout_s=float(timeout) if timeout is not None else None,
-        health=dict(params.get("health") or {}),
+        health={k: v for k, v in (params.get("health") or {}).items() if v is not None},
         sync=sync,
         ahead=_int(params, "ahead", 0, 2) or 0,
         progress=bool(params.get("progress", True)),
     )
 
 
-def resolve_sources(settings: Settings, project_root: Path) -> list[SourceSpec]:
-    """The run's sources; one clear ConfigError naming the pool or hsm.yaml if wrong."""
+def _strategy(value: Any) -> str | None:
+    return None if value is None else check_strategy(value, WHERE, "strategy")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Settings merged with hsm.yaml: the launcher's explicit values win."""
+
+    specs: list[SourceSpec]
+    strategy: str
+    max_retries: int
+    health: dict[str, Any]
+
+
+def resolve(settings: Settings, project_root: Path) -> Resolved:
     base = load_config(project_root)
+    return Resolved(
+        specs=resolve_sources(settings, base),
+        strategy=settings.strategy or base.strategy,
+        max_retries=base.max_retries if settings.max_retries is None else settings.max_retries,
+        health={**base.health, **settings.health},
+    )
+
+
+def resolve_sources(settings: Settings, base: HsmConfig) -> list[SourceSpec]:
+    """The run's sources; one clear ConfigError naming the pool or hsm.yaml if wrong."""
     entries: dict[str, Any] = {k: dict(v) for k, v in base.sources.items()}
     for name, entry in settings.pool.items():
         if entry is None:
@@ -112,7 +142,9 @@ def resolve_sources(settings: Settings, project_root: Path) -> list[SourceSpec]:
         if name == "local":
             entries[name].setdefault("type", "local")
     config = parse_config(
-        {"sources": entries}, f"hsm_pool={settings.pool_name} (with {base.where})"
+        {"sources": entries},
+        f"hydra/launcher/pool={settings.pool_name}"
+        + (f" (with {base.where})" if base.path else ""),
     )
     if settings.sources:
         specs = parse_sources(settings.sources, config)

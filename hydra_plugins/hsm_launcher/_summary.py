@@ -76,6 +76,8 @@ def report(
     for num, _ in launched:
         if num in rows:
             state_of[num], source_of[num] = rows[num][0], rows[num][1]
+            if source_of[num] == "-":
+                source_of[num] = "(not started)"
         elif num in by_num:
             ok = by_num[num].status is JobStatus.COMPLETED
             state_of[num], source_of[num] = ("COMPLETED" if ok else "FAILED"), "-"
@@ -118,6 +120,11 @@ def report(
             con.print(f"      log: {escape(log)}")
         if len(bad) > MAX_LISTED:
             con.print(f"  ... and {len(bad) - MAX_LISTED} more (hsm status {sweep_dir})")
+    if interrupted:
+        con.print(
+            "interrupted: run the same command again to finish the other jobs "
+            "(completed ones are kept)"
+        )
     return len(bad)
 
 

@@ -22,10 +22,11 @@ POOL_GROUP = "hydra/launcher/pool"
 
 @dataclass
 class HealthConf:
-    interval_s: float = 300.0
-    consecutive_failures: int = 3
-    failure_rate: float = 0.4
-    min_tasks: int = 5
+    # null: the value of hsm.yaml's `health:` (or hsm's default)
+    interval_s: float | None = None
+    consecutive_failures: int | None = None
+    failure_rate: float | None = None
+    min_tasks: int | None = None
 
 
 @dataclass
@@ -43,8 +44,8 @@ class HsmLauncherConf:
     # then from hsm.yaml. Empty: every source of the pool at its configured size.
     sources: str | None = None
     pool: Any = None
-    strategy: str = "least_loaded"
-    max_retries: int = 0
+    strategy: str | None = None  # null: hsm.yaml's, else least_loaded
+    max_retries: int | None = None  # null: hsm.yaml's, else 0
     max_parallel: int | None = None  # over all sources together
     timeout_s: float | None = None  # per job
     health: HealthConf = field(default_factory=HealthConf)
