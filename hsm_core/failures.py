@@ -98,10 +98,10 @@ def attempt_logs(folder: Path) -> tuple[str, list[Path]]:
     paths = [folder / n for n in names if n.endswith(_LOG_SUFFIXES) and not n.startswith(".")]
     first = [p for p in paths if p.name == "stderr.log"]
     errs = [p for p in paths if p.name.endswith(".err")]
-    texts = [read_tail(p) for p in first + errs]
-    if "result.json" in names:
-        texts.append(_result_text(folder / "result.json"))
-    text = "\n".join(t for t in texts if t)
+    text = "\n".join(t for t in (read_tail(p) for p in first + errs) if t)
+    if "result.json" in names and not exception_line(text):
+        # The worker's own record of the error: only when the logs do not already say it.
+        text = "\n".join(t for t in (text, _result_text(folder / "result.json")) if t)
     if not exception_line(text):
         stdout = [p for p in paths if p.name in ("stdout.log",) or p.name.endswith(".out")]
         text = "\n".join([text, *(read_tail(p) for p in stdout)]).strip("\n")

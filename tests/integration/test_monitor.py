@@ -399,3 +399,25 @@ def test_watch_on_a_finished_sweep_is_one_static_frame(designed: Path, tmp_path:
     assert "not running" in out and "8/8 settled (100%)" in out
     assert "recent failures (7)" in out and "time limit" in out  # the newest first
     assert "1 more: hsm monitor errors designed" in out
+
+
+def test_hydra_multirun_gets_the_same_reports_and_groups(tmp_path: Path) -> None:
+    from tests.hydra.util import EXAMPLE, HSM, run_app
+
+    sweep = tmp_path / "multirun"
+    res = run_app(
+        EXAMPLE, [*HSM, "seed=0,1", "fail=null,oom,exception", "epochs=3"], sweep_dir=sweep
+    )
+    assert res.returncode != 0  # Hydra re-raises the first failed job's exception
+    for name in ("performance_analysis.yaml", "error_analysis.html"):
+        assert (sweep / "reports" / name).is_file()
+    proc = hsm("monitor", "errors", str(sweep), "--json", cwd=tmp_path, check=True)
+    doc = json.loads(proc.stdout)
+    groups = {(g["category"], g["detail"]): g for g in doc["groups"]}
+    assert set(groups) == {("oom", "host"), ("exception", "RuntimeError")}
+    oom = groups[("oom", "host")]
+    assert sorted(t["params"]["seed"] for t in oom["tasks"]) == ["0", "1"]  # override text
+    assert {t["params"]["fail"] for t in oom["tasks"]} == {"oom"}
+    assert "MemoryError: deliberate failure (fail=oom)" in oom["representative"]["tail"]
+    frame = hsm("monitor", "watch", str(sweep), "--once", cwd=tmp_path, check=True).stdout
+    assert "not running" in frame and "6/6 settled" in frame
