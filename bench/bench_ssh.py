@@ -300,7 +300,7 @@ def report(series: Series, args: argparse.Namespace, hosts: list[str]) -> None:
             f"{wall / floor:.2f}x",
             f"{par / wall:.1f}x",
         )
-    Console().print(table)
+    Console(width=max(130, shutil.get_terminal_size().columns)).print(table)
 
 
 if __name__ == "__main__":

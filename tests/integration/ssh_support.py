@@ -3,6 +3,8 @@ the loopback hosts (each test gets its own remote project dir), and a runner."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import sys
 import uuid
@@ -51,9 +53,21 @@ def make_project(root: Path, files: dict[str, str] | None = None) -> Path:
     return root
 
 
+_made: list[str] = []
+
+
 def remote_project(ssh_env: SshEnv, alias: str) -> str:
-    """A fresh remote project dir for one test (the hosts share one filesystem)."""
-    return f"{ssh_env.host(alias).project_dir}/t_{uuid.uuid4().hex[:10]}"
+    """A fresh remote project dir for one test, removed when the test session ends (the
+    loopback hosts share our filesystem)."""
+    path = f"{ssh_env.host(alias).project_dir}/t_{uuid.uuid4().hex[:10]}"
+    _made.append(path)
+    return path
+
+
+@atexit.register
+def _remove_remote_projects() -> None:
+    for path in _made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def ssh_spec(
