@@ -32,8 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError
-from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
-from hsm_core.sources.base import ComputeSource, HealthReport, SourceError, SweepContext
+from hsm_core.model import (
+    PYTHON,
+    Attempt,
+    SourceSpec,
+    TaskEvent,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+)
+from hsm_core.sources.base import (
+    ComputeSource,
+    HealthReport,
+    SourceError,
+    SweepContext,
+    task_argv,
+)
 from hsm_core.sources.hpc_client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc_options import HpcOptions, parse_options
 from hsm_core.sources.hpc_states import Phase, Verdict, decide, phase_of
@@ -210,9 +224,8 @@ class HPCSource(ComputeSource):
             HSM_TASK_DIR=job.task_dir,
             HSM_SWEEP_DIR=self.cluster_sweep_dir,
         )
-        payload = None
-        if task.kind is TaskKind.HYDRA and task.payload:
-            payload = posixpath.join(self.cluster_sweep_dir, task.payload)
+        # The compute node's interpreter is only known there: the job binds PYTHON.
+        argv = task_argv(task, PYTHON, self.cluster_sweep_dir, job.task_dir)
         return {
             "key": task.key,
             "attempt": job.attempt,
@@ -220,32 +233,30 @@ class HPCSource(ComputeSource):
             "kind": task.kind.value,
             "task_dir": job.task_dir,
             "cwd": cwd,
-            "argv": list(task.argv),
+            "argv": argv,
             "env": env,
-            "payload": payload,
             "timeout_s": task.timeout_s,
         }
 
     def _staging(self, batch: list[_Job]) -> list[tuple[Path, str]]:
-        """Hydra jobs on a remote cluster: the shared payload once, and each job's part."""
-        files: list[tuple[Path, str]] = []
-        for job in batch:
-            task = job.task
-            if task.kind is not TaskKind.HYDRA:
-                continue
-            if task.payload and task.payload not in self._staged:
-                self._staged.add(task.payload)
-                files.append(
-                    (
-                        self.ctx.sweep_dir / task.payload,
-                        posixpath.join(self.cluster_sweep_dir, task.payload),
-                    )
-                )
-            local = self.ctx.task_dir(task)
-            for path in sorted(local.glob("*")):
-                if path.is_file() and not path.name.endswith(".log"):
-                    files.append((path, posixpath.join(job.task_dir, path.name)))
-        return files
+        """Hydra jobs on a remote cluster: the launch's shared payload parts (once), and
+        each job's own part, at the same paths relative to the sweep folder there."""
+        from hsm_core.hydra_payload import PAYLOAD_DIR
+
+        if not any(j.task.kind is TaskKind.HYDRA and j.task.payload for j in batch):
+            return []
+        root = self.ctx.sweep_dir / PAYLOAD_DIR
+        rels = (
+            sorted(str(p.relative_to(self.ctx.sweep_dir)) for p in root.rglob("*") if p.is_file())
+            if root.is_dir()
+            else []
+        )
+        rels = [r for r in rels if r not in self._staged]
+        self._staged.update(rels)
+        rels += [j.task.payload for j in batch if j.task.kind is TaskKind.HYDRA and j.task.payload]
+        return [
+            (self.ctx.sweep_dir / rel, posixpath.join(self.cluster_sweep_dir, rel)) for rel in rels
+        ]
 
     def _append_ledger(self, lines: list[dict[str, Any]]) -> None:
         with open(self._ledger, "a") as f:

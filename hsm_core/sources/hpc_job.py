@@ -10,7 +10,8 @@ survives the task's crash and can write the records the orchestrator reads:
 - ``.hsm_exit.json`` when the task process ends (exit code, signal, whether the
   scheduler signalled us): FAILED-by-itself versus killed-around-it;
 - ``result.json`` for command tasks (the same record, the proof of the outcome). A Hydra
-  task's result.json is written by ``python -m hsm_core.worker`` itself.
+  task's result.json is written by ``python -m hsm_core.worker`` itself (the argv comes
+  from ``sources.base.task_argv``, as on every source).
 
 A non-zero exit leaves the job with that exit code, so ``sacct`` agrees with hsm.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hsm_core.model import PYTHON
 from hsm_core.sources.hpc_states import signal_name
 from hsm_core.yamlio import write_json_atomic
 
@@ -37,11 +39,6 @@ START_FILE = ".hsm_job.json"
 EXIT_FILE = ".hsm_exit.json"
 RESULT_FILE = "result.json"
 KILL_GRACE_S = 3.0
-
-
-def hydra_worker_argv(python: str, payload: str, task_dir: str) -> list[str]:
-    """How a Hydra job is run: the worker module owns the payload format."""
-    return [python, "-m", "hsm_core.worker", payload, task_dir]
 
 
 def job_id_from_env() -> str | None:
@@ -110,9 +107,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def task_argv(job: Mapping[str, Any]) -> list[str]:
-    if job.get("kind") == "hydra":
-        return hydra_worker_argv(sys.executable, str(job["payload"]), str(job["task_dir"]))
-    return [str(a) for a in job["argv"]]
+    """The argv the orchestrator made (``sources.base.task_argv``: the command, or the Hydra
+    worker), with the python placeholder bound to the interpreter running this job."""
+    argv = [str(a) for a in job["argv"]]
+    if argv and argv[0] == PYTHON:
+        argv[0] = sys.executable
+    return argv
 
 
 def run_task(job: Mapping[str, Any]) -> int:
