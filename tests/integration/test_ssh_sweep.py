@@ -199,3 +199,29 @@ def test_large_outputs_by_sftp_and_excluded_globs(ssh_env: SshEnv, tmp_path: Pat
     assert not (results / "model.ckpt").exists()
     Path("/tmp/hsm-ssh-big-copy").unlink()
     store.close()
+
+
+def test_setup_lines_and_one_gpu_per_running_task(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    # The setup line's variable, the task's argv and the GPU of each task end up in stdout.
+    script = 'echo "$HSM_MARK|$0|$CUDA_VISIBLE_DEVICES"; sleep 0.3'
+    tasks = command_tasks([["sh", "-c", script, f"it's {i}"] for i in range(4)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    spec = ssh_spec(ssh_env, "h1", slots=4, setup=["export HSM_MARK='set up'", "cd ."], gpus=[3, 5])
+
+    outcome = asyncio.run(run(store, [spec]))
+
+    assert outcome.counts[TaskState.COMPLETED] == 4
+    spans: list[tuple[float, float, str]] = []
+    for task in store.tasks():
+        tdir = store.sweep_dir / "tasks" / task.name
+        mark, arg, gpu = (tdir / "stdout.log").read_text().strip().split("|")
+        assert (mark, arg) == ("set up", task.argv[3])
+        record = json.loads((tdir / "result.json").read_text())
+        spans.append((record["start"], record["end"], gpu))
+    assert sorted(g for _, _, g in spans) == ["3", "3", "5", "5"]
+    for a in spans:  # tasks sharing a GPU never overlap: 2 GPUs, 2 at a time
+        for b in spans:
+            if a is not b and a[2] == b[2]:
+                assert a[1] <= b[0] or b[1] <= a[0], (a, b)
+    store.close()
