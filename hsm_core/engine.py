@@ -27,6 +27,7 @@ from hsm_core.strategies import Load, Placer
 
 log = logging.getLogger("hsm.engine")
 assign_log = logging.getLogger("hsm.assign")
+task_log = logging.getLogger("hsm.task")
 
 VIEW_INTERVAL_S = 2.0
 CANCEL_DEADLINE_S = 15.0
@@ -306,6 +307,14 @@ class SweepEngine:
             log.debug("ignored %s -> %s for %s", live.state, ev.state, ev.key)
             return
         self._record(ev)
+        if ev.state in (TaskState.RUNNING, TaskState.COMPLETED, TaskState.CANCELLED):
+            task_log.info(
+                "%s %s on %s (attempt %d)",
+                self._tasks[ev.key].name,
+                ev.state.value,
+                ev.source,
+                ev.attempt,
+            )
         if not ev.state.terminal:
             return
         name = self._tasks[ev.key].name

@@ -54,6 +54,7 @@ class SourceHealth:
     failed: int = 0
     last: HealthReport | None = None
     history: list[tuple[float, bool, str]] = field(default_factory=list)
+    spared: bool = False  # said once that the last source is kept despite its failures
 
 
 Disable = Callable[[str, str, bool], None]  # (source, reason, tasks_are_lost)
@@ -111,6 +112,9 @@ class HealthMonitor:
         s = self.settings
         if st.enabled and total >= s.min_tasks and rate > s.failure_rate:
             if self.enabled_count() <= 1:
+                if st.spared:
+                    return
+                st.spared = True
                 log.warning(
                     "%s: %.0f%% of %d tasks failed, but it is the last enabled source; "
                     "the tasks themselves are likely at fault",

@@ -122,7 +122,17 @@ class SweepStore:
         sweep_dir = Path(sweep_dir).resolve()
         for sub in ("tasks", "logs/sources", "scripts", "reports"):
             (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
-        conn = cls._connect(sweep_dir / DB_NAME, readonly=False)
+        # Build the journal under another name and rename it into place, so a reader
+        # never finds a sweep.db without its tables.
+        db = sweep_dir / DB_NAME
+        if not db.exists():
+            tmp = sweep_dir / f".{DB_NAME}.new"
+            tmp.unlink(missing_ok=True)
+            with contextlib.closing(sqlite3.connect(tmp)) as init:
+                init.executescript(_SCHEMA)
+                init.execute("PRAGMA journal_mode=WAL")
+            os.replace(tmp, db)
+        conn = cls._connect(db, readonly=False)
         conn.executescript(_SCHEMA)
         store = cls(sweep_dir, conn, readonly=False)
         now = time.time()
@@ -283,6 +293,15 @@ class SweepStore:
             f"SELECT state, COUNT(*) FROM ({_RANKED}) WHERE rn = 1 GROUP BY state"
         ).fetchall()
         return {TaskState(s): n for s, n in rows}
+
+    def counts_by_source(self) -> dict[str, dict[TaskState, int]]:
+        """Tasks per (source, state) of their representative attempt, in one query."""
+        out: dict[str, dict[TaskState, int]] = {}
+        for source, state, n in self._conn.execute(
+            f"SELECT source, state, COUNT(*) FROM ({_RANKED}) WHERE rn = 1 GROUP BY source, state"
+        ):
+            out.setdefault(source or "(unplaced)", {})[TaskState(state)] = n
+        return out
 
     def new_attempt(self, key: str) -> int:
         """Open attempt n+1 in PENDING (after a retry or a re-queue)."""

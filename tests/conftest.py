@@ -70,3 +70,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ssh)
         if "slurm_env" in names:
             item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the tests' sweeps out of the user's sweep index and away from their
+    ~/.config/hsm/hsm.yaml: every process the tests start inherits these."""
+    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "XDG_CONFIG_HOME")}
+    base = tmp_path_factory.mktemp("xdg")
+    os.environ["XDG_STATE_HOME"] = str(base / "state")
+    os.environ["XDG_CONFIG_HOME"] = str(base / "config")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

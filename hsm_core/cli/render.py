@@ -115,10 +115,10 @@ def counts_table(
 
 
 def per_source(store: SweepStore) -> dict[str, Counter[str]]:
-    out: dict[str, Counter[str]] = {}
-    for att in store.latest_attempts().values():
-        out.setdefault(att.source or "(unplaced)", Counter())[att.state.value] += 1
-    return out
+    return {
+        src: Counter({s.value: n for s, n in by_state.items()})
+        for src, by_state in store.counts_by_source().items()
+    }
 
 
 def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
