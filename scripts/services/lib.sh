@@ -82,11 +82,14 @@ descendants() {
 
 # lock_dir DIR: hold an exclusive lock on DIR/.lock until the script exits, so that
 # two test runs starting or stopping the same services wait for each other.
+# Daemons must be started through `daemon`, which closes the lock's descriptor:
+# a daemon that inherited it would hold the lock for as long as it runs.
 lock_dir() {
     mkdir -p "$1"
     exec 9>"$1/.lock"
     flock 9
 }
+daemon() { "$@" 9>&-; }
 
 # tcp_listening ADDR PORT: something accepts connections there.
 tcp_listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

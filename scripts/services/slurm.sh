@@ -74,7 +74,7 @@ start_munged() {
     fi
     install -d -o munge -g munge -m 755 /run/munge
     if ! munged_alive; then
-        runuser -u munge -- /usr/sbin/munged
+        daemon runuser -u munge -- /usr/sbin/munged
         touch "$BASE/munged.ours"   # stop only a munged that this script started
     fi
     wait_until munged 10 munge_ok || die "munged does not answer"
@@ -88,13 +88,14 @@ start_mariadb() { # PORT
             die "mariadb-install-db failed (log: $BASE/log/mariadb-install-db.log)"
     fi
     if ! mariadb_alive; then
-        # --no-defaults ignores /etc/mysql; mariadbd has no daemon mode.
+        # --no-defaults ignores /etc/mysql; mariadbd has no daemon mode. (Not through
+        # `daemon`: a function run with & stays as a subshell that holds the lock.)
         setsid mariadbd --no-defaults --user=mysql --datadir="$DB" \
             --socket="$DBRUN/mysqld.sock" --pid-file="$DBRUN/mysqld.pid" \
             --bind-address=127.0.0.1 --port="$1" --skip-name-resolve --skip-log-bin \
             --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 \
             --innodb-flush-log-at-trx-commit=2 --log-error="$DBRUN/mysqld.log" \
-            </dev/null >/dev/null 2>&1 &
+            </dev/null >/dev/null 2>&1 9>&- &
     fi
     wait_until mariadbd 60 db_ping || die "mariadbd did not start (log: $DBRUN/mysqld.log)"
     # --skip-name-resolve: the grant must name the address, not localhost.
@@ -236,16 +237,16 @@ cmd_start() {
     start_munged; step munged
     start_mariadb "$db_port"; step mariadbd
     write_slurmdbd_conf "$db_port"
-    if ! slurmdbd_alive; then require_free_port slurmdbd 6819; slurmdbd; fi
+    if ! slurmdbd_alive; then require_free_port slurmdbd 6819; daemon slurmdbd; fi
     wait_until slurmdbd 60 tcp_open 6819 || die "slurmdbd did not start (log: $BASE/log/slurmdbd.log)"
     step slurmdbd
     # A running controller keeps the config it read: only (re)write it before a start.
     if ! slurmctld_alive; then
         write_slurm_conf
         require_free_port slurmctld 6817
-        slurmctld
+        daemon slurmctld
     fi
-    if ! slurmd_alive; then require_free_port slurmd 6818; slurmd; fi
+    if ! slurmd_alive; then require_free_port slurmd 6818; daemon slurmd; fi
     wait_until "node idle" 60 node_idle || die "node $NODE not idle (logs: $BASE/log)"
     step "slurmctld + slurmd"
     smoke_test; step "first job + sacct record"

@@ -99,7 +99,7 @@ start_host() { # NAME
     if host_alive "$name"; then return 0; fi
     rm -f "$dir/sshd.pid"
     /usr/sbin/sshd -t -f "$dir/sshd_config"
-    /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
+    daemon /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
     # sshd writes its PID file after binding its socket: that is the readiness signal.
     # A taken port shows up only in its log (the daemon has already forked and exited).
     if ! wait_until "sshd $name" 5 test -s "$dir/sshd.pid"; then
