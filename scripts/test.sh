@@ -14,6 +14,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SERVICES=$ROOT/scripts/services
 cd "$ROOT"
 
+# System packages first (as root): they include python3-venv, which `python3 -m venv`
+# needs when python3 is Debian's own.
+bash "$SERVICES/install.sh" || echo "[test] warning: installing the system packages failed" >&2
 VENV=$(bash "$ROOT/scripts/venv.sh")
 export VIRTUAL_ENV=$VENV
 export PATH="$VENV/bin:$PATH"   # the tests run the `hsm` console script
