@@ -9,8 +9,9 @@ LOG_TAG=install
 # shellcheck source=scripts/services/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# chromium: the HTML report is rendered headless in a test (no console errors, a screenshot).
 PACKAGES=(openssh-server openssh-client parallel python3-venv
-          slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+          slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
