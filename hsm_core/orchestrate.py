@@ -130,9 +130,12 @@ async def run_sweep(
         for sig in installed:
             loop.remove_signal_handler(sig)
         store.set_meta("orchestrator", None)
-        for src in built:  # what a source learned while starting (an ssh host's sync report)
-            if getattr(src, "metadata", None):
-                store.set_meta(f"source:{src.name}", src.metadata)  # type: ignore[attr-defined]
+        found = {s.name: getattr(s, "metadata", None) for s in built}
+        for name, meta in found.items():  # what a source learned starting (ssh: sync report)
+            if meta:
+                store.set_meta(f"source:{name}", meta)
+        if any(found.values()):
+            await asyncio.to_thread(store.write_metadata_view)
         await asyncio.to_thread(write_reports_safely, store)  # logs its errors, never raises
         logs.close()
     if progress:

@@ -379,7 +379,7 @@ async def verify(
             raise SyncError(f"{source}: files still differ after the push", None, report)
         report.status = "pushed"
     if announce:
-        _announce(report)
+        _announce(report, hydra)
     if report.status == "differs" and policy == "fail":
         raise SyncError(
             report.summary(),
@@ -390,22 +390,19 @@ async def verify(
     return report
 
 
-def _announce(report: SyncReport) -> None:
+def _announce(report: SyncReport, hydra: bool) -> None:
     if report.status == "differs":
         log.warning("%s", report.summary())
     else:
         log.info("%s", report.summary())
     for line in report.version_mismatches:
-        # A patch release of python alone is harmless: keep it out of the warnings.
+        # Versions matter to Hydra jobs (pickles); to a plain command they are information.
+        # A patch release of python alone is harmless either way.
         minor = line.startswith("python ") and _same_minor(
             report.local.python, report.remote.python
         )
-        log.log(
-            logging.INFO if minor else logging.WARNING,
-            "%s: version differs: %s",
-            report.source,
-            line,
-        )
+        level = logging.WARNING if hydra and not minor else logging.INFO
+        log.log(level, "%s: version differs: %s", report.source, line)
 
 
 def _same_minor(a: str | None, b: str | None) -> bool:

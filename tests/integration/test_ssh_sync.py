@@ -74,6 +74,7 @@ def test_dirty_remote_tree(ssh_env: SshEnv, tmp_path: Path, policy: str) -> None
     assert outcome.counts[TaskState.COMPLETED] == 1
     sync = source.metadata["sync"]
     assert store.meta("source:h1")["sync"] == sync  # stored in the sweep metadata
+    assert "source:h1:" in (store.sweep_dir / "sweep_metadata.yaml").read_text()
     out = (store.sweep_dir / "tasks" / "task_001" / "stdout.log").read_text()
     assert sync["remote"]["git_dirty"] is True
     assert sync["remote"]["dirty_files"] == [" M data.txt"]
