@@ -46,6 +46,7 @@ class JobComposer:
         self.template: DictConfig | None = None
         self._template_parsed: list[Any] = []
         self._groups: dict[str, bool] = {}
+        self._parsed: dict[tuple[str, ...], list[Any]] = {}
         self.template_hits = 0
 
     def full(self, overrides: Sequence[str]) -> DictConfig:
@@ -62,13 +63,19 @@ class JobComposer:
         self.template = composed
 
     def prepare(self, jobs: Sequence[Sequence[str]]) -> None:
-        """Answer the config-group questions once, in the parent, for every job's keys."""
-        keys: set[str] = set()
+        """Do once, in the parent, what every forked child would otherwise redo: parse each
+        job's overrides (Hydra's parser learns as it goes, and a child's learning is lost
+        when it exits) and answer the config-group questions for their keys."""
+        if self.template is None:
+            return
         for overrides in jobs:
-            for line in overrides:
-                keys.add(line.split("=", 1)[0].lstrip("+~"))
-        for key in keys:
-            self._is_group(key)
+            try:
+                parsed = parse_overrides(overrides)
+            except Exception:
+                continue  # the job's own compose reports it
+            self._parsed[tuple(overrides)] = parsed
+            for o in parsed:
+                self._is_group(o.key_or_group)
 
     def compose(self, overrides: Sequence[str], *, inplace: bool = False) -> DictConfig:
         """The job's config; `inplace` may consume the template (a forked child's own copy)."""
@@ -121,7 +128,7 @@ class JobComposer:
 
     def _from_template(self, overrides: Sequence[str], inplace: bool) -> DictConfig | None:
         assert self.template is not None and _apply is not None
-        parsed = parse_overrides(overrides)
+        parsed = self._parsed.get(tuple(overrides)) or parse_overrides(overrides)
         changes = self._plain_changes(parsed)
         if changes is None:
             return None

@@ -130,3 +130,23 @@ def test_ctrl_c_cancels_and_resume_finishes(tmp_path: Path) -> None:
     assert sorted(found) == list(range(6))  # the same numbers
     assert all(j["state"] == "COMPLETED" for j in found.values())
     assert all(found[n]["attempts"] == 1 for n in done_before)
+
+
+def test_hsm_complete_finishes_a_hydra_sweep(tmp_path: Path) -> None:
+    """Without Hydra: the failed job runs again from its stored payload (cold worker)."""
+    sweep = tmp_path / "sweep"
+    args = [*HSM, PAIRED_FAILS, "seed=0,1", "fail=null,'${oc.env:HSM_TEST_FAIL,null}'"]
+    first = run_app(EXAMPLE, args, sweep_dir=sweep, env={"HSM_TEST_FAIL": "exception"})
+    assert first.returncode == 1
+    done = subprocess.run(
+        ["hsm", "complete", str(sweep), "--retry-failed"],
+        cwd=EXAMPLE.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = jobs(sweep)
+    assert [found[n]["state"] for n in (0, 1)] == ["COMPLETED", "COMPLETED"]
+    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert job_return(found[1]["dir"]).return_value == metrics["loss"]
