@@ -142,6 +142,7 @@ class SSHSource(ComputeSource):
         }
         hello = await agent.start(config, AGENT_START_TIMEOUT_S)
         self._agent = agent
+        self._shipped.clear()  # a new agent: ship the shared payload parts again, to be safe
         self.home = str(hello.get("home") or "/")
         self.project_dir = remote_path(self.opts.project_dir, self.home)
         self.sweep_dir = posixpath.join(self.project_dir, ".hsm", "sweeps", self.ctx.sweep_id)
@@ -178,6 +179,7 @@ class SSHSource(ComputeSource):
             self._agent.send(att.launch)
         except SourceError:
             del self._atts[att.id]
+            self._shipped.clear()  # what this message carried may not have arrived
             raise
         return None
 
