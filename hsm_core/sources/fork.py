@@ -85,13 +85,13 @@ class ForkSource(ComputeSource):
         request: Request,
         *,
         ahead: int = 2,
-        on_failure: Callable[[TaskSpec, str], None] | None = None,
+        on_settled: Callable[[TaskSpec, TaskState, str | None], None] | None = None,
     ) -> None:
         super().__init__(spec, ctx)
         self.server = server
         self.request = request
         self.ahead = max(0, ahead)
-        self.on_failure = on_failure
+        self.on_settled = on_settled
         gpus = [str(g) for g in spec.option("gpus") or []]
         self.gpu_env = gpu_sets(gpus, spec.max_parallel, int(spec.option("gpus_per_slot", 1)))
         self._jobs: dict[str, _Job] = {}  # by jid
@@ -259,8 +259,8 @@ class ForkSource(ComputeSource):
         if job.slot is not None:
             self._free.append(job.slot)
             self._free.sort()
-        if state is TaskState.FAILED and self.on_failure is not None:
-            self.on_failure(job.task, error or "")
+        if self.on_settled is not None:  # e.g. the launcher reads the JobReturn now
+            self.on_settled(job.task, state, error)
         self._report(
             TaskEvent(job.task.key, job.attempt, state, self.name, exit_code=code, error=error)
         )

@@ -15,6 +15,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,11 @@ class _Launch:
         self.hydra_context = launcher.hydra_context
         self.task_function = launcher.task_function
         self.jobs = [Job(n, o, hydra_task_key(n, o)) for n, o in jobs]
+        self._t0 = time.perf_counter()
+
+    def _mark(self, phase: str) -> None:
+        """Where launch() spends its time: `hydra.verbose=hydra_plugins.hsm_launcher`."""
+        log.debug("launch: %s at %.3f s", phase, time.perf_counter() - self._t0)
 
     def run(self) -> list[JobReturn]:
         cfg = self.config
@@ -115,11 +121,14 @@ class _Launch:
         first = composer.full(self.jobs[0].overrides)  # a bad override fails the launch here
         composer.set_template(self.jobs[0].overrides, first)
         composer.prepare([j.overrides for j in self.jobs])
+        self._mark("composed the template")
         remote = any(s.type != "local" for s in specs)
         script = _script_dir(self.task_function)
         sweep_file = self._payload(sweep_dir, project_root, script, required=remote)
         rt = JobRuntime(self.task_function, self.hydra_context, composer)
+        self._mark("pickled the payload")
         server = self._fork_server(rt, specs, sweep_file)
+        self._mark("forked the fork server")
         try:
             return self._run(
                 settings,
@@ -239,10 +248,11 @@ class _Launch:
                         script_rel=_relative(script, project_root),
                     )
                     write_job_part(store.task_dir(task), part)
+            self._mark("stored the tasks and their payloads")
             ctx = context_for(store)
-            errors = _results.ErrorLog(sweep_dir)
+            returns = _results.Returns(sweep_dir, _results.ErrorLog(sweep_dir))
             job_nums = {j.key: j.num for j in self.jobs}
-            sources = _results.make_sources(specs, ctx, server, settings, errors, job_nums)
+            sources = _results.make_sources(specs, ctx, server, settings, returns, job_nums)
             opts = RunOptions(
                 strategy=resolved.strategy,
                 max_retries=resolved.max_retries,
@@ -262,12 +272,14 @@ class _Launch:
                 hsm_logger.propagate = propagate
                 if progress is not None:
                     progress.close()
-            returns = _results.collect(store, self.jobs, tasks, errors)
+            self._mark("engine done")
+            results = _results.collect(store, self.jobs, tasks, returns)
+            self._mark("read the JobReturns")
         finally:
             store.close()
         if outcome.cancelled:
             raise SweepInterrupted(f"cancelled; finished jobs are kept in {sweep_dir}")
-        return returns
+        return results
 
     def _add_tasks(
         self, store: Any, settings: Settings, cwd: Path, project_root: Path

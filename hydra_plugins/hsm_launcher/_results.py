@@ -61,6 +61,25 @@ def open_store(
     return store
 
 
+class Returns:
+    """JobReturns read as jobs settle, while the others still run (not all at the end)."""
+
+    def __init__(self, sweep_dir: Path, errors: ErrorLog) -> None:
+        self.sweep_dir = sweep_dir
+        self.errors = errors
+        self.cache: dict[str, JobReturn | None] = {}
+
+    def settled(self, task: TaskSpec, state: TaskState, error: str | None) -> None:
+        if state is TaskState.FAILED:
+            self.errors.add(task, error or "failed", self.sweep_dir)
+        if state in (TaskState.COMPLETED, TaskState.FAILED):
+            self.cache[task.key] = read_job_return(self.sweep_dir / "tasks" / task.name)
+
+    def get(self, task: TaskSpec, task_dir: Path) -> JobReturn | None:
+        ret = self.cache.pop(task.key, None)
+        return ret if ret is not None else read_job_return(task_dir)
+
+
 class ErrorLog:
     """`logs/errors.log`: every failed job with its traceback or exit reason, as it fails."""
 
@@ -95,7 +114,7 @@ def make_sources(
     ctx: SweepContext,
     server: Any,
     settings: Any,
-    errors: ErrorLog,
+    returns: Returns,
     job_nums: dict[str, int],
 ) -> list[ComputeSource]:
     from hsm_core.sources import make_source
@@ -112,7 +131,7 @@ def make_sources(
                     server,
                     _requester(ctx, job_nums),
                     ahead=settings.ahead,
-                    on_failure=lambda task, err: errors.add(task, err, ctx.sweep_dir),
+                    on_settled=returns.settled,
                 )
             )
         else:
@@ -147,9 +166,10 @@ def _requester(ctx: SweepContext, job_nums: dict[str, int]) -> Any:
 
 
 def collect(
-    store: Any, jobs: Sequence[Any], tasks: Sequence[TaskSpec], errors: ErrorLog
+    store: Any, jobs: Sequence[Any], tasks: Sequence[TaskSpec], returns: Returns
 ) -> list[JobReturn]:
     """One JobReturn per job, in input order; a job without one gets a FAILED stand-in."""
+    errors = returns.errors
     latest = store.latest_attempts()
     out: list[JobReturn] = []
     for job, task in zip(jobs, tasks, strict=True):
@@ -157,7 +177,9 @@ def collect(
         att = latest.get(task.key)
         state = att.state if att else TaskState.PENDING
         ret = (
-            read_job_return(task_dir) if state in (TaskState.COMPLETED, TaskState.FAILED) else None
+            returns.get(task, task_dir)
+            if state in (TaskState.COMPLETED, TaskState.FAILED)
+            else None
         )
         if ret is not None:
             _relocate(ret, task_dir)

@@ -56,7 +56,9 @@ def _sweep(sw: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     overrides = parser.parse_overrides(params + list(arguments))
     all_jobs = _space.expand(overrides, paired=sw.paired, num_samples=sw.num_samples, seed=sw.seed)
     sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-    if sw.resume and not _is_sweep(sweep_dir):
+    if sw.resume and not hasattr(sw.launcher, "launch_numbered"):
+        log.warning("hydra.sweeper.resume needs hydra/launcher=hsm (its journal): running all")
+    elif sw.resume and not _is_sweep(sweep_dir):
         previous = _find_previous(sweep_dir, config)
         if previous is None:
             log.info("nothing to resume: no earlier hsm sweep of this command; starting anew")
