@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 def test_sigkilled_orchestrator_reattaches_and_collects(ssh_env: SshEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     # Each task appends to a file in the remote project: a second start would show.
-    script = 'echo start >> "$HSM_TASK_DIR/results/starts"; sleep 4; echo done-$0'
+    script = 'echo start >> "$HSM_TASK_DIR/results/starts"; sleep 2.5; echo done-$0'
     tasks = command_tasks([["sh", "-c", script, str(i)] for i in range(4)])
     store = new_store(tmp_path / "sweep", project, tasks)
     sweep_dir = store.sweep_dir
