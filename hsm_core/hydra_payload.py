@@ -62,13 +62,20 @@ class JobPart:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
+    """What must match wherever the payload is unpickled (module attributes: instant,
+    unlike package metadata lookups)."""
+    import importlib
 
     out = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for dist in ("hsm", "hydra-core", "omegaconf", "cloudpickle"):
+    for dist, module in (
+        ("hsm", "hsm_core"),
+        ("hydra-core", "hydra"),
+        ("omegaconf", "omegaconf"),
+        ("cloudpickle", "cloudpickle"),
+    ):
         try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
+            out[dist] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
             out[dist] = "missing"
     return out
 

@@ -235,20 +235,13 @@ class _Launch:
             nums = dict(store.meta("hydra_job_nums") or {})
             nums.update({j.key: j.num for j in self.jobs})
             store.set_meta("hydra_job_nums", nums)
-            if sweep_file is not None:
-                for job, task in zip(self.jobs, tasks, strict=True):
-                    config = composer.compose(job.overrides) if remote else None
-                    part = JobPart(
-                        num=job.num,
-                        job_id=job.job_id,
-                        overrides=job.overrides,
-                        sweep_file=sweep_file,
-                        config=config,
-                        script_dir=str(script),
-                        script_rel=_relative(script, project_root),
-                    )
-                    write_job_part(store.task_dir(task), part)
-            self._mark("stored the tasks and their payloads")
+            parts = self._job_parts(
+                store, tasks, sweep_file, composer, script, project_root, remote
+            )
+            if parts is not None and (server is None or remote):
+                parts()  # workers (cold, remote) read them: before anything runs
+                parts = None
+            self._mark("stored the tasks")
             ctx = context_for(store)
             returns = _results.Returns(sweep_dir, _results.ErrorLog(sweep_dir))
             job_nums = {j.key: j.num for j in self.jobs}
@@ -264,11 +257,17 @@ class _Launch:
             # The engine's records go to the sweep's log files, not to the app's console.
             hsm_logger = logging.getLogger("hsm")
             propagate, hsm_logger.propagate = hsm_logger.propagate, False
+            # Forked jobs do not need their payloads: write them while the first jobs run.
+            writer = threading.Thread(target=parts, name="hsm-payloads") if parts else None
             try:
+                if writer is not None:
+                    writer.start()
                 outcome = asyncio.run(
                     run_sweep(store, ctx, specs, opts, sources=sources, progress=progress)
                 )
             finally:
+                if writer is not None:
+                    writer.join()
                 hsm_logger.propagate = propagate
                 if progress is not None:
                     progress.close()
@@ -280,6 +279,38 @@ class _Launch:
         if outcome.cancelled:
             raise SweepInterrupted(f"cancelled; finished jobs are kept in {sweep_dir}")
         return results
+
+    def _job_parts(
+        self,
+        store: Any,
+        tasks: Sequence[TaskSpec],
+        sweep_file: str | None,
+        composer: JobComposer,
+        script: Path,
+        project_root: Path,
+        remote: bool,
+    ) -> Any:
+        """A function writing each job's own payload (composed here for remote sources,
+        whose hosts may not have the config files where this machine has them)."""
+        if sweep_file is None:
+            return None
+        rel = _relative(script, project_root)
+        configs = [composer.compose(j.overrides) if remote else None for j in self.jobs]
+
+        def write() -> None:
+            for job, task, config in zip(self.jobs, tasks, configs, strict=True):
+                part = JobPart(
+                    num=job.num,
+                    job_id=job.job_id,
+                    overrides=job.overrides,
+                    sweep_file=sweep_file,
+                    config=config,
+                    script_dir=str(script),
+                    script_rel=rel,
+                )
+                write_job_part(store.task_dir(task), part)
+
+        return write
 
     def _add_tasks(
         self, store: Any, settings: Settings, cwd: Path, project_root: Path
