@@ -118,37 +118,38 @@ class SweepStore:
         config: Mapping[str, Any],
         metadata: Mapping[str, Any] | None = None,
         project_root: Path | None = None,
+        tasks: Iterable[TaskSpec] = (),
     ) -> SweepStore:
+        """Make a sweep folder. The journal is built whole (tables, metadata and `tasks`)
+        under another name and renamed into place: a crash or a reader at any moment sees
+        either no sweep or the whole sweep, never one without its tasks."""
         sweep_dir = Path(sweep_dir).resolve()
         for sub in ("tasks", "logs/sources", "scripts", "reports"):
             (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
-        # Build the journal under another name and rename it into place, so a reader
-        # never finds a sweep.db without its tables.
         db = sweep_dir / DB_NAME
+        fresh: list[TaskSpec] = []
         if not db.exists():
             tmp = sweep_dir / f".{DB_NAME}.new"
             tmp.unlink(missing_ok=True)
-            with contextlib.closing(sqlite3.connect(tmp)) as init:
-                init.executescript(_SCHEMA)
-                init.execute("PRAGMA journal_mode=WAL")
+            init = cls(sweep_dir, cls._connect(tmp, readonly=False), readonly=False)
+            init._conn.executescript(_SCHEMA)
+            with init._tx() as c:
+                for k, v in {
+                    "schema_version": SCHEMA_VERSION,
+                    "sweep_id": sweep_id,
+                    "kind": kind,
+                    "created": time.time(),
+                    "project_root": str(project_root or Path.cwd()),
+                    "metadata": dict(metadata or {}),
+                    "config": dict(config),
+                }.items():
+                    c.execute("INSERT INTO meta VALUES (?, ?)", (k, json.dumps(v, default=str)))
+            _, fresh = init._insert_tasks(tasks)
+            init._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            init.close()
             os.replace(tmp, db)
-        conn = cls._connect(db, readonly=False)
-        conn.executescript(_SCHEMA)
-        store = cls(sweep_dir, conn, readonly=False)
-        now = time.time()
-        with store._tx() as c:
-            for k, v in {
-                "schema_version": SCHEMA_VERSION,
-                "sweep_id": sweep_id,
-                "kind": kind,
-                "created": now,
-                "project_root": str(project_root or Path.cwd()),
-                "metadata": dict(metadata or {}),
-                "config": dict(config),
-            }.items():
-                c.execute(
-                    "INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, json.dumps(v, default=str))
-                )
+        store = cls(sweep_dir, cls._connect(db, readonly=False), readonly=False)
+        store._write_task_views(fresh)
         write_atomic(sweep_dir / "sweep_config.yaml", dump_yaml(dict(config)))
         store.write_metadata_view()
         return store
@@ -212,6 +213,11 @@ class SweepStore:
         Numbers given by the caller are used when free; otherwise the next free number is
         taken, so a sweep file edited later never renumbers what already exists.
         """
+        out, fresh = self._insert_tasks(tasks)
+        self._write_task_views(fresh)
+        return out
+
+    def _insert_tasks(self, tasks: Iterable[TaskSpec]) -> tuple[list[TaskSpec], list[TaskSpec]]:
         known = {t.key: t for t in self.tasks()}
         used = {t.num for t in known.values()}
         next_num = max(used, default=0) + 1
@@ -241,12 +247,14 @@ class SweepStore:
                 [(t.key, 1, TaskState.PENDING.value, now) for t in fresh],
             )
         self._nums = None
+        return out, fresh
+
+    def _write_task_views(self, fresh: list[TaskSpec]) -> None:
         for t in fresh:
             tdir = self.task_dir(t)
             tdir.mkdir(parents=True, exist_ok=True)
             write_atomic(tdir / "params.yaml", dump_yaml(dict(t.params)))
         self.write_status_views([t.key for t in fresh])
-        return out
 
     def tasks(self) -> list[TaskSpec]:
         rows = self._conn.execute("SELECT spec FROM tasks ORDER BY num").fetchall()

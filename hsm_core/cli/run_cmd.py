@@ -101,9 +101,9 @@ def _execute(
             "command": shlex.join(sys.argv),
         },
         project_root=root,
+        tasks=tasks,
     )
     try:
-        store.add_tasks(tasks)
         register(sweep_id, sweep_dir)
         ctx = context_for(store)
         opts = RunOptions(

@@ -1,0 +1,196 @@
+"""One sweep over several kinds of sources, and finishing sweeps after SIGKILL of the
+orchestrator: real local processes, real loopback sshd hosts, the real one-node Slurm.
+
+Tasks prove "exactly once" by their own side effect: each appends its id to a shared
+file (the loopback hosts share this machine's filesystem), so a second run shows up.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hsm_core.model import TaskState
+from hsm_core.store import SweepStore
+from tests.integration.ssh_support import FAST_SSH, make_project, remote_project
+from tests.services import SlurmEnv, SshEnv
+from tests.sweep_utils import PY, hsm, wait_for
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder every host's login user can write to (pytest's tmp is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="hsm-dist-", dir="/tmp"))
+    d.chmod(0o777)
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def _ssh_source(ssh_env: SshEnv, alias: str, slots: int = 2) -> dict[str, Any]:
+    return {
+        "type": "ssh",
+        "host": alias,
+        "ssh_config": str(ssh_env.ssh_config),
+        "project_dir": remote_project(ssh_env, alias),
+        "python": ssh_env.host(alias).python,
+        "sync": "push",
+        "max_parallel": slots,
+        **FAST_SSH,
+    }
+
+
+def _project(tmp_path: Path, shared: Path, n: int, seconds: float, extra: dict[str, Any]) -> Path:
+    ran = shared / "ran.txt"
+    ran.touch()
+    ran.chmod(0o666)
+    project = make_project(tmp_path / "proj")
+    (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": extra}))
+    (project / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"i": list(range(n))},
+                "command": ["sh", "-c", f'echo "$0" >> {ran}; sleep {seconds}', "{i}"],
+            }
+        )
+    )
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "cfg"],
+        cwd=project,
+        check=True,
+    )
+    return project
+
+
+def _runs(shared: Path) -> Counter[str]:
+    return Counter((shared / "ran.txt").read_text().split())
+
+
+def _store(project: Path, sweep_id: str) -> SweepStore:
+    return SweepStore.open(project / "sweeps" / "outputs" / sweep_id, readonly=True)
+
+
+def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
+    ssh_env: SshEnv, slurm_env: SlurmEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    sources = {
+        "h1": _ssh_source(ssh_env, "h1"),
+        "h2": _ssh_source(ssh_env, "h2"),
+        "cluster": {
+            "type": "hpc",
+            "scheduler": "slurm",
+            "partition": slurm_env.partition,
+            "time": 2,
+            "max_parallel": 2,
+            "poll_interval": 1,
+            "poll_min": 0.5,
+            "batch_window": 0.2,
+        },
+    }
+    project = _project(tmp_path, shared_dir, 16, 1.0, sources)
+    res = hsm(
+        "run",
+        "-c",
+        "sweep.yaml",
+        "-s",
+        "local:2,ssh:h1:2,ssh:h2:2,hpc:cluster:2",
+        "--strategy",
+        "round_robin",
+        "--sweep-id",
+        "mix",
+        cwd=project,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = _store(project, "mix")
+    per_source = Counter(a.source for a in store.latest_attempts().values())
+    assert set(per_source) == {"local", "h1", "h2", "cluster"}, per_source
+    assert store.counts() == {TaskState.COMPLETED: 16}
+    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(16)})
+    for t in store.tasks():  # every result and log is here, whoever ran it
+        assert (store.task_dir(t) / "result.json").is_file(), t.name
+
+
+def test_sweep_started_on_ssh_is_completed_on_local(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    project = _project(tmp_path, shared_dir, 10, 0.8, {"h1": _ssh_source(ssh_env, "h1")})
+    proc = subprocess.Popen(
+        [PY, "-m", "hsm_core.cli.main", "run", "-c", "sweep.yaml", "-s", "ssh:h1:2",
+         "--sweep-id", "move"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(lambda: len(_runs(shared_dir)) >= 3, timeout=60)
+    proc.send_signal(signal.SIGINT)  # stop it: the rest is CANCELLED
+    assert proc.wait(timeout=60) == 130
+    res = hsm("complete", "move", "--sources", "local:2", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = _store(project, "move")
+    latest = store.latest_attempts()
+    assert {a.state for a in latest.values()} == {TaskState.COMPLETED}
+    assert {a.source for a in latest.values()} == {"h1", "local"}
+    # Cancelled tasks ran again locally; nothing that completed on h1 ran twice.
+    runs = _runs(shared_dir)
+    completed_on_h1 = {
+        str(store.task(k).params["i"]) for k, a in latest.items() if a.source == "h1"
+    }
+    assert all(runs[i] == 1 for i in completed_on_h1)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_orchestrator_sigkilled_at_random_moments_then_completed(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, seed: int
+) -> None:
+    """SIGKILL `hsm run`, then `hsm complete` twice more, each at a random moment; a last
+    `hsm complete` finishes. Every task COMPLETED, and ran exactly once."""
+    n = 18
+    project = _project(
+        tmp_path,
+        shared_dir,
+        n,
+        0.6,
+        {"h1": _ssh_source(ssh_env, "h1"), "h2": _ssh_source(ssh_env, "h2")},
+    )
+    rng = random.Random(seed)
+    sources = "local:2,ssh:h1:2,ssh:h2:2"
+    commands = [
+        ["run", "-c", "sweep.yaml", "-s", sources, "--sweep-id", "crash"],
+        ["complete", "crash", "-s", sources],
+        ["complete", "crash", "-s", sources],
+    ]
+    db = project / "sweeps" / "outputs" / "crash" / "sweep.db"
+    for argv in commands:
+        before = sum(_runs(shared_dir).values())
+        proc = subprocess.Popen(
+            [PY, "-m", "hsm_core.cli.main", *argv],
+            cwd=project,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Kill after a random number of new task starts (0 = while still starting up),
+        # once the sweep exists (killed before that, `hsm run` leaves no sweep at all).
+        target = before + rng.randint(0, 4)
+        def reached(t: int = target, p: subprocess.Popen[bytes] = proc) -> bool:
+            return p.poll() is not None or (db.exists() and sum(_runs(shared_dir).values()) >= t)
+
+        wait_for(reached, 60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    res = hsm("complete", "crash", "-s", sources, cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = _store(project, "crash")
+    assert store.counts() == {TaskState.COMPLETED: n}
+    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)})
+    for t in store.tasks():
+        assert (store.task_dir(t) / "result.json").is_file(), t.name
