@@ -9,8 +9,9 @@ How it works, in the order of an attempt's life:
   Job ids go to ``scripts/<source>/jobs.jsonl`` at once, so that a restarted
   orchestrator can re-attach to queued jobs.
 - Every ``poll()`` reads the records the jobs left in their task folders (no scheduler
-  call) and, paced with backoff (``poll_min`` doubling up to ``poll_interval``), asks
-  the scheduler ONE question about every job of the sweep. ``hpc_states.decide`` turns
+  call) and, paced with backoff (``poll_min`` after a submission, doubling up to
+  ``poll_interval``; ``poll_min`` again when a record needs the scheduler's verdict),
+  asks the scheduler ONE question about every job of the sweep. ``hpc_states.decide`` turns
   records + scheduler state into the outcome: COMPLETED only with result.json; the
   task's own failures FAILED; node failures, preemption, outside cancels and vanished
   jobs LOST (the engine places them again).
@@ -99,8 +100,8 @@ class HPCSource(ComputeSource):
         self._flusher: asyncio.Task[None] | None = None
         self._submit_lock = asyncio.Lock()
         self._arrays: dict[str, _Array] = {}
-        self._last_submit = time.monotonic()
-        self._next_query = 0.0
+        self._next_query = 0.0  # monotonic time of the next scheduler query
+        self._pause = self.opts.poll_min_s  # doubles after each query, up to poll_interval
         self._staged: set[str] = set()
         self._ledger = ctx.sweep_dir / "scripts" / self.name / LEDGER
         self.cluster_sweep_dir = str(ctx.sweep_dir)
@@ -209,7 +210,8 @@ class HPCSource(ComputeSource):
             self._jobs.pop(job.task.key, None)
             if job.future is not None and not job.future.done():
                 job.future.set_exception(SourceError(f"submission failed: {error}"))
-        self._last_submit = now
+        # New jobs: ask soon, then less and less often (poll_min, x2, ... poll_interval).
+        self._pause = self.opts.poll_min_s
         first = now + self.opts.poll_min_s
         self._next_query = first if self._next_query <= now else min(self._next_query, first)
 
@@ -317,11 +319,11 @@ class HPCSource(ComputeSource):
                     job.state, job.missing_since = state, None
                 elif job.missing_since is None:
                     job.missing_since = now
-        # submitit's pacing: 2, 4, 8 ... s after the latest submission, at most
-        # poll_interval apart.
-        since = now - self._last_submit
-        pause = min(self.opts.poll_interval_s, max(self.opts.poll_min_s, since / 2))
-        self._next_query = now + pause
+        # Records in the task folders settle most jobs without the scheduler; its word
+        # is needed for jobs that die around their task (node failure, time limit,
+        # outside cancel), so ask at doubling intervals up to poll_interval.
+        self._next_query = now + self._pause
+        self._pause = min(self._pause * 2, self.opts.poll_interval_s)
 
     def _settle(self, job: _Job, rec: dict[str, Any], now: float) -> Verdict | None:
         if not job.running and (rec.get("started") or phase_of(job.state) is Phase.RUNNING):
@@ -458,7 +460,7 @@ class HPCSource(ComputeSource):
             self._jobs[task.key] = job
             array = self._arrays.setdefault(job.job_id.split("_")[0], _Array(1))
             array.unsettled.add(task.key)
-        self._last_submit = now
+        self._pause = self.opts.poll_min_s
         self._next_query = now  # ask at the first poll
 
     # ----------------------------------------------------------------- health

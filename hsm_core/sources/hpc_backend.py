@@ -209,8 +209,10 @@ class Slurm(Scheduler):
             raise SchedulerError(f"scancel exited with {done.returncode}: {_last(done.stderr)}")
 
     def check(self) -> dict[str, Any]:
-        parts = self._partitions()
         want = self.opts.partition
+        if not want:
+            return {}  # the cluster's default partition: nothing to check, no call
+        parts = self._partitions()
         names = [p["name"] for p in parts]
         if want and want not in names:
             raise HsmError(
@@ -303,7 +305,12 @@ class PBS(Scheduler):
     def check(self) -> dict[str, Any]:
         from hsm_core.sources.pbs.executor import detect_dialect
 
-        return {"pbs_dialect": self.opts.pbs_dialect or detect_dialect()}
+        if self.opts.pbs_dialect:
+            return {"pbs_dialect": self.opts.pbs_dialect}
+        try:
+            return {"pbs_dialect": detect_dialect()}
+        except RuntimeError as exc:
+            raise HsmError(str(exc), "set `pbs_dialect: pro` or `torque` for this source") from None
 
     def health(self) -> dict[str, Any]:
         done = run_command(["qstat", "-Q"])

@@ -10,8 +10,9 @@ survives the task's crash and can write the records the orchestrator reads:
 - ``.hsm_exit.json`` when the task process ends (exit code, signal, whether the
   scheduler signalled us): FAILED-by-itself versus killed-around-it;
 - ``result.json`` for command tasks (the same record, the proof of the outcome). A Hydra
-  task's result.json is written by ``python -m hsm_core.worker`` itself (the argv comes
-  from ``sources.base.task_argv``, as on every source).
+  task's result.json is written by hsm's worker itself: the job calls the worker's entry
+  point in its own process (``sources.base.task_argv`` says `python -m hsm_core.worker`;
+  the job's interpreter is already up, a second one would double the cost per job).
 
 A non-zero exit leaves the job with that exit code, so ``sacct`` agrees with hsm.
 """
@@ -20,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,6 +43,7 @@ START_FILE = ".hsm_job.json"
 EXIT_FILE = ".hsm_exit.json"
 RESULT_FILE = "result.json"
 KILL_GRACE_S = 3.0
+WORKER = ("-m", "hsm_core.worker")  # how sources.base.task_argv runs a Hydra job
 
 
 def job_id_from_env() -> str | None:
@@ -65,6 +70,7 @@ class _Watch:
         self.pgid: int | None = None
         self.terminated: str | None = None
         self.warned = False
+        self.on_terminate: Callable[[str], None] | None = None
 
     def install(self) -> None:
         # submitit's own handlers would requeue or ignore; hsm decides about retries.
@@ -79,6 +85,8 @@ class _Watch:
 
     def _terminate(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = signal.Signals(signum).name
+        if self.on_terminate is not None:  # the task runs in this process
+            self.on_terminate(self.terminated)
         if self.pgid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, signal.SIGTERM)
@@ -132,6 +140,8 @@ def run_task(job: Mapping[str, Any]) -> int:
     watch = _Watch(tdir)
     watch.install()
     timeout = job.get("timeout_s")
+    if job.get("kind") == "hydra" and argv[1:3] == list(WORKER):
+        return _run_worker_here(job, tdir, argv[3:], env, watch, base, started)
     timed_out = False
     with open(tdir / "stdout.log", "wb") as out, open(tdir / "stderr.log", "wb") as err:
         try:
@@ -169,6 +179,79 @@ def run_task(job: Mapping[str, Any]) -> int:
     return _finish(job, tdir, record, started)
 
 
+def _run_worker_here(
+    job: Mapping[str, Any],
+    tdir: Path,
+    args: list[str],
+    env: dict[str, str],
+    watch: _Watch,
+    base: dict[str, Any],
+    started: float,
+) -> int:
+    """A Hydra job: call the worker's entry point in this process instead of starting a
+    second interpreter (the job's python is already up, with submitit and hsm loaded).
+    The worker writes result.json; this writes the exit record around it."""
+    from hsm_core import worker
+
+    timeout = job.get("timeout_s")
+
+    def abort(record: dict[str, Any]) -> None:
+        # From a signal handler or the timer thread: record why, then leave at once.
+        with contextlib.suppress(Exception):
+            _write_records(job, tdir, {**base, **record, "started": started, "ended": time.time()})
+        os._exit(int(record["exit_code"]))
+
+    watch.on_terminate = lambda name: abort({"exit_code": 143, "signal": name, "terminated": name})
+    timer = None
+    if timeout:
+        timer = threading.Timer(
+            float(timeout),
+            abort,
+            [{"exit_code": 124, "timed_out": True, "timeout_s": timeout}],
+        )
+        timer.daemon = True
+        timer.start()
+    os.environ.clear()
+    os.environ.update(env)
+    with contextlib.suppress(OSError):
+        os.chdir(job.get("cwd") or tdir)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out = os.open(tdir / "stdout.log", flags, 0o644)
+    err = os.open(tdir / "stderr.log", flags, 0o644)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        code = worker.main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the worker records the job's own errors; this is its crash
+        traceback.print_exc()
+        code = 1
+    finally:
+        if timer is not None:
+            timer.cancel()
+        watch.on_terminate = None
+        # Hydra pointed the root logger at the job's log; submitit's closing lines stay out.
+        for handler in root.handlers:
+            if handler not in handlers:
+                with contextlib.suppress(Exception):
+                    handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (out, err, *saved):
+            os.close(fd)
+    return _finish(job, tdir, {**base, "exit_code": code}, started)
+
+
 def _owned(tdir: Path, attempt: int) -> bool:
     """Is the task folder still this attempt's? An attempt given up as LOST (its node
     froze) can come back later, after the next attempt has taken the folder over."""
@@ -179,8 +262,7 @@ def _owned(tdir: Path, attempt: int) -> bool:
     return bool(current == attempt)
 
 
-def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started: float) -> int:
-    record.update(started=started, ended=time.time())
+def _write_records(job: Mapping[str, Any], tdir: Path, record: dict[str, Any]) -> None:
     attempt = int(job["attempt"])
     if not _owned(tdir, attempt):
         tdir = tdir / f"attempt_{attempt}"
@@ -188,6 +270,11 @@ def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started:
     write_json_atomic(tdir / EXIT_FILE, record)
     if job.get("kind") != "hydra":
         write_json_atomic(tdir / RESULT_FILE, record)
+
+
+def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started: float) -> int:
+    record.update(started=started, ended=time.time())
+    _write_records(job, tdir, record)
     code = int(record["exit_code"])
     if code != 0:
         # The job's own exit code, so that the scheduler's accounting agrees with hsm.
