@@ -1,12 +1,16 @@
 """Compose each Hydra job's config cheaply: from a template where that is exact.
 
 A full compose (defaults list, YAML, merges) costs ~0.1 s per job. Jobs of one sweep
-usually differ from the first only in plain values (`lr=0.1` vs `lr=0.01`). For those,
-the first job's composed config serves as a template and the job's differing overrides
-are applied to (a copy of) it, exactly as Hydra applies command-line values after
-composing. Anything else (a config group choice, `+`/`++`/`~`, a dict or list value, a
-`hydra.*` key, a package) takes the full compose. The template path uses two private
-Hydra helpers; without them every job takes the full compose.
+mostly differ in plain values (`lr=0.1` vs `lr=0.01`). Jobs with the same *shape* (the
+same keys in the same order, the same config-group choices and `+`/`~` lines, only plain
+values differing) share one template: a full compose of the first such job, to which a
+job's own differing values are applied exactly as Hydra applies command-line values after
+composing. A job of a new shape gets its own template (up to MAX_TEMPLATES; the fork
+server composes it once, before forking the job); anything else takes a full compose.
+
+Not plain (part of the shape): a config group choice, `+`/`++`/`~`, a dict or list value,
+a `hydra.*` key, a package. The template path uses two private Hydra helpers; without
+them every job takes the full compose.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger("hsm.hydra")
 
+MAX_TEMPLATES = 16
+
 _apply: Any = None
 get_overrides_dirname: Any = None
 try:  # private Hydra API: feature-detected, never required
@@ -30,6 +36,8 @@ try:  # private Hydra API: feature-detected, never required
 except (ImportError, AttributeError):  # pragma: no cover - other Hydra versions
     pass
 
+Shape = tuple[tuple[str, str | None], ...]
+
 
 def parse_overrides(overrides: Sequence[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -38,13 +46,13 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
 
 class JobComposer:
-    """Composes job configs for one launch; picklable, so forked children inherit it."""
+    """Composes job configs for one launch; forked children inherit it (and its templates)."""
 
     def __init__(self, config_loader: Any, master: DictConfig) -> None:
         self.loader = config_loader
         self.master = master
-        self.template: DictConfig | None = None
-        self._template_parsed: list[Any] = []
+        self.enabled = _apply is not None and get_overrides_dirname is not None
+        self.templates: dict[Shape, tuple[list[Any], DictConfig]] = {}
         self._groups: dict[str, bool] = {}
         self._parsed: dict[tuple[str, ...], list[Any]] = {}
         self.template_hits = 0
@@ -52,36 +60,43 @@ class JobComposer:
     def full(self, overrides: Sequence[str]) -> DictConfig:
         return self.loader.load_sweep_config(self.master, list(overrides))
 
-    def set_template(self, first_overrides: Sequence[str], composed: DictConfig) -> None:
-        """`composed` is the full compose of `first_overrides` (it also validated them)."""
-        if _apply is None or get_overrides_dirname is None:
-            return
-        try:
-            self._template_parsed = parse_overrides(first_overrides)
-        except Exception:
-            return
-        self.template = composed
+    def set_template(self, overrides: Sequence[str], composed: DictConfig) -> None:
+        """`composed` is the full compose of `overrides` (it also validated them)."""
+        parsed = self._parse(overrides)
+        if self.enabled and parsed is not None:
+            self.templates.setdefault(self._shape(parsed), (parsed, composed))
 
     def prepare(self, jobs: Sequence[Sequence[str]]) -> None:
         """Do once, in the parent, what every forked child would otherwise redo: parse each
         job's overrides (Hydra's parser learns as it goes, and a child's learning is lost
         when it exits) and answer the config-group questions for their keys."""
-        if self.template is None:
+        if not self.enabled:
             return
         for overrides in jobs:
-            try:
-                parsed = parse_overrides(overrides)
-            except Exception:
-                continue  # the job's own compose reports it
-            self._parsed[tuple(overrides)] = parsed
-            for o in parsed:
-                self._is_group(o.key_or_group)
+            parsed = self._parse(overrides)
+            if parsed is not None:
+                self._shape(parsed)  # answers (and caches) the config-group questions
+
+    def ensure_template(self, overrides: Sequence[str]) -> None:
+        """Compose a template for this job's shape if there is none yet (the fork server
+        does this before forking, so that later jobs of the shape start from it)."""
+        parsed = self._parse(overrides)
+        if parsed is None or len(self.templates) >= MAX_TEMPLATES:
+            return
+        shape = self._shape(parsed)
+        if shape in self.templates:
+            return
+        try:
+            self.templates[shape] = (parsed, self.full(overrides))
+        except Exception:
+            log.debug("no template for %s: it does not compose", overrides)
 
     def compose(self, overrides: Sequence[str], *, inplace: bool = False) -> DictConfig:
-        """The job's config; `inplace` may consume the template (a forked child's own copy)."""
-        if self.template is not None:
+        """The job's config; `inplace` may consume a template (a forked child's own copy)."""
+        parsed = self._parse(overrides)
+        if parsed is not None:
             try:
-                cfg = self._from_template(overrides, inplace)
+                cfg = self._from_template(parsed, inplace)
             except Exception:
                 log.debug("template compose failed for %s; full compose", overrides)
                 cfg = None
@@ -91,50 +106,55 @@ class JobComposer:
         return self.full(overrides)
 
     # ---------------------------------------------------------------- internal
+    def _parse(self, overrides: Sequence[str]) -> list[Any] | None:
+        if not self.enabled:
+            return None
+        key = tuple(overrides)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_overrides(overrides)
+            except Exception:
+                return None  # the full compose reports it
+            self._parsed[key] = parsed
+        return parsed
+
     def _is_group(self, key: str) -> bool:
         hit = self._groups.get(key)
         if hit is None:
             hit = "/" in key or "@" in key
             if not hit and "." not in key:
-                choices = self.template.hydra.runtime.choices if self.template else {}
-                hit = key in choices or bool(self.loader.repository.group_exists(key))
+                hit = any(key in cfg.hydra.runtime.choices for _, cfg in self.templates.values())
+                hit = hit or bool(self.loader.repository.group_exists(key))
             self._groups[key] = hit
         return hit
 
-    def _plain_changes(self, parsed: list[Any]) -> list[Any] | None:
-        """The overrides that differ from the template's, if all are plain value changes."""
+    def _plain(self, o: Any) -> bool:
         from hydra.core.override_parser.types import OverrideType, ValueType
 
-        if len(parsed) != len(self._template_parsed):
-            return None
-        changes = []
-        for new, old in zip(parsed, self._template_parsed, strict=True):
-            if new.input_line == old.input_line:
-                continue
-            for o in (new, old):
-                if (
-                    o.key_or_group != new.key_or_group
-                    or o.type is not OverrideType.CHANGE
-                    or o.package is not None
-                    or o.value_type is not ValueType.ELEMENT
-                    or o.is_hydra_override()
-                    or isinstance(o.value(), dict | list)
-                ):
-                    return None
-            if self._is_group(new.key_or_group):
-                return None
-            changes.append(new)
-        return changes
+        return (
+            o.type is OverrideType.CHANGE
+            and o.package is None
+            and o.value_type is ValueType.ELEMENT
+            and not o.is_hydra_override()
+            and not isinstance(o.value(), dict | list)
+            and not self._is_group(o.key_or_group)
+        )
 
-    def _from_template(self, overrides: Sequence[str], inplace: bool) -> DictConfig | None:
-        assert self.template is not None and _apply is not None
-        parsed = self._parsed.get(tuple(overrides)) or parse_overrides(overrides)
-        changes = self._plain_changes(parsed)
-        if changes is None:
+    def _shape(self, parsed: list[Any]) -> Shape:
+        return tuple((o.key_or_group, None if self._plain(o) else o.input_line) for o in parsed)
+
+    def _from_template(self, parsed: list[Any], inplace: bool) -> DictConfig | None:
+        shape = self._shape(parsed)
+        found = self.templates.get(shape)
+        if found is None:
             return None
-        cfg = self.template if inplace else copy.deepcopy(self.template)
+        base, cfg = found
         if inplace:
-            self.template = None  # consumed: a second compose must not see these values
+            del self.templates[shape]  # consumed: a second compose must not see these values
+        else:
+            cfg = copy.deepcopy(cfg)
+        changes = [o for o, t in zip(parsed, base, strict=True) if o.input_line != t.input_line]
         _apply(changes, cfg)
         task = [o for o in parsed if not o.is_hydra_override()]
         od = cfg.hydra.job.config.override_dirname

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
+Prefork = Callable[[Mapping[str, Any]], None]
 
 EXIT_INTERNAL = 70  # the job process failed outside the job (hsm's own bug or set-up)
 EXIT_CANCELLED = 75  # cancelled while waiting at the gate
@@ -56,6 +57,7 @@ class _State:
     wake_r: int
     wake_w: int
     sel: selectors.BaseSelector
+    prefork: Prefork | None = None
     children: dict[str, _Child] = field(default_factory=dict)
     pids: dict[int, str] = field(default_factory=dict)
     buf: bytes = b""
@@ -65,8 +67,11 @@ class _State:
 class ForkServer:
     """The launcher's handle on the server process."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, prefork: Prefork | None = None) -> None:
+        """`runner(job, gate)` runs in each job process; `prefork(job)` in the server,
+        before it forks that job (work that later jobs then inherit)."""
         self.runner = runner
+        self.prefork = prefork
         self.pid: int | None = None
         self.cmd_w: int | None = None
         self.evt_r: int | None = None
@@ -91,7 +96,7 @@ class ForkServer:
             try:
                 os.close(cmd_w)
                 os.close(evt_r)
-                _serve(self.runner, cmd_r, evt_w)
+                _serve(self.runner, self.prefork, cmd_r, evt_w)
             except BaseException:
                 traceback.print_exc()
                 code = EXIT_INTERNAL
@@ -145,7 +150,7 @@ def _flush_all() -> None:
 _PRCTL: Any = None
 
 
-def _serve(runner: Runner, cmd_r: int, evt_w: int) -> None:
+def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> None:
     global _PRCTL
     _PRCTL = _load_prctl()  # once, in the server: every job process inherits it
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -157,7 +162,7 @@ def _serve(runner: Runner, cmd_r: int, evt_w: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sel = selectors.DefaultSelector()
-    st = _State(cmd_r, evt_w, wake_r, wake_w, sel)
+    st = _State(cmd_r, evt_w, wake_r, wake_w, sel, prefork)
     sel.register(cmd_r, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     while True:
@@ -276,6 +281,11 @@ def _shutdown(st: _State) -> None:
 
 
 def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None:
+    if st.prefork is not None:
+        try:
+            st.prefork(job)
+        except Exception:
+            traceback.print_exc()  # an optimisation failed: the job still runs
     go_r, go_w = os.pipe()
     _flush_all()
     gc.freeze()

@@ -189,8 +189,11 @@ class _Launch:
                 inplace=True,
             )
 
+        def prefork(req: Any) -> None:  # in the fork server: a template per job shape
+            rt.composer.ensure_template(table[int(req["num"])].overrides)
+
         if threading.active_count() == 1:
-            server = ForkServer(runner)
+            server = ForkServer(runner, prefork)
             server.start()
             return server
         names = ", ".join(t.name for t in threading.enumerate())

@@ -72,5 +72,20 @@ def test_in_place_consumes_the_template(loader: Any) -> None:
     composer = JobComposer(loader, master(loader, []))
     composer.set_template(["seed=1"], composer.full(["seed=1"]))
     assert composer.compose(["seed=2"], inplace=True).seed == 2
-    assert composer.template is None
+    assert composer.templates == {}
     assert composer.compose(["seed=3"]).seed == 3  # full compose from then on
+    assert composer.template_hits == 1
+
+
+def test_a_template_per_shape(loader: Any) -> None:
+    """Group choices crossed with values: one template per choice, then all values."""
+    composer = JobComposer(loader, master(loader, []))
+    jobs = [[f"model={m}", f"seed={s}"] for m in ("linear", "mlp") for s in range(3)]
+    composer.set_template(jobs[0], composer.full(jobs[0]))
+    composer.prepare(jobs)
+    for job in jobs:
+        composer.ensure_template(job)  # what the fork server does before each fork
+    assert len(composer.templates) == 2
+    for job in jobs:
+        assert dump(composer.compose(job)) == dump(composer.full(job))
+    assert composer.template_hits == len(jobs)
