@@ -5,7 +5,7 @@ Order matters (see research/hydra_fork.md):
 2. pickle the shared payload (fails here, before anything runs, naming the culprit);
 3. fork the fork server while this process has one thread and no SQLite connection;
 4. open the store, add the jobs as tasks, run the engine (threads from here on);
-5. read every job's JobReturn back, in input order.
+5. hand back every job's JobReturn, in input order.
 """
 
 from __future__ import annotations
@@ -26,21 +26,18 @@ from hydra.errors import CompactHydraException
 
 from hsm_core.errors import HsmError
 from hsm_core.hydra_compose import JobComposer
-from hsm_core.hydra_job import JOB_RETURN, JobRuntime, job_key, job_params, run_here
+from hsm_core.hydra_job import JobRuntime, run_here
 from hsm_core.hydra_payload import (
-    JOB_FILE,
-    JobPart,
     PayloadError,
     SweepPart,
     app_fingerprint,
     dump_sweep_part,
     unpicklable_warning,
     versions,
-    write_job_part,
     write_sweep_part,
 )
-from hsm_core.model import SourceSpec, TaskKind, TaskSpec, task_key
-from hydra_plugins.hsm_launcher import _results
+from hsm_core.model import SourceSpec
+from hydra_plugins.hsm_launcher import _results, _tasks
 from hydra_plugins.hsm_launcher._settings import (
     Resolved,
     Settings,
@@ -48,6 +45,7 @@ from hydra_plugins.hsm_launcher._settings import (
     resolve,
     settings_from,
 )
+from hydra_plugins.hsm_launcher._tasks import Job, hydra_task_key
 
 log = logging.getLogger("hydra_plugins.hsm_launcher")
 
@@ -60,17 +58,6 @@ class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) cancelled the jobs; the store is settled."""
 
 
-@dataclass(frozen=True)
-class Job:
-    num: int
-    overrides: list[str]
-    key: str
-
-    @property
-    def job_id(self) -> str:
-        return str(self.num)
-
-
 def launch(launcher: Any, jobs: Sequence[tuple[int, list[str]]]) -> list[JobReturn]:
     if not jobs:
         return []
@@ -80,10 +67,27 @@ def launch(launcher: Any, jobs: Sequence[tuple[int, list[str]]]) -> list[JobRetu
         raise LauncherError(str(exc)) from None
 
 
-def hydra_task_key(num: int, overrides: Sequence[str]) -> str:
-    """A job is its number and its overrides: a second run of the same command in the same
-    sweep dir finds the same tasks; the same overrides under another number stay apart."""
-    return task_key({"job": num, "params": job_params(overrides)})
+@dataclass
+class _Setup:
+    """Everything one launch decided before the engine starts."""
+
+    settings: Settings
+    resolved: Resolved
+    sweep_dir: Path
+    project_root: Path
+    cwd: Path
+    script: Path
+    composer: JobComposer
+    sweep_file: str | None  # the shared payload, or None if it cannot be pickled
+    server: Any  # the fork server, or None (no local source, or threads: cold workers)
+
+    @property
+    def specs(self) -> list[SourceSpec]:
+        return self.resolved.specs
+
+    @property
+    def remote(self) -> bool:
+        return any(s.type != "local" for s in self.specs)
 
 
 class _Launch:
@@ -93,7 +97,7 @@ class _Launch:
         self.config = launcher.config
         self.hydra_context = launcher.hydra_context
         self.task_function = launcher.task_function
-        self.jobs = [Job(n, o, hydra_task_key(n, o)) for n, o in jobs]
+        self.jobs = [Job(n, list(o), hydra_task_key(n, o)) for n, o in jobs]
         self._t0 = time.perf_counter()
 
     def _mark(self, phase: str) -> None:
@@ -101,18 +105,26 @@ class _Launch:
         log.debug("launch: %s at %.3f s", phase, time.perf_counter() - self._t0)
 
     def run(self) -> list[JobReturn]:
+        setup = self._prepare()
+        try:
+            return self._run(setup)
+        finally:
+            if setup.server is not None:
+                setup.server.close()
+
+    # ------------------------------------------------------------- set-up
+    def _prepare(self) -> _Setup:
         cfg = self.config
         setup_globals()
         configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-        choices = cfg.hydra.runtime.choices
-        settings = settings_from(self.launcher.params, choices.get("hydra/launcher/pool"))
+        pool = cfg.hydra.runtime.choices.get("hydra/launcher/pool")
+        settings = settings_from(self.launcher.params, pool)
         cwd = Path.cwd()
-        project_root = project_root_for(cwd)
-        resolved = resolve(settings, project_root)
-        specs = resolved.specs
+        root = project_root_for(cwd)
+        resolved = resolve(settings, root)
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        where = ", ".join(f"{s.name}:{s.max_parallel}" for s in specs)
+        where = ", ".join(f"{s.name}:{s.max_parallel}" for s in resolved.specs)
         log.info(f"Launching {len(self.jobs)} jobs with hsm on {where}")
         for job in self.jobs:
             log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
@@ -122,33 +134,15 @@ class _Launch:
         composer.set_template(self.jobs[0].overrides, first)
         composer.prepare([j.overrides for j in self.jobs])
         self._mark("composed the template")
-        remote = any(s.type != "local" for s in specs)
         script = _script_dir(self.task_function)
-        sweep_file = self._payload(sweep_dir, project_root, script, required=remote)
-        rt = JobRuntime(self.task_function, self.hydra_context, composer)
+        setup = _Setup(settings, resolved, sweep_dir, root, cwd, script, composer, None, None)
+        setup.sweep_file = self._payload(setup)
         self._mark("pickled the payload")
-        server = self._fork_server(rt, specs, sweep_file)
+        setup.server = self._fork_server(setup)
         self._mark("forked the fork server")
-        try:
-            return self._run(
-                settings,
-                resolved,
-                specs,
-                sweep_dir,
-                project_root,
-                cwd,
-                script,
-                sweep_file,
-                composer,
-                server,
-                remote,
-            )
-        finally:
-            if server is not None:
-                server.close()
+        return setup
 
-    # ------------------------------------------------------------- payload
-    def _payload(self, sweep_dir: Path, root: Path, script: Path, *, required: bool) -> str | None:
+    def _payload(self, s: _Setup) -> str | None:
         from hydra.core.singleton import Singleton
 
         part = SweepPart(
@@ -156,48 +150,50 @@ class _Launch:
             hydra_context=self.hydra_context,
             config=self.config,
             singleton_state=Singleton.get_state(),
-            sweep_dir=str(sweep_dir),
-            project_root=str(root),
-            script_dir=_relative(script, root),
+            sweep_dir=str(s.sweep_dir),
+            project_root=str(s.project_root),
+            script_dir=_relative(s.script, s.project_root),
             versions=versions(),
         )
         try:
             data = dump_sweep_part(part)
         except PayloadError as exc:
-            if required:
+            if s.remote:  # remote hosts cannot run the jobs without it
                 raise
             log.warning(unpicklable_warning(exc))
             return None
-        return write_sweep_part(sweep_dir, data)
+        return write_sweep_part(s.sweep_dir, data)
 
-    def _fork_server(self, rt: JobRuntime, specs: list[SourceSpec], sweep_file: str | None) -> Any:
-        if not any(s.type == "local" for s in specs):
+    def _fork_server(self, s: _Setup) -> Any:
+        if not any(spec.type == "local" for spec in s.specs):
             return None
         from hsm_core.sources.forkserver import ForkServer
 
+        rt = JobRuntime(self.task_function, self.hydra_context, s.composer)
         table = {j.num: j for j in self.jobs}  # the task keys are settled later, with the store
 
-        def runner(req: Any, gate: Any) -> int:
+        def runner(req: Any, gate: Any) -> int:  # in each job process
             job = table[int(req["num"])]
+            task_dir = Path(req["task_dir"])
             return run_here(
                 rt,
                 num=job.num,
                 job_id=job.job_id,
                 overrides=job.overrides,
-                task_dir=Path(req["task_dir"]),
+                task_dir=task_dir,
                 gate=gate,
                 inplace=True,
             )
 
         def prefork(req: Any) -> None:  # in the fork server: a template per job shape
-            rt.composer.ensure_template(table[int(req["num"])].overrides)
+            s.composer.ensure_template(table[int(req["num"])].overrides)
 
         if threading.active_count() == 1:
             server = ForkServer(runner, prefork)
             server.start()
             return server
         names = ", ".join(t.name for t in threading.enumerate())
-        if sweep_file is None:
+        if s.sweep_file is None:
             raise HsmError(
                 f"cannot run the jobs: this process runs threads ({names}), so jobs cannot be "
                 "forked from it, and the job payload cannot be pickled (see the warning above)",
@@ -211,65 +207,46 @@ class _Launch:
         return None
 
     # ---------------------------------------------------------------- run
-    def _run(
-        self,
-        settings: Settings,
-        resolved: Resolved,
-        specs: list[SourceSpec],
-        sweep_dir: Path,
-        project_root: Path,
-        cwd: Path,
-        script: Path,
-        sweep_file: str | None,
-        composer: JobComposer,
-        server: Any,
-        remote: bool,
-    ) -> list[JobReturn]:
+    def _run(self, s: _Setup) -> list[JobReturn]:
         from hsm_core.orchestrate import RunOptions, context_for, run_sweep
 
         store = _results.open_store(
-            sweep_dir, self.config, settings, specs, project_root, self.task_function
+            s.sweep_dir, self.config, s.settings, s.specs, s.project_root, self.task_function
         )
         try:
-            self.jobs = _fresh_keys(store, self.jobs)
-            tasks = self._add_tasks(store, settings, cwd, project_root)
-            _reopen_unfinished(store, tasks)
+            self.jobs = _tasks.fresh_keys(store, self.jobs)
+            cwd = _relative(s.cwd, s.project_root)
+            tasks = _tasks.add_tasks(store, self.jobs, cwd=cwd, timeout_s=s.settings.timeout_s)
             store.set_meta("hydra_app", app_fingerprint(self.task_function))
-            nums = dict(store.meta("hydra_job_nums") or {})
-            nums.update({j.key: j.num for j in self.jobs})
-            store.set_meta("hydra_job_nums", nums)
-            parts = self._job_parts(
-                store, tasks, sweep_file, composer, script, project_root, remote
-            )
-            if parts is not None and (server is None or remote):
-                parts()  # workers (cold, remote) read them: before anything runs
-                parts = None
+            write_parts = self._payload_writer(s, store, tasks)
+            if write_parts is not None and (s.server is None or s.remote):
+                write_parts()  # cold or remote workers read them: before anything runs
+                write_parts = None
             self._mark("stored the tasks")
             ctx = context_for(store)
-            returns = _results.Returns(sweep_dir, _results.ErrorLog(sweep_dir))
+            returns = _results.Returns(s.sweep_dir, _results.ErrorLog(s.sweep_dir))
             job_nums = {j.key: j.num for j in self.jobs}
-            sources = _results.make_sources(specs, ctx, server, settings, returns, job_nums)
+            sources = _results.make_sources(s.specs, ctx, s.server, s.settings, returns, job_nums)
             opts = RunOptions(
-                strategy=resolved.strategy,
-                max_retries=resolved.max_retries,
-                max_parallel=settings.max_parallel,
+                strategy=s.resolved.strategy,
+                max_retries=s.resolved.max_retries,
+                max_parallel=s.settings.max_parallel,
                 keys=[t.key for t in tasks],
-                health=resolved.health,
+                health=s.resolved.health,
             )
-            progress = _results.progress_bar(len(tasks)) if settings.progress else None
+            progress = _results.progress_bar(len(tasks)) if s.settings.progress else None
             # The engine's records go to the sweep's log files, not to the app's console.
             hsm_logger = logging.getLogger("hsm")
             propagate, hsm_logger.propagate = hsm_logger.propagate, False
-            # Forked jobs do not need their payloads: write them while the first jobs run.
-            writer = threading.Thread(target=parts, name="hsm-payloads") if parts else None
+            # Forked jobs never read their payloads: write them while the first jobs run.
+            writer = threading.Thread(target=write_parts, name="hsm-payloads")
             try:
-                if writer is not None:
+                if write_parts is not None:
                     writer.start()
-                outcome = asyncio.run(
-                    run_sweep(store, ctx, specs, opts, sources=sources, progress=progress)
-                )
+                run = run_sweep(store, ctx, s.specs, opts, sources=sources, progress=progress)
+                outcome = asyncio.run(run)
             finally:
-                if writer is not None:
+                if writer.is_alive():
                     writer.join()
                 hsm_logger.propagate = propagate
                 if progress is not None:
@@ -280,96 +257,17 @@ class _Launch:
         finally:
             store.close()
         if outcome.cancelled:
-            raise SweepInterrupted(f"cancelled; finished jobs are kept in {sweep_dir}")
+            raise SweepInterrupted(f"cancelled; finished jobs are kept in {s.sweep_dir}")
         return results
 
-    def _job_parts(
-        self,
-        store: Any,
-        tasks: Sequence[TaskSpec],
-        sweep_file: str | None,
-        composer: JobComposer,
-        script: Path,
-        project_root: Path,
-        remote: bool,
-    ) -> Any:
-        """A function writing each job's own payload (composed here for remote sources,
-        whose hosts may not have the config files where this machine has them)."""
-        if sweep_file is None:
+    def _payload_writer(self, s: _Setup, store: Any, tasks: Sequence[Any]) -> Any:
+        if s.sweep_file is None:
             return None
-        rel = _relative(script, project_root)
-        configs = [composer.compose(j.overrides) if remote else None for j in self.jobs]
-
-        def write() -> None:
-            for job, task, config in zip(self.jobs, tasks, configs, strict=True):
-                part = JobPart(
-                    num=job.num,
-                    job_id=job.job_id,
-                    overrides=job.overrides,
-                    sweep_file=sweep_file,
-                    config=config,
-                    script_dir=str(script),
-                    script_rel=rel,
-                )
-                write_job_part(store.task_dir(task), part)
-
-        return write
-
-    def _add_tasks(
-        self, store: Any, settings: Settings, cwd: Path, project_root: Path
-    ) -> list[TaskSpec]:
-        known = {t.key: t.num for t in store.tasks()}
-        used = set(known.values())
-        next_num = max(used, default=0) + 1
-        specs = []
-        for job in self.jobs:
-            num = known.get(job.key)
-            if num is None:
-                num = job.num + 1  # hsm numbers tasks from 1: job #0 is task_001
-                if num in used:
-                    num = next_num
-                used.add(num)
-                next_num = max(next_num, num + 1)
-            name = f"task_{num:03d}"
-            specs.append(
-                TaskSpec(
-                    key=job.key,
-                    num=num,
-                    params=job_params(job.overrides),
-                    kind=TaskKind.HYDRA,
-                    argv=(sys.executable, "-m", "hsm_core.worker"),
-                    cwd=_relative(cwd, project_root),
-                    payload=f"tasks/{name}/{JOB_FILE}",
-                    timeout_s=settings.timeout_s,
-                )
-            )
-        return store.add_tasks(specs)
-
-
-def _fresh_keys(store: Any, jobs: list[Job]) -> list[Job]:
-    """A launcher runs what it is given. A job that completed in an earlier run in this
-    sweep dir (the same command again under the basic sweeper) becomes a new task: a
-    completed task is final in the journal. (The hsm sweeper leaves such jobs out.)"""
-    from hsm_core.model import TaskState
-
-    latest = store.latest_attempts()
-    out = []
-    for job in jobs:
-        key, rerun = job.key, 0
-        while (att := latest.get(key)) is not None and att.state is TaskState.COMPLETED:
-            rerun += 1
-            key = task_key({"job": job.num, "params": job_params(job.overrides), "rerun": rerun})
-        out.append(Job(job.num, job.overrides, key))
-    return out
-
-
-def _reopen_unfinished(store: Any, tasks: Sequence[TaskSpec]) -> None:
-    """Failed, lost or cancelled in an earlier run: a new attempt runs it again."""
-    latest = store.latest_attempts()
-    for task in tasks:
-        att = latest.get(task.key)
-        if att is not None and att.state.terminal:
-            store.new_attempt(task.key)
+        # Remote hosts may not have the config files where this machine has them: their
+        # jobs get their composed config in the payload.
+        configs = [s.composer.compose(j.overrides) if s.remote else None for j in self.jobs]
+        rel = _relative(s.script, s.project_root)
+        return _tasks.payload_writer(store, self.jobs, tasks, s.sweep_file, configs, s.script, rel)
 
 
 def _script_dir(task_function: Any) -> Path:
@@ -384,6 +282,3 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve().relative_to(root.resolve())) or "."
     except ValueError:
         return "."
-
-
-__all__ = ["JOB_RETURN", "LauncherError", "SweepInterrupted", "job_key", "launch"]
