@@ -62,7 +62,9 @@ def cancel_sweep(store: SweepStore, timeout_s: float = 60.0) -> CancelResult:
 
 
 def _settle_offline(store: SweepStore) -> CancelResult:
-    killed = 0
+    from hsm_core.sources.hpc_cancel import cancel_recorded
+
+    killed = cancel_recorded(store)  # cluster jobs outlive their orchestrator
     events = []
     tasks = {t.key: t for t in store.tasks()}
     for key, att in store.latest_attempts().items():

@@ -78,6 +78,7 @@ class _Job:
 class _Array:
     throttle: int
     unsettled: set[str] = field(default_factory=set)
+    array: bool = True  # False: a plain job (a chunk of one), no throttle to change
 
 
 class HPCSource(ComputeSource):
@@ -195,7 +196,7 @@ class HPCSource(ComputeSource):
         lines = []
         for job, jid in zip(batch, ids, strict=False):
             job.job_id, job.submitted = jid, now
-            array = self._arrays.setdefault(jid.split("_")[0], _Array(throttle))
+            array = self._arrays.setdefault(jid.split("_")[0], _Array(throttle, array="_" in jid))
             array.unsettled.add(job.task.key)
             lines.append(
                 {"key": job.task.key, "attempt": job.attempt, "job": jid, "dir": job.task_dir}
@@ -304,6 +305,29 @@ class HPCSource(ComputeSource):
             if verdict is not None:
                 settled.append((job, verdict))
         await self._finish_all(settled)
+        await self._rebalance()
+
+    async def _rebalance(self) -> None:
+        """Raise the `%` throttle of arrays that got less than the running cap because
+        others were still out when they were submitted (Slurm only: one `scontrol
+        update` per array raised, and only when an earlier array has drained)."""
+        if self.opts.scheduler != "slurm":
+            return
+        cap = self.opts.array_parallelism
+        raises: dict[str, int] = {}
+        for main, array in sorted(self._arrays.items(), key=lambda kv: int(kv[0] or 0)):
+            others = sum(
+                min(a.throttle, len(a.unsettled)) for m, a in self._arrays.items() if m != main
+            )
+            want = min(cap - others, len(array.unsettled))
+            if want > array.throttle and array.array:
+                raises[main] = want
+                array.throttle = want
+        if raises:
+            try:
+                await self.client.call("throttle", arrays=raises)
+            except SourceError as exc:
+                self.log.warning("could not raise array throttles %s: %s", raises, exc)
 
     def _after_query(self, active: list[_Job], answer: dict[str, Any], now: float) -> None:
         if answer.get("accounting") is False and self.opts.accounting:
@@ -458,7 +482,11 @@ class HPCSource(ComputeSource):
             job.job_id, job.submitted = str(jid), now
             job.running = att.state is TaskState.RUNNING
             self._jobs[task.key] = job
-            array = self._arrays.setdefault(job.job_id.split("_")[0], _Array(1))
+            # Its throttle is unknown: claim the whole cap, so no new array oversubscribes.
+            throttle = self.opts.array_parallelism
+            array = self._arrays.setdefault(
+                job.job_id.split("_")[0], _Array(throttle, array="_" in job.job_id)
+            )
             array.unsettled.add(task.key)
         self._pause = self.opts.poll_min_s
         self._next_query = now  # ask at the first poll

@@ -101,6 +101,9 @@ class Scheduler(abc.ABC):
     def health(self) -> dict[str, Any]:
         """Reachable? Partitions/queues and the user's jobs."""
 
+    def throttle(self, arrays: Mapping[str, int]) -> None:  # noqa: B027 - optional
+        """Change the `%` limit of running arrays (where the scheduler can)."""
+
     def check(self) -> dict[str, Any]:
         """Before the first submission: the partition exists (raises HsmError if not)."""
         return {}
@@ -207,6 +210,16 @@ class Slurm(Scheduler):
         done = run_command(["scancel", *job_ids])
         if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
             raise SchedulerError(f"scancel exited with {done.returncode}: {_last(done.stderr)}")
+
+    def throttle(self, arrays: Mapping[str, int]) -> None:
+        for job_id, limit in arrays.items():
+            done = run_command(
+                ["scontrol", "update", f"JobId={job_id}", f"ArrayTaskThrottle={int(limit)}"]
+            )
+            if done.returncode != 0:
+                raise SchedulerError(
+                    f"scontrol update exited {done.returncode}: {_last(done.stderr)}"
+                )
 
     def check(self) -> dict[str, Any]:
         want = self.opts.partition
@@ -471,6 +484,9 @@ def handle(request: Mapping[str, Any]) -> dict[str, Any]:
         return poll(opts, request.get("job_ids", []), dirs)
     if op == "cancel":
         cancel(opts, request["job_ids"])
+        return {}
+    if op == "throttle":
+        scheduler_for(opts).throttle({str(k): int(v) for k, v in request["arrays"].items()})
         return {}
     if op == "check":
         return check(opts)

@@ -411,6 +411,80 @@ def _sacct_id_lists(sched: SchedulerLog) -> list[list[str]]:
     return out
 
 
+def test_a_later_array_gets_the_rest_of_the_cap_and_more_once_others_drain(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    # Tasks 1-4 fail on their first attempt (retried as a second array while tasks 5-8
+    # of the first one still hold the cap of 4): the retries start at `%1`, and get
+    # the whole cap once the first array has drained.
+    timed = (
+        "import json, os, sys, time\n"
+        "d = os.environ['HSM_TASK_DIR']; m = os.path.join(d, 'marker')\n"
+        "if sys.argv[1] == 'fail' and not os.path.exists(m):\n"
+        "    open(m, 'w').close(); sys.exit(1)\n"
+        "t0 = time.time(); time.sleep(float(sys.argv[2])); t1 = time.time()\n"
+        "json.dump([t0, t1], open(os.path.join(d, 'results', 'span.json'), 'w'))\n"
+    )
+    argvs = [[PY, "-c", timed, "fail", "1.5"]] * 4 + [[PY, "-c", timed, "ok", "4"]] * 4
+    store = make_sweep(tmp_path, command_tasks(argvs))
+    out, _ = run_hpc(store, hpc_spec(slurm_env, slots=4), max_retries=1)
+    assert out.ok, out.counts
+    updates = sched.calls("scontrol")
+    assert len(updates) == 1 and updates[0][-1].startswith("ArrayTaskThrottle=")
+    spans = [
+        json.loads((store.task_dir(t) / "results" / "span.json").read_text())
+        for t in store.tasks()[:4]
+    ]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak >= 2  # the retries did not all run one at a time
+
+
+def test_hsm_cancel_without_its_orchestrator_still_empties_the_queue(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    (tmp_path / "hsm.yaml").write_text(
+        yaml.safe_dump(
+            {"sources": {"cluster": {"type": "hpc", "partition": slurm_env.partition, **FAST}}}
+        )
+    )
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            {"grid": {"i": list(range(5))}, "command": [PY, "-c", "import time; time.sleep(300)"]}
+        )
+    )
+    proc = hsm_popen(
+        "run",
+        "-c",
+        "s.yaml",
+        "-s",
+        "hpc:cluster:2",
+        "--sweep-id",
+        "oc",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    sweep_dir = tmp_path / "sweeps" / "outputs" / "oc"
+    try:
+        wait_for(
+            lambda: len(list(sweep_dir.glob(f"tasks/*/{START_FILE}"))) == 2,
+            timeout=60,
+            message="two tasks running",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)  # gone without cancelling anything
+        proc.wait()
+    assert len(squeue_ids("hsm-oc")) == 5
+    res = hsm("cancel", "oc", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: squeue_ids("hsm-oc") == [], timeout=30, message="the queue to empty")
+    store = SweepStore.open(sweep_dir, readonly=True)
+    assert set(states(store).values()) == {TaskState.CANCELLED}
+
+
 # -------------------------------------------------------------- re-attach
 
 
