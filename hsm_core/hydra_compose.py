@@ -55,6 +55,7 @@ class JobComposer:
         self.templates: dict[Shape, tuple[list[Any], DictConfig]] = {}
         self._groups: dict[str, bool] = {}
         self._parsed: dict[tuple[str, ...], list[Any]] = {}
+        self._shapes: dict[tuple[str, ...], Shape] = {}
         self.template_hits = 0
 
     def full(self, overrides: Sequence[str]) -> DictConfig:
@@ -64,7 +65,7 @@ class JobComposer:
         """`composed` is the full compose of `overrides` (it also validated them)."""
         parsed = self._parse(overrides)
         if self.enabled and parsed is not None:
-            self.templates.setdefault(self._shape(parsed), (parsed, composed))
+            self.templates.setdefault(self._shape(overrides, parsed), (parsed, composed))
 
     def prepare(self, jobs: Sequence[Sequence[str]]) -> None:
         """Do once, in the parent, what every forked child would otherwise redo: parse each
@@ -75,7 +76,7 @@ class JobComposer:
         for overrides in jobs:
             parsed = self._parse(overrides)
             if parsed is not None:
-                self._shape(parsed)  # answers (and caches) the config-group questions
+                self._shape(overrides, parsed)  # also answers the config-group questions
 
     def ensure_template(self, overrides: Sequence[str]) -> None:
         """Compose a template for this job's shape if there is none yet (the fork server
@@ -83,7 +84,7 @@ class JobComposer:
         parsed = self._parse(overrides)
         if parsed is None or len(self.templates) >= MAX_TEMPLATES:
             return
-        shape = self._shape(parsed)
+        shape = self._shape(overrides, parsed)
         if shape in self.templates:
             return
         try:
@@ -96,7 +97,7 @@ class JobComposer:
         parsed = self._parse(overrides)
         if parsed is not None:
             try:
-                cfg = self._from_template(parsed, inplace)
+                cfg = self._from_template(overrides, parsed, inplace)
             except Exception:
                 log.debug("template compose failed for %s; full compose", overrides)
                 cfg = None
@@ -141,11 +142,20 @@ class JobComposer:
             and not self._is_group(o.key_or_group)
         )
 
-    def _shape(self, parsed: list[Any]) -> Shape:
-        return tuple((o.key_or_group, None if self._plain(o) else o.input_line) for o in parsed)
+    def _shape(self, overrides: Sequence[str], parsed: list[Any]) -> Shape:
+        key = tuple(overrides)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = tuple(
+                (o.key_or_group, None if self._plain(o) else o.input_line) for o in parsed
+            )
+            self._shapes[key] = shape
+        return shape
 
-    def _from_template(self, parsed: list[Any], inplace: bool) -> DictConfig | None:
-        shape = self._shape(parsed)
+    def _from_template(
+        self, overrides: Sequence[str], parsed: list[Any], inplace: bool
+    ) -> DictConfig | None:
+        shape = self._shape(overrides, parsed)
         found = self.templates.get(shape)
         if found is None:
             return None

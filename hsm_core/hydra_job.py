@@ -73,7 +73,6 @@ def run_here(
     sweep_dir: str | None = None,
 ) -> int:
     """Run the job; write its result files; return the process exit code (0 or 1)."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobReturn, JobStatus, run_job
     from omegaconf import open_dict
 
@@ -87,13 +86,9 @@ def run_here(
             cfg.hydra.job.num = num
             if sweep_dir is not None:
                 cfg.hydra.sweep.dir = sweep_dir
-        HydraConfig.instance().set_config(cfg)
-        info.update(_job_paths(cfg))
-        write_json_atomic(task_dir / JOB_INFO, info)
-        fn = rt.task_function if gate is None else _gated(rt.task_function, gate)
         ret = run_job(
             hydra_context=rt.hydra_context,
-            task_function=fn,
+            task_function=_wrapped(rt.task_function, task_dir, info, gate),
             config=cfg,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
@@ -116,26 +111,33 @@ def run_here(
     return 1 if failed else 0
 
 
-def _gated(fn: Callable[[Any], Any], gate: Gate) -> Callable[[Any], Any]:
+def _wrapped(
+    fn: Callable[[Any], Any], task_dir: Path, info: dict[str, Any], gate: Gate | None
+) -> Callable[[Any], Any]:
+    """The task function, preceded by what must happen once run_job has set the job up
+    (its output dir, logging, HydraConfig) and before the task itself runs."""
     import functools
 
     @functools.wraps(fn)
-    def gated(cfg: Any) -> Any:
-        gate()  # set-up done; wait for a free slot (and its GPUs) before the real work
+    def job(cfg: Any) -> Any:
+        info.update(_job_paths())
+        write_json_atomic(task_dir / JOB_INFO, info)  # for a note if the job dies hard
+        if gate is not None:
+            gate()  # set-up done; wait for a free slot (and its GPUs) before the real work
         return fn(cfg)
 
-    return gated
+    return job
 
 
-def _job_paths(cfg: Any) -> dict[str, str]:
-    from omegaconf import OmegaConf
+def _job_paths() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
 
-    sweep = os.path.abspath(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
-    out = os.path.abspath(os.path.join(sweep, str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
+    hc = HydraConfig.get()  # set by run_job for this job
+    out = str(hc.runtime.output_dir)
     return {
-        "sweep_dir": sweep,
+        "sweep_dir": os.path.abspath(str(hc.sweep.dir)),
         "output_dir": out,
-        "log": os.path.join(out, f"{cfg.hydra.job.name}.log"),
+        "log": os.path.join(out, f"{hc.job.name}.log"),
     }
 
 
@@ -152,12 +154,17 @@ def write_result(
     error: str | None,
     started: float,
 ) -> None:
+    import pickle
+
     from hsm_core.hydra_payload import dumps
 
     try:
-        data = dumps(ret)
-    except Exception as exc:  # an unpicklable return value or exception: keep the outcome
-        data = dumps(_plain_copy(ret, exc))
+        data = pickle.dumps(ret, protocol=pickle.HIGHEST_PROTOCOL)  # fast; usually enough
+    except Exception:
+        try:
+            data = dumps(ret)  # classes and functions by value (a cold worker's __main__)
+        except Exception as exc:  # unpicklable return value or exception: keep the outcome
+            data = dumps(_plain_copy(ret, exc))
     write_atomic(task_dir / JOB_RETURN, data)
     failed = error is not None
     record = {
