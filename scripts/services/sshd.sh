@@ -134,7 +134,7 @@ ensure_remote_venv() {
         log "creating remote venv $VENV"
         /usr/bin/python3 -m venv "$VENV"
     fi
-    want=$(source_hash)
+    want="$(source_hash)+hydra-plugins"  # bump the suffix when the extra packages change
     have=$(cat "$VENV/.hsm-source-hash" 2>/dev/null || true)
     [ "$want" = "$have" ] && return 0
     log "installing the project into the remote venv"
@@ -144,7 +144,9 @@ ensure_remote_venv() {
     (cd "$HSM_CHECKOUT" && project_parts | xargs cp -r --target-directory="$tmp")
     # pip always reinstalls a local directory (with its dependencies when missing);
     # -qq keeps errors but hides the warnings about this machine's extra indexes.
-    if ! "$VENV/bin/pip" install -qq "$tmp"; then
+    # The Hydra launcher plugins the tests' side has too: a pickled Hydra job refers to
+    # every plugin config registered where it was pickled.
+    if ! "$VENV/bin/pip" install -qq "$tmp" hydra-joblib-launcher hydra-submitit-launcher; then
         rm -rf "$tmp"; die "pip install of the project into $VENV failed"
     fi
     rm -rf "$tmp"
