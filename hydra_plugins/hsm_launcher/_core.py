@@ -102,7 +102,8 @@ class _Launch:
 
     def _mark(self, phase: str) -> None:
         """Where launch() spends its time: `hydra.verbose=hydra_plugins.hsm_launcher`."""
-        log.debug("launch: %s at %.3f s", phase, time.perf_counter() - self._t0)
+        wall, cpu = time.perf_counter() - self._t0, time.process_time()
+        log.debug("launch: %s at %.3f s (this process: %.2f CPU-s)", phase, wall, cpu)
 
     def run(self) -> list[JobReturn]:
         setup = self._prepare()
