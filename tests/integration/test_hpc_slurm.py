@@ -254,7 +254,8 @@ def test_job_cancelled_outside_hsm_is_lost_and_run_again(
             )
         )
         deadline = time.monotonic() + 60
-        while (jid := started_job(tdir)) is None:
+        # The task itself is under way (its marker made), not just the job's wrapper.
+        while (jid := started_job(tdir)) is None or not (tdir / "marker").exists():
             assert time.monotonic() < deadline, "the task never started"
             await asyncio.sleep(0.1)
         scancel = await asyncio.create_subprocess_exec("scancel", jid)
@@ -284,7 +285,7 @@ def test_stopped_node_daemon_makes_tasks_lost_and_they_run_again(
     async def freeze_node_while_it_runs() -> None:
         nonlocal frozen
         deadline = time.monotonic() + 60
-        while started_job(tdir) is None:
+        while started_job(tdir) is None or not (tdir / "marker").exists():
             assert time.monotonic() < deadline, "the task never started"
             await asyncio.sleep(0.1)
         os.kill(slurmd, signal.SIGSTOP)  # the node stops answering slurmctld
