@@ -591,7 +591,7 @@ def test_cluster_reached_over_ssh_submits_there_and_brings_results_back(
             "python": host.python,
         },
     )
-    _, src = run_hpc(store, spec)
+    _, src = run_hpc(store, spec, max_retries=1)  # "bad" fails twice: fetched twice
     assert states(store) == {1: TaskState.COMPLETED, 2: TaskState.COMPLETED, 3: TaskState.FAILED}
     assert src.cluster_sweep_dir == f"{project}/sweeps/outputs/t"
     for value, task in zip(values, store.tasks(), strict=True):
@@ -602,6 +602,8 @@ def test_cluster_reached_over_ssh_submits_there_and_brings_results_back(
         assert seen["cwd"] == project
         assert seen["HSM_TASK_DIR"] == f"{project}/sweeps/outputs/t/tasks/{task.name}"
     bad = store.latest_attempts()[store.tasks()[2].key]
-    assert bad.exit_code == 5
+    assert bad.exit_code == 5 and bad.attempt == 2
+    first = store.task_dir(store.tasks()[2]) / "attempt_1"
+    assert (first / "stdout.log").read_text() == "hello from bad\n"  # kept, and fetched
     # Every scheduler command ran on the login node, none here.
     assert sched.calls() == []
