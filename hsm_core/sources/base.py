@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hsm_core.model import PYTHON, Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec
+from hsm_core.model import PYTHON, Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 
 Reporter = Callable[[TaskEvent], None]
 
@@ -116,18 +116,12 @@ class ComputeSource(abc.ABC):
         """After an orchestrator crash: pick up attempts that may still be running.
 
         The default knows nothing of them and reports them LOST so they run again."""
-        from hsm_core.model import TaskState
-
         for task, att in attempts:
-            self._report(
-                TaskEvent(
-                    task.key,
-                    att.attempt,
-                    TaskState.LOST,
-                    self.name,
-                    error=f"{self.name} cannot re-attach to running tasks",
-                )
-            )
+            self.report_lost(task.key, att.attempt, f"{self.name} cannot re-attach to tasks")
+
+    def report_lost(self, key: str, attempt: int, error: str) -> None:
+        """The attempt is gone through no fault of the task: the engine runs it again."""
+        self._report(TaskEvent(key, attempt, TaskState.LOST, self.name, error=error))
 
     async def health_check(self) -> HealthReport:
         return HealthReport(self.name, True, "no checks for this source type")

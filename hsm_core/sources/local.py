@@ -212,14 +212,8 @@ class LocalSource(ComputeSource):
                 run.waiter = asyncio.create_task(self._watch_orphan(run))
                 continue
             if data is None:
-                self._report(
-                    TaskEvent(
-                        task.key,
-                        att.attempt,
-                        TaskState.LOST,
-                        self.name,
-                        error="orchestrator stopped while the task ran; no exit record",
-                    )
+                self.report_lost(
+                    task.key, att.attempt, "orchestrator stopped while the task ran; no exit record"
                 )
             else:
                 state, code, err = settle(data, None)
