@@ -377,7 +377,8 @@ def test_hsm_cancel_leaves_no_job_of_the_sweep_in_the_queue(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert squeue_ids("hsm-cx") == []
+    # Running jobs pass through COMPLETING (Slurm's KillWait) before they leave.
+    wait_for(lambda: squeue_ids("hsm-cx") == [], timeout=20, message="the queue to empty")
     store = SweepStore.open(tmp_path / "sweeps" / "outputs" / "cx", readonly=True)
     assert set(states(store).values()) == {TaskState.CANCELLED}
     assert sched.count("scancel") == 1  # one call for the whole sweep
