@@ -468,14 +468,10 @@ class HPCSource(ComputeSource):
             rec = ledger.get((task.key, att.attempt)) or {}
             jid = att.handle or rec.get("job")
             if not jid:
-                self._report(
-                    TaskEvent(
-                        task.key,
-                        att.attempt,
-                        TaskState.LOST,
-                        self.name,
-                        error="no job id was recorded for this attempt; running it again",
-                    )
+                self.report_lost(
+                    task.key,
+                    att.attempt,
+                    "no job id was recorded for this attempt; running it again",
                 )
                 continue
             job = _Job(task, att.attempt, str(rec.get("dir") or self._cluster_task_dir(task)))
