@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from hsm_core.errors import ConfigError
-from hsm_core.model import TaskKind, task_key
+from hsm_core.model import PYTHON, TaskKind, task_key
+from hsm_core.sources.base import task_argv
 from hsm_core.sweepfile import SweepDefinition, load_sweep_file, parse_sweep
 
 APP = Path(__file__).with_name("hydra_echo_app.py")
@@ -122,10 +123,12 @@ def test_timeout_forms(timeout: Any, seconds: float):
 
 def test_script_tasks_use_this_interpreter_and_hydra_overrides():
     sweep = parse({"grid": {"name": ["a b", "plain"], "+extra.x": [None]}})
-    assert sweep.python == sys.executable and sweep.max_retries is None
+    # No `python:` in the file: each source puts its own interpreter in argv[0].
+    assert sweep.python == PYTHON and sweep.max_retries is None
     tasks = sweep.to_tasks(start_num=5)
     assert [t.num for t in tasks] == [5, 6]
-    assert tasks[0].argv == (sys.executable, "train.py", "name='a b'", "+extra.x=null")
+    assert tasks[0].argv == (PYTHON, "train.py", "name='a b'", "+extra.x=null")
+    assert task_argv(tasks[0], "/opt/py", "/s", "/s/t")[0] == "/opt/py"
     assert tasks[1].argv[2:] == ("name=plain", "+extra.x=null")
     assert all(t.kind is TaskKind.COMMAND and t.key == task_key(t.params) for t in tasks)
     assert tasks[0].name == "task_005"
@@ -257,7 +260,7 @@ def run_tasks(sweep: SweepDefinition, root: Path) -> list[subprocess.CompletedPr
         env = {**os.environ, **dict(task.env)}
         procs.append(
             subprocess.run(
-                list(task.argv),
+                task_argv(task, sys.executable, str(root), str(root)),
                 cwd=root / task.cwd,
                 env=env,
                 capture_output=True,
