@@ -181,6 +181,7 @@ def test_orchestrator_sigkilled_at_random_moments_then_completed(
         # Kill after a random number of new task starts (0 = while still starting up),
         # once the sweep exists (killed before that, `hsm run` leaves no sweep at all).
         target = before + rng.randint(0, 4)
+
         def reached(t: int = target, p: subprocess.Popen[bytes] = proc) -> bool:
             return p.poll() is not None or (db.exists() and sum(_runs(shared_dir).values()) >= t)
 
