@@ -79,6 +79,7 @@ class SweepEngine:
         self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._writes: list[TaskEvent | tuple[str, int]] = []
+        self._stale: dict[str, None] = {}  # tasks whose status.yaml is behind the journal
         self._submits: set[asyncio.Task[None]] = set()
         self._cancelling = False
         self._last_views = 0.0
@@ -113,15 +114,17 @@ class SweepEngine:
     ) -> dict[TaskState, int]:
         """Run every task of the store (or `keys`) that is not finished; return the counts."""
         await asyncio.to_thread(self._load, keys, retry_failed)
-        self.store.set_meta("started", time.time())
-        await self._start_sources()
-        self.health.start()
-        pollers = [
-            asyncio.create_task(self._poll_loop(s))
-            for s in self.sources.values()
-            if s.poll_interval
-        ]
+        pollers: list[asyncio.Task[None]] = []
         try:
+            # Inside the try: when one source cannot start, the ones that did are closed.
+            await self._start_sources()
+            self.store.set_meta("started", time.time())
+            self.health.start()
+            pollers = [
+                asyncio.create_task(self._poll_loop(s))
+                for s in self.sources.values()
+                if s.poll_interval
+            ]
             await self._main_loop()
         finally:
             await self.health.stop()
@@ -132,7 +135,7 @@ class SweepEngine:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             await self._flush()
             self.store.set_meta("ended", time.time())
-            await asyncio.to_thread(self.store.write_views)
+            await asyncio.to_thread(self._write_stale)
             await asyncio.gather(
                 *(s.close() for s in self.sources.values()), return_exceptions=True
             )
@@ -170,7 +173,10 @@ class SweepEngine:
             if isinstance(res, BaseException):
                 if isinstance(res, HsmError):
                     raise res
-                raise HsmError(f"source {src.name} could not start: {res}") from res
+                raise HsmError(
+                    f"source {src.name} could not start: {res}",
+                    f"check it with `hsm sources test {src.name}`, or run without it",
+                ) from res
         for src_name, keys in self._reattach.items():
             owner = self.sources.get(src_name)
             pairs = [(self._tasks[k], self.store.attempts(k)[-1]) for k in keys]
@@ -395,12 +401,17 @@ class SweepEngine:
         await asyncio.to_thread(self._write, writes)
 
     def _write(self, writes: list[TaskEvent | tuple[str, int]]) -> None:
-        touched: dict[str, None] = {}
+        # A task's status.yaml is rewritten at once when it settles, and otherwise with the
+        # periodic views: on a busy sweep each file write costs more than the journal.
+        settled: dict[str, None] = {}
         events: list[TaskEvent] = []
         for w in writes:
             if isinstance(w, TaskEvent):
                 events.append(w)
-                touched[w.key] = None
+                if w.state.terminal:
+                    settled[w.key] = None
+                else:
+                    self._stale[w.key] = None
                 continue
             if events:
                 self.store.apply_many(events)
@@ -409,17 +420,24 @@ class SweepEngine:
             got = self.store.new_attempt(key)
             if got != attempt:
                 log.error("attempt numbering diverged for %s: %d != %d", key, got, attempt)
-            touched[key] = None
+            self._stale[key] = None
         if events:
             self.store.apply_many(events)
-        self.store.write_status_views(touched)
+        for key in settled:
+            self._stale.pop(key, None)
+        self.store.write_status_views(settled)
+
+    def _write_stale(self) -> None:
+        stale, self._stale = self._stale, {}
+        self.store.write_status_views(stale)
+        self.store.write_views()
 
     async def _maybe_views(self) -> None:
         now = time.monotonic()
         if now - self._last_views >= VIEW_INTERVAL_S:
             self._last_views = now
             await self._flush()
-            await asyncio.to_thread(self.store.write_views)
+            await asyncio.to_thread(self._write_stale)
 
     async def _poll_loop(self, src: ComputeSource) -> None:
         assert src.poll_interval

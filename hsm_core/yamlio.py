@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,18 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+_counter = itertools.count()
+
+
 def write_atomic(path: Path | str, text: str | bytes) -> None:
     """Write via a temp file in the same folder + rename: readers see old or new, never half."""
     path = Path(path)
     data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # One writer per file and process (the pid and a counter make the name unique), so
+    # no random temp name is needed; 0644 like any file, for whoever reads the folder.
+    tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{next(_counter)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        # mkstemp makes 0600 files; views and reports are for anyone who can read the folder.
-        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,8 +115,16 @@ def _execute(
         )
         show = not args.no_progress and sys.stdout.isatty()
         print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")
-        with render.LiveProgress(len(tasks), enabled=show) as live:
-            outcome = asyncio.run(run_sweep(store, ctx, specs, opts, progress=live.update))
+        try:
+            with render.LiveProgress(len(tasks), enabled=show) as live:
+                outcome = asyncio.run(run_sweep(store, ctx, specs, opts, progress=live.update))
+        except HsmError:
+            # A source could not start (unreachable host, wrong key, project out of sync)
+            # before any task was placed: leave no sweep behind that never began.
+            if not store.events():
+                store.close()
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+            raise
         render.summary(store, outcome)
         return 0 if outcome.ok else (130 if outcome.cancelled else 1)
     finally:

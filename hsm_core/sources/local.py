@@ -104,8 +104,12 @@ class LocalSource(ComputeSource):
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
         slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
         task_dir = self.ctx.task_dir(task)
-        task_dir.mkdir(parents=True, exist_ok=True)
-        (task_dir / "results").mkdir(exist_ok=True)
+        try:
+            (task_dir / "results").mkdir()
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # a task folder nobody made yet (the store makes them)
+            (task_dir / "results").mkdir(parents=True, exist_ok=True)
         env = task_env(task, self.ctx, task_dir)
         env.update(self.extra_env)
         if self.gpus:
