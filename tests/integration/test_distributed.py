@@ -195,3 +195,60 @@ def test_orchestrator_sigkilled_at_random_moments_then_completed(
     assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)})
     for t in store.tasks():
         assert (store.task_dir(t) / "result.json").is_file(), t.name
+
+
+def _health_test_store(tmp_path: Path, n: int, seconds: float) -> SweepStore:
+    from tests.integration.ssh_support import command_tasks, new_store
+
+    project = make_project(tmp_path / "hproj")
+    tasks = command_tasks([["sh", "-c", f"sleep {seconds}", str(i)] for i in range(n)])
+    return new_store(tmp_path / "hsweep", project, tasks)
+
+
+@pytest.mark.parametrize("failure", ["kill", "freeze"])
+def test_dead_host_is_disabled_in_the_health_log_and_a_frozen_one_comes_back(
+    ssh_env: SshEnv, ssh_host_control: Any, tmp_path: Path, failure: str
+) -> None:
+    """h2's sshd killed or frozen mid-sweep: its tasks run elsewhere, the sweep succeeds,
+    and the health log shows h2 disabled. A frozen host that is thawed while the sweep
+    still runs is re-enabled."""
+    import asyncio
+
+    from hsm_core.model import TaskEvent
+    from tests.helpers import async_wait_for
+    from tests.integration.ssh_support import run, ssh_spec
+
+    store = _health_test_store(tmp_path, 16, 1.0)
+    specs = [ssh_spec(ssh_env, alias, **FAST_SSH) for alias in ("h1", "h2")]
+    health = {"interval_s": 1, "consecutive_failures": 2, "timeout_s": 2}
+    running_on_h2: set[str] = set()
+    engine_ref: list[Any] = []
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.RUNNING and ev.source == "h2":
+            running_on_h2.add(ev.key)
+
+    async def scenario() -> Any:
+        job = asyncio.create_task(
+            run(store, specs, listener=listener, engine_hook=engine_ref.append, health=health)
+        )
+        await async_wait_for(lambda: running_on_h2, timeout=30, message="a task on h2")
+        await asyncio.to_thread(getattr(ssh_host_control, failure), "h2")
+        await async_wait_for(
+            lambda: engine_ref and not engine_ref[0].enabled["h2"], timeout=30, message="h2 off"
+        )
+        if failure == "freeze":
+            await asyncio.to_thread(ssh_host_control.thaw, "h2")
+            await async_wait_for(
+                lambda: engine_ref[0].enabled["h2"], timeout=30, message="h2 re-enabled"
+            )
+        return await asyncio.wait_for(job, 120)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.counts[TaskState.COMPLETED] == 16, outcome.counts
+    log = (store.sweep_dir / "logs" / "health_status.log").read_text()
+    assert "h2: disabled: unreachable" in log
+    if failure == "freeze":
+        assert "h2: re-enabled" in log
+    assert not [a for a in store.attempts() if a.state is TaskState.FAILED]
+    store.close()
