@@ -186,7 +186,8 @@ def test_orchestrator_sigkilled_at_random_moments_then_completed(
             return p.poll() is not None or (db.exists() and sum(_runs(shared_dir).values()) >= t)
 
         wait_for(reached, 60)
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # it may have finished first: then there is nothing to kill
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     res = hsm("complete", "crash", "-s", sources, cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
