@@ -37,6 +37,13 @@ LOST_LIMIT = 5
 _ATTEMPT_FILES = ("stdout.log", "stderr.log", "result.json", "pid", "results", "job_return.pkl")
 
 
+@dataclass(frozen=True)
+class _Handle:
+    key: str
+    attempt: int
+    handle: str
+
+
 @dataclass
 class _Live:
     attempt: int
@@ -78,7 +85,7 @@ class SweepEngine:
         self._inflight: dict[str, int] = {name: 0 for name in self.sources}
         self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
-        self._writes: list[TaskEvent | tuple[str, int]] = []
+        self._writes: list[TaskEvent | tuple[str, int] | _Handle] = []
         self._stale: dict[str, None] = {}  # tasks whose status.yaml is behind the journal
         self._submits: set[asyncio.Task[None]] = set()
         self._cancelling = False
@@ -282,7 +289,10 @@ class SweepEngine:
         try:
             if attempt > 1:
                 _archive_attempt(self.ctx.task_dir(task), attempt - 1)
-            await src.submit(task, attempt)
+            handle = await src.submit(task, attempt)
+            if handle:
+                # Journaled at once: a job still queued at a crash is found by its id.
+                self._writes.append(_Handle(task.key, attempt, handle))
         except SourceError as exc:
             self._report(TaskEvent(task.key, attempt, TaskState.LOST, src.name, error=str(exc)))
         except Exception as exc:
@@ -400,7 +410,7 @@ class SweepEngine:
         writes, self._writes = self._writes, []
         await asyncio.to_thread(self._write, writes)
 
-    def _write(self, writes: list[TaskEvent | tuple[str, int]]) -> None:
+    def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle]) -> None:
         # A task's status.yaml is rewritten at once when it settles, and otherwise with the
         # periodic views: on a busy sweep each file write costs more than the journal.
         settled: dict[str, None] = {}
@@ -416,6 +426,9 @@ class SweepEngine:
             if events:
                 self.store.apply_many(events)
                 events = []
+            if isinstance(w, _Handle):
+                self.store.set_handle(w.key, w.attempt, w.handle)
+                continue
             key, attempt = w
             got = self.store.new_attempt(key)
             if got != attempt:

@@ -322,6 +322,14 @@ class SweepStore:
             )
         return n
 
+    def set_handle(self, key: str, attempt: int, handle: str) -> None:
+        """Record where an attempt runs (pid, job id) if no report has said so yet."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE attempts SET handle = COALESCE(handle, ?) WHERE key = ? AND attempt = ?",
+                (handle, key, attempt),
+            )
+
     def apply(self, event: TaskEvent) -> bool:
         return self.apply_many([event])[0]
 

@@ -261,3 +261,16 @@ def test_sigkill_mid_sweep_leaves_a_consistent_journal(tmp_path: Path) -> None:
     for key in done_before:
         assert len(store2.attempts(key)) == 1
     assert set(store2.counts()) == {TaskState.COMPLETED}
+
+
+def test_submit_handle_is_journaled_without_overwriting_a_reported_one(tmp_path: Path) -> None:
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", "pass"]] * 2))
+    assert run_local(store).ok
+    first, second = store.tasks()
+    pid = store.attempts(first.key)[-1].handle
+    assert pid and pid.isdigit()  # the pid the source returned and reported
+    store.set_handle(first.key, 1, "other")
+    assert store.attempts(first.key)[-1].handle == pid
+    n = store.new_attempt(second.key)
+    store.set_handle(second.key, n, "job_7")
+    assert store.attempts(second.key)[-1].handle == "job_7"
