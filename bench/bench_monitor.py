@@ -184,7 +184,7 @@ def main() -> None:
         + ", ".join(f"{s.value.lower()} {n}" for s, n in counts.items())
     )
 
-    from hsm_core.reports import write_reports
+    from hsm_core.reporting.reports import write_reports
 
     in_proc = []
     for _ in range(args.rounds):

@@ -21,7 +21,7 @@ from hsm_core.engine import SweepEngine
 from hsm_core.health import HealthSettings
 from hsm_core.logs import SweepLogs
 from hsm_core.model import SourceSpec, TaskState
-from hsm_core.reports import write_reports_safely
+from hsm_core.reporting.reports import write_reports_safely
 from hsm_core.sources import make_source
 from hsm_core.sources.base import ComputeSource, SweepContext
 from hsm_core.store import SweepStore

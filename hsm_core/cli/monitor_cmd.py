@@ -86,7 +86,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     from hsm_core.cli.monitor_view import frame_view
     from hsm_core.cli.render import console
-    from hsm_core.monitor import snapshot
+    from hsm_core.reporting.monitor import snapshot
 
     refresh = _positive(args.refresh, "--refresh")
     con = console()
@@ -116,7 +116,7 @@ def _health(args: argparse.Namespace) -> int:
     from hsm_core.cli.monitor_view import health_view
     from hsm_core.cli.render import console
     from hsm_core.config import load_config
-    from hsm_core.source_health import check_sources
+    from hsm_core.reporting.source_health import check_sources
 
     refresh = _positive(args.refresh, "--refresh")
     root = args.project_root.resolve()
@@ -148,7 +148,7 @@ def _health(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- errors
 def _errors(args: argparse.Namespace) -> int:
     from hsm_core.cli.render import console
-    from hsm_core.reports import analyze_sweep
+    from hsm_core.reporting.reports import analyze_sweep
 
     if args.limit < 0:
         raise ConfigError("must be >= 0", key="--limit")

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from hsm_core.cli.render import STATE_STYLE
 from hsm_core.model import TaskState
-from hsm_core.monitor import Frame, SourceLine
+from hsm_core.reporting.monitor import Frame, SourceLine
 
 BAR_WIDTH = 32
 # Order of the segments in a state bar: what is settled first, then what is in flight.

@@ -16,16 +16,22 @@ from typing import Any
 
 import pytest
 
-from hsm_core import gantt, report_html
-from hsm_core.errors_analysis import Category, classify, exception_line, signal_name, traceback_tail
-from hsm_core.failures import analyze
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, task_key
-from hsm_core.monitor import health_lines, snapshot
-from hsm_core.patterns import find_patterns
-from hsm_core.performance import performance
-from hsm_core.reports import analyze_sweep, write_reports, write_reports_safely
+from hsm_core.reporting import gantt, report_html
+from hsm_core.reporting.errors_analysis import (
+    Category,
+    classify,
+    exception_line,
+    signal_name,
+    traceback_tail,
+)
+from hsm_core.reporting.failures import analyze
+from hsm_core.reporting.monitor import health_lines, snapshot
+from hsm_core.reporting.patterns import find_patterns
+from hsm_core.reporting.performance import performance
+from hsm_core.reporting.reports import analyze_sweep, write_reports, write_reports_safely
+from hsm_core.reporting.sweepdata import load_sweep
 from hsm_core.store import SweepStore
-from hsm_core.sweepdata import load_sweep
 
 S, F, L, C = TaskState.RUNNING, TaskState.FAILED, TaskState.LOST, TaskState.COMPLETED
 
@@ -178,7 +184,7 @@ def test_signal_name(code: int | None, name: str | None) -> None:
 
 
 def test_every_category_has_a_label_and_a_hint() -> None:
-    from hsm_core.errors_analysis import Cause
+    from hsm_core.reporting.errors_analysis import Cause
 
     for cat in Category:
         cause = Cause(cat, "x" if cat in (Category.EXCEPTION, Category.OTHER) else "")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hsm_core.model import Attempt, TaskState
-from hsm_core.sweepdata import SweepData
+from hsm_core.reporting.sweepdata import SweepData
 
 
 def stats(values: Sequence[float]) -> dict[str, float | int | None]:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm_core import gantt, report_html
-from hsm_core.failures import ErrorAnalysis, analyze
-from hsm_core.patterns import Pattern, find_patterns
-from hsm_core.performance import performance
+from hsm_core.reporting import gantt, report_html
+from hsm_core.reporting.failures import ErrorAnalysis, analyze
+from hsm_core.reporting.patterns import Pattern, find_patterns
+from hsm_core.reporting.performance import performance
+from hsm_core.reporting.sweepdata import SweepData, load_sweep
 from hsm_core.store import SweepStore
-from hsm_core.sweepdata import SweepData, load_sweep
 from hsm_core.yamlio import dump_yaml, write_atomic
 
 log = logging.getLogger("hsm.reports")

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors_analysis import classify
-from hsm_core.failures import attempt_logs, read_tail
 from hsm_core.model import Attempt, TaskState
 from hsm_core.procs import pid_alive
+from hsm_core.reporting.errors_analysis import classify
+from hsm_core.reporting.failures import attempt_logs, read_tail
+from hsm_core.reporting.sweepdata import source_slots
 from hsm_core.store import SweepStore
-from hsm_core.sweepdata import source_slots
 
 HEALTH_LOG = Path("logs") / "health_status.log"
 _LOG_LINE = re.compile(r"^(?P<time>\S+ \S+) (?P<level>[A-Z]+)\s+(?P<logger>\S+): (?P<msg>.*)$")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from html import escape
 
 from hsm_core.model import Attempt, TaskState
-from hsm_core.performance import span
-from hsm_core.sweepdata import SweepData
+from hsm_core.reporting.performance import span
+from hsm_core.reporting.sweepdata import SweepData
 
 STATE_COLOURS = {
     TaskState.PENDING: "#9aa0a6",

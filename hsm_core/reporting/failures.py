@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors_analysis import Cause, classify, exception_line, traceback_tail
 from hsm_core.model import TaskState
-from hsm_core.sweepdata import SweepData
+from hsm_core.reporting.errors_analysis import Cause, classify, exception_line, traceback_tail
+from hsm_core.reporting.sweepdata import SweepData
 
 READ_BYTES = 64 * 1024  # the end of a log holds the traceback; huge logs are not read whole
 _LOG_SUFFIXES = (".log", ".err", ".out")

@@ -13,10 +13,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from hsm_core import gantt
-from hsm_core.failures import ErrorAnalysis, ErrorGroup
 from hsm_core.model import TaskState
-from hsm_core.patterns import Pattern
+from hsm_core.reporting import gantt
+from hsm_core.reporting.failures import ErrorAnalysis, ErrorGroup
+from hsm_core.reporting.patterns import Pattern
 
 ROWS_SHOWN = 10  # per error group; the next ones fold away
 ROWS_PER_GROUP = 200  # and beyond this the page only counts them
