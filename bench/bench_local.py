@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from _timing import Series, Timing, timed
+from _timing import hsm_argv as default_hsm_argv
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -49,62 +46,7 @@ def hsm_argv(given: str | None) -> list[str]:
     interpreter (what a user runs; not a PATH lookup, which may find a wrapper such as a
     version-manager shim that adds its own start-up time), else the same entry point as a
     module of this interpreter."""
-    if given:
-        return shlex.split(given)
-    script = Path(sys.executable).parent / "hsm"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "hsm_core.cli.main"]
-
-
-@dataclass
-class Timing:
-    wall: float
-    cpu: float  # user + sys of the whole process tree
-
-
-@dataclass
-class Series:
-    runs: dict[str, list[Timing]] = field(default_factory=dict)
-
-    def add(self, name: str, timing: Timing) -> None:
-        self.runs.setdefault(name, []).append(timing)
-
-    def wall(self, name: str) -> float:
-        return statistics.median(t.wall for t in self.runs[name])
-
-    def cpu(self, name: str) -> float:
-        return statistics.median(t.cpu for t in self.runs[name])
-
-    def spread(self, name: str) -> str:
-        walls = [t.wall for t in self.runs[name]]
-        return f"{min(walls):.3f}-{max(walls):.3f}"
-
-
-def timed(
-    argv: list[str], *, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
-) -> Timing:
-    """Run argv to completion; wall and CPU time of it and all the processes it waited for."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        input=stdin,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"benchmark aborted: `{' '.join(argv)}` exited {proc.returncode}:\n"
-            f"{proc.stderr.strip()[-2000:]}"
-        )
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(wall, cpu)
+    return shlex.split(given) if given else default_hsm_argv()
 
 
 def write_sweep(path: Path, grid: dict[str, list[int]]) -> Path:

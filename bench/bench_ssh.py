@@ -31,19 +31,15 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shlex
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from _timing import Series, Timing, hsm_argv, timed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -51,60 +47,6 @@ from rich.table import Table
 REMOTE_DIR = "hsm-bench-ssh"  # relative to the login user's home on every host
 NOOP = "import sys\nsys.argv[1:]\n"
 TOOLS = ("hsm", "parallel", "floor")
-
-
-@dataclass
-class Timing:
-    wall: float
-    cpu: float
-
-
-@dataclass
-class Series:
-    runs: dict[str, list[Timing]] = field(default_factory=dict)
-
-    def add(self, name: str, timing: Timing) -> None:
-        self.runs.setdefault(name, []).append(timing)
-
-    def wall(self, name: str) -> float:
-        return statistics.median(t.wall for t in self.runs[name])
-
-    def cpu(self, name: str) -> float:
-        return statistics.median(t.cpu for t in self.runs[name])
-
-    def spread(self, name: str) -> str:
-        walls = [t.wall for t in self.runs[name]]
-        return f"{min(walls):.2f}-{max(walls):.2f}"
-
-
-def timed(argv: list[str], *, cwd: Path, stdin: str | None = None) -> Timing:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        input=stdin,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"benchmark aborted: `{shlex.join(argv)}` exited {proc.returncode}:\n"
-            f"{proc.stderr.strip()[-2000:]}"
-        )
-    return Timing(wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-
-
-def hsm_argv() -> list[str]:
-    """The `hsm` console script beside this interpreter (not a PATH shim), else the module."""
-    script = Path(sys.executable).parent / "hsm"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "hsm_core.cli.main"]
 
 
 def load_hosts(services: Path) -> tuple[str, list[str]]:
@@ -292,7 +234,7 @@ def report(series: Series, args: argparse.Namespace, hosts: list[str]) -> None:
         table.add_row(
             {"floor": "xargs -P4 (local)", "parallel": "GNU parallel -S"}.get(tool, tool),
             f"{wall:.2f}",
-            series.spread(f"{tool}:{n}"),
+            series.spread(f"{tool}:{n}", 2),
             f"{series.cpu(f'{tool}:{n}'):.2f}",
             f"{1000 * wall / n:.1f}",
             f"{fixed:.2f}" if fixed is not None else "",

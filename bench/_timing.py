@@ -1,0 +1,73 @@
+"""Timing helpers shared by the benchmarks (imported as `_timing`: each benchmark is run
+as `python bench/NAME.py`, which puts this folder first on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # user + sys of the whole process tree
+
+
+@dataclass
+class Series:
+    runs: dict[str, list[Timing]] = field(default_factory=dict)
+
+    def add(self, name: str, timing: Timing) -> None:
+        self.runs.setdefault(name, []).append(timing)
+
+    def wall(self, name: str) -> float:
+        return statistics.median(t.wall for t in self.runs[name])
+
+    def cpu(self, name: str) -> float:
+        return statistics.median(t.cpu for t in self.runs[name])
+
+    def spread(self, name: str, digits: int = 3) -> str:
+        walls = [t.wall for t in self.runs[name]]
+        return f"{min(walls):.{digits}f}-{max(walls):.{digits}f}"
+
+
+def timed(
+    argv: list[str], *, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Timing:
+    """Run argv to completion; wall and CPU time of it and all the processes it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        input=stdin,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"benchmark aborted: `{shlex.join(argv)}` exited {proc.returncode}:\n"
+            f"{proc.stderr.strip()[-2000:]}"
+        )
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(wall, cpu)
+
+
+def hsm_argv() -> list[str]:
+    """The `hsm` console script beside this interpreter (a version manager's shim on PATH
+    would add its own start-up to every call), else the module."""
+    script = Path(sys.executable).parent / "hsm"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "hsm_core.cli.main"]
