@@ -26,10 +26,9 @@ HEALTH_LOG = Path("logs") / "health_status.log"
 _LOG_LINE = re.compile(r"^(?P<time>\S+ \S+) (?P<level>[A-Z]+)\s+(?P<logger>\S+): (?P<msg>.*)$")
 
 
-@dataclass(frozen=True)
-class SourceLine:
-    name: str
-    slots: int | None
+class _Tally:
+    """Totals derived from a per-state count, for a source's line and the whole frame."""
+
     counts: dict[TaskState, int]
 
     @property
@@ -41,8 +40,19 @@ class SourceLine:
         return sum(n for s, n in self.counts.items() if s.terminal)
 
     @property
-    def running(self) -> int:
+    def in_flight(self) -> int:
         return self.counts.get(TaskState.RUNNING, 0) + self.counts.get(TaskState.ASSIGNED, 0)
+
+
+@dataclass(frozen=True)
+class SourceLine(_Tally):
+    name: str
+    slots: int | None
+    counts: dict[TaskState, int]
+
+    @property
+    def running(self) -> int:
+        return self.in_flight
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class HealthLine:
 
 
 @dataclass(frozen=True)
-class Frame:
+class Frame(_Tally):
     sweep_id: str
     sweep_dir: Path
     active: bool
@@ -89,16 +99,8 @@ class Frame:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        return sum(n for s, n in self.counts.items() if s.terminal)
-
-    @property
     def n_running(self) -> int:
-        return self.counts.get(TaskState.RUNNING, 0) + self.counts.get(TaskState.ASSIGNED, 0)
+        return self.in_flight
 
     @property
     def n_failures(self) -> int:

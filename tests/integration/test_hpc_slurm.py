@@ -336,9 +336,10 @@ def _node_ready() -> bool:
 # ------------------------------------------------------------------ cancel
 
 
-def test_hsm_cancel_leaves_no_job_of_the_sweep_in_the_queue(
-    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
-) -> None:
+def _start_long_sweep(
+    tmp_path: Path, slurm_env: SlurmEnv, n: int, sweep_id: str
+) -> subprocess.Popen[str]:
+    """`hsm run` of n tasks that would run for minutes, two at a time, on the cluster."""
     (tmp_path / "hsm.yaml").write_text(
         yaml.safe_dump(
             {"sources": {"cluster": {"type": "hpc", "partition": slurm_env.partition, **FAST}}}
@@ -346,20 +347,19 @@ def test_hsm_cancel_leaves_no_job_of_the_sweep_in_the_queue(
     )
     (tmp_path / "s.yaml").write_text(
         yaml.safe_dump(
-            {"grid": {"i": list(range(6))}, "command": [PY, "-c", "import time; time.sleep(300)"]}
+            {"grid": {"i": list(range(n))}, "command": [PY, "-c", "import time; time.sleep(300)"]}
         )
     )
-    proc = hsm_popen(
-        "run",
-        "-c",
-        "s.yaml",
-        "-s",
-        "hpc:cluster:2",
-        "--sweep-id",
-        "cx",
-        "--no-progress",
+    return hsm_popen(
+        "run", "-c", "s.yaml", "-s", "hpc:cluster:2", "--sweep-id", sweep_id, "--no-progress",
         cwd=tmp_path,
-    )
+    )  # fmt: skip
+
+
+def test_hsm_cancel_leaves_no_job_of_the_sweep_in_the_queue(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    proc = _start_long_sweep(tmp_path, slurm_env, 6, "cx")
     try:
         name = "hsm-cx"
         # Two run (the `%2` throttle), four wait in the queue.
@@ -452,27 +452,7 @@ def test_a_later_array_gets_the_rest_of_the_cap_and_more_once_others_drain(
 def test_hsm_cancel_without_its_orchestrator_still_empties_the_queue(
     tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
 ) -> None:
-    (tmp_path / "hsm.yaml").write_text(
-        yaml.safe_dump(
-            {"sources": {"cluster": {"type": "hpc", "partition": slurm_env.partition, **FAST}}}
-        )
-    )
-    (tmp_path / "s.yaml").write_text(
-        yaml.safe_dump(
-            {"grid": {"i": list(range(5))}, "command": [PY, "-c", "import time; time.sleep(300)"]}
-        )
-    )
-    proc = hsm_popen(
-        "run",
-        "-c",
-        "s.yaml",
-        "-s",
-        "hpc:cluster:2",
-        "--sweep-id",
-        "oc",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    proc = _start_long_sweep(tmp_path, slurm_env, 5, "oc")
     sweep_dir = tmp_path / "sweeps" / "outputs" / "oc"
     try:
         wait_for(
