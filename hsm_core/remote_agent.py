@@ -1,17 +1,18 @@
-"""The small agent hsm runs on each ssh host, one per host, over one ssh channel.
+"""The small agent hsm runs on each ssh host (and on this machine for the local source),
+one per host, over one channel.
 
 Standard library only, and runnable from its source text alone: the ssh source sends
 this file's text as `python -c SOURCE`, so hosts need no hsm install for command tasks
 and the agent always speaks the orchestrator's protocol version. (Hydra jobs still need
 hsm on the host, for `python -m hsm_core.worker`.) `python -m hsm_core.remote_agent`
-runs the same code.
+runs the same code; the local source starts it that way over pipes.
 
 Protocol: JSON lines. The orchestrator writes ops on stdin, the agent writes events on
 stdout (ASCII JSON; non-UTF-8 bytes in argv travel as surrogate escapes and are restored
 by os.fsencode here).
 
   {"op": "config", "slots": N, "gpus": [..]|null, "inline_max": BYTES, "exclude": [globs],
-   "grace": S}
+   "grace": S, "listing": true|false}
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
    "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute),
    "result": "always"|"if_missing",
@@ -21,7 +22,7 @@ by os.fsencode here).
   {"op": "ping", "seq": N, "path": ABS|null}
 
   {"ev": "hello", "protocol": 1, "pid", "boot_id", "python", "home", "host"}
-  {"ev": "started", "id", "pid"}            a monitor now runs the task
+  {"ev": "started", "id", "pid"}            the task runs, as process group `pid`
   {"ev": "running", "id", "pid"}            scan: still running, now watched
   {"ev": "exit", "id", "record": {..}|null, "error": str|null, "files": {REL: BASE64},
    "large": [[REL, SIZE, MTIME]..], "launch_error": bool, "never_started": bool}
@@ -31,13 +32,15 @@ by os.fsencode here).
   {"ev": "pong", "seq", "load", "running", "queued", "disk_free"}
   {"ev": "error", "id": ID|null, "msg"}
 
-Each task runs under a *monitor*: a forked process in its own session (setsid) that
-forks the task into its own process group, writes `.hsm_pid.json`, waits, and writes
-`.hsm_exit.json` and `result.json` atomically (temp file, fsync, rename). Monitors
-outlive the agent, the ssh connection and the orchestrator; a new agent finds them again
-through `scan` (pid + boot id + process start time, so a recycled pid is not mistaken
-for the task). Kill = SIGTERM to the monitor, which signals the task's process group and
-escalates to SIGKILL after a grace period.
+The agent is the parent of every task it starts: each runs in its own session (so its
+whole process group can be signalled), the agent waits for it and writes `result.json`
+and `.hsm_exit.json` atomically. Starting a task costs one spawn, not a monitor process
+per task. Losing the orchestrator (EOF on stdin: the connection dropped, hsm was
+killed) does not stop the agent: it stops taking work, waits for the tasks it started,
+writes their records and only then exits. A new agent finds them again through `scan`
+(`.hsm_pid.json`: pid + boot id + process start time, so a recycled pid is not mistaken
+for the task; and the agent that owns it, which writes the exit record). Kill and
+timeout = SIGTERM to the task's group, SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -59,15 +63,20 @@ PID_FILE = ".hsm_pid.json"
 EXIT_FILE = ".hsm_exit.json"
 RESULT_FILE = "result.json"
 OWN_FILES = (PID_FILE, EXIT_FILE)
+# How long a new agent waits for another (live) agent to write the exit record of a task
+# it watched end, and how often it looks.
+RECORD_WAIT_S = 30.0
+RECORD_POLL_S = 0.05
+ORPHAN_POLL_S = 0.5
 
 
-def atomic_write(path, data, durable=True):
+def atomic_write(path, data):
+    # No fsync: these records serve an orchestrator or connection that went away, not a
+    # host crash (after one the boot id differs and the attempt counts as lost anyway).
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
-        if durable:
-            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -99,169 +108,60 @@ def proc_stat(pid):
         return None
 
 
-def monitor_alive(rec):
-    """True if the monitor named by a pid record still runs (same boot, same process)."""
-    if not rec or rec.get("boot_id") != boot_id():
+def same_process(pid, start):
+    """True if `pid` runs, is not a zombie, and is the process that started at `start`."""
+    if not pid:
         return False
-    st = proc_stat(int(rec.get("monitor", 0)))
-    return st is not None and st[0] not in ("Z", "X") and st[1] == rec.get("monitor_start")
+    st = proc_stat(int(pid))
+    return st is not None and st[0] not in ("Z", "X") and st[1] == start
 
 
-def exit_code_of(status):
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status), None
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig
-    return 255, None
+def task_alive(rec, boot):
+    return (
+        bool(rec)
+        and rec.get("boot_id") == boot
+        and same_process(rec.get("pid"), rec.get("pid_start"))
+    )
 
 
-def run_monitor(job, grace, started_fd):
-    """Body of the forked monitor. Never returns.
-
-    Writes one byte on `started_fd` once the pid record is on disk: the agent reports
-    "started" only then, so a re-attach never finds a started task without its record."""
-    code = 1
-    try:
-        os.setsid()
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)  # let the ssh channel close when the agent goes
-        close_fds(keep=(0, 1, 2, null, started_fd))
-        state: dict[str, Any] = {"pid": None, "cancelled": False, "timed_out": False}
-
-        def stop(signum, frame):
-            if signum == signal.SIGTERM:
-                state["cancelled"] = True
-            elif not state["cancelled"] and not state["timed_out"]:
-                state["timed_out"] = True
-            else:  # second alarm: the grace period is over
-                kill_group(state["pid"], signal.SIGKILL)
-                return
-            kill_group(state["pid"], signal.SIGTERM)
-            signal.alarm(max(1, int(grace)))
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGALRM, stop)
-        d = job["dir"]
-        start = time.time()
-        pid = os.fork()
-        if pid == 0:
-            exec_task(job, null)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
-        state["pid"] = pid
-        me = os.getpid()
-        st = proc_stat(me)
-        rec = {
-            "attempt": job["attempt"],
-            "monitor": me,
-            "monitor_start": st[1] if st else None,
-            "pid": pid,
-            "pgid": pid,
-            "boot_id": boot_id(),
-            "start": start,
-        }
-        # No fsync: after a host crash the boot id differs and this record means nothing.
-        atomic_write(os.path.join(d, PID_FILE), json.dumps(rec).encode(), durable=False)
-        os.write(started_fd, b"1")
-        os.close(started_fd)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a kill may now land
-        if job.get("timeout"):
-            signal.alarm(max(1, round(job["timeout"])))
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except ChildProcessError:
-                status = 255 << 8
-                break
-        signal.alarm(0)
-        if state["cancelled"] or state["timed_out"]:
-            kill_group(pid, signal.SIGKILL)  # leftovers of the group
-        rc, sig = exit_code_of(status)
-        record = {
-            "exit_code": rc,
-            "signal": sig,
-            "attempt": job["attempt"],
-            "start": start,
-            "end": time.time(),
-            "host": socket.gethostname(),
-            "cancelled": state["cancelled"],
-            "timed_out": state["timed_out"],
-        }
-        data = json.dumps(record).encode()
-        result = os.path.join(d, RESULT_FILE)
-        if job.get("result", "always") == "always" or not os.path.exists(result):
-            atomic_write(result, data)
-        atomic_write(os.path.join(d, EXIT_FILE), data)  # last: it marks the attempt done
-        code = 0
-    finally:
-        os._exit(code)
+def owner_alive(rec, boot):
+    return (
+        bool(rec)
+        and rec.get("boot_id") == boot
+        and same_process(rec.get("agent"), rec.get("agent_start"))
+    )
 
 
-def exec_task(job, null):
-    """Body of the task child: own process group, files as stdio, then exec. Never returns."""
-    try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out = os.open(os.path.join(job["dir"], "stdout.log"), flags, 0o644)
-        err = os.open(os.path.join(job["dir"], "stderr.log"), flags, 0o644)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        for fd in (out, err, null):
-            os.close(fd)
-        os.chdir(job["cwd"])
-        argv = [os.fsencode(a) for a in job["argv"]]
-        env = {os.fsencode(k): os.fsencode(v) for k, v in job["env"].items()}
-        os.execvpe(argv[0], argv, env)
-    except BaseException as exc:
-        try:
-            os.write(2, ("hsm: cannot start {!r}: {}\n".format(job["argv"][:1], exc)).encode())
-        except OSError:
-            pass
-    os._exit(127)
+def exit_code_of(returncode):
+    """Popen's returncode (-N for signal N) as a shell would say it: (code, signal)."""
+    if returncode < 0:
+        return 128 - returncode, -returncode
+    return returncode, None
 
 
 def kill_group(pgid, sig):
     if pgid:
         try:
-            os.killpg(pgid, sig)
+            os.killpg(int(pgid), sig)
         except OSError:
             pass
-
-
-def close_fds(keep):
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 256))
-    for fd in fds:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 class Job:
     def __init__(self, spec):
         self.spec = spec
         self.id = spec["id"]
-        self.monitor = None  # pid
-        self.child = False  # forked by this agent (reaped by waitpid) or adopted (pidfd)
+        self.proc = None  # subprocess.Popen: started by this agent
+        self.pid = None  # the task's pid = its process group
+        self.record = None  # pid record of a task another agent started (adopted by scan)
         self.pidfd = None
-        self.started_fd = None  # read end: readable once the monitor wrote its pid record
+        self.ended = None  # adopted: when its end was seen (its record may lag)
         self.gpu = None
+        self.start = 0.0
+        self.deadline = None  # timeout
+        self.kill_at = None  # SIGKILL once the grace period after SIGTERM is over
+        self.cancelled = False
+        self.timed_out = False
 
 
 class Agent:
@@ -272,49 +172,77 @@ class Agent:
         self.inline_max = 64 * 1024
         self.exclude = []
         self.grace = 5.0
+        self.send_files = True
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
         self.running: dict[str, Job] = {}
-        self.by_monitor: dict[int, Job] = {}  # monitor pid -> Job (children only)
+        self.strays: list[tuple[float, int]] = []  # (when, pgid): SIGKILL then
         self.sel = selectors.DefaultSelector()
         self.inbuf = b""
         self.out = sys.stdout.buffer
+        self.detached = False
         self.base_env = dict(os.environ)
+        self.boot = boot_id()
+        self.me = os.getpid()
+        st = proc_stat(self.me)
+        self.me_start = st[1] if st else None
+        self.host = socket.gethostname()
 
     # -- plumbing ---------------------------------------------------------------------
     def emit(self, **event):
-        self.out.write(json.dumps(event).encode("ascii") + b"\n")
-        self.out.flush()
+        if self.detached:
+            return
+        try:
+            self.out.write(json.dumps(event).encode("ascii") + b"\n")
+            self.out.flush()
+        except OSError:  # nobody listens any more: finish the tasks quietly
+            self.detach()
+
+    def detach(self):
+        """The orchestrator is gone: take no more work, keep the tasks already started."""
+        if self.detached:
+            return
+        self.detached = True
+        self.queue.clear()  # never started: no trace, so a re-attach launches them again
+        try:
+            self.sel.unregister(0)
+        except (KeyError, ValueError):
+            pass
+        for job in list(self.running.values()):
+            if job.proc is None:  # watched for an orchestrator that is gone
+                self.forget(job)
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 1)  # let the channel close
+            os.close(devnull)
+        except OSError:
+            pass
 
     def main(self):
         r, w = os.pipe()
         os.set_blocking(w, False)
         os.set_blocking(r, False)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
+        # A terminal's Ctrl-C or a closed session must not take the tasks' parent away;
+        # handlers (not SIG_IGN) so that the tasks, after exec, get the defaults.
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, lambda s, f: None)
         signal.set_wakeup_fd(w)
         self.sel.register(r, selectors.EVENT_READ, "wake")
         self.sel.register(0, selectors.EVENT_READ, "stdin")
         self.emit(
             ev="hello",
             protocol=PROTOCOL,
-            pid=os.getpid(),
-            boot_id=boot_id(),
+            pid=self.me,
+            boot_id=self.boot,
             python=sys.executable,
             version=list(sys.version_info[:3]),
             home=os.path.expanduser("~"),
-            host=socket.gethostname(),
+            host=self.host,
         )
-        polling = False
         while True:
-            for key, _ in self.sel.select(0.5 if polling else None):
+            for key, _ in self.sel.select(self.next_wakeup()):
                 if key.data == "stdin":
-                    data = os.read(0, 1 << 20)
-                    if not data:
-                        return  # orchestrator gone: monitors keep running
-                    self.inbuf += data
-                    while b"\n" in self.inbuf:
-                        line, self.inbuf = self.inbuf.split(b"\n", 1)
-                        if line.strip():
-                            self.handle(json.loads(line.decode("ascii")))
+                    self.read_ops()
                 elif key.data == "wake":
                     try:
                         while os.read(r, 4096):
@@ -322,17 +250,26 @@ class Agent:
                     except OSError:
                         pass
                     self.reap()
-                elif isinstance(key.data, tuple):
-                    self.started(key.data[1])
-                else:  # a pidfd of an adopted monitor
-                    self.finish(key.data)
-            polling = False
-            for job in list(self.running.values()):
-                if not job.child and job.pidfd is None:
-                    polling = True
-                    if not monitor_alive(read_json(os.path.join(job.spec["dir"], PID_FILE))):
-                        self.finish(job)
+                else:  # the pidfd of an adopted task: it ended
+                    self.adopted_ended(key.data)
+            self.tick()
+            if self.detached and not self.running:
+                return
             self.fill()
+
+    def read_ops(self):
+        try:
+            data = os.read(0, 1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self.detach()
+            return
+        self.inbuf += data
+        while b"\n" in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b"\n", 1)
+            if line.strip():
+                self.handle(json.loads(line.decode("ascii")))
 
     def handle(self, msg):
         op = msg.get("op")
@@ -344,6 +281,7 @@ class Agent:
                 self.inline_max = int(msg.get("inline_max", self.inline_max))
                 self.exclude = list(msg.get("exclude") or [])
                 self.grace = float(msg.get("grace", self.grace))
+                self.send_files = bool(msg.get("listing", True))
             elif op == "launch":
                 self.queue.append(msg)
             elif op == "kill":
@@ -358,14 +296,53 @@ class Agent:
         except Exception as exc:  # one bad message must not take the host's tasks down
             self.emit(ev="error", id=msg.get("id"), msg=f"{type(exc).__name__}: {exc}")
 
+    # -- timers -----------------------------------------------------------------------
+    def next_wakeup(self):
+        times = [when for when, _ in self.strays]
+        for job in self.running.values():
+            times += [t for t in (job.deadline, job.kill_at) if t is not None]
+            if job.proc is None:
+                if job.ended is not None:
+                    times.append(time.monotonic() + RECORD_POLL_S)
+                elif job.pidfd is None:
+                    times.append(time.monotonic() + ORPHAN_POLL_S)
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic())
+
+    def tick(self):
+        now = time.monotonic()
+        if self.strays:
+            due = [s for s in self.strays if s[0] <= now]
+            self.strays = [s for s in self.strays if s[0] > now]
+            for _, pgid in due:
+                kill_group(pgid, signal.SIGKILL)
+        for job in list(self.running.values()):
+            if job.proc is not None:
+                if job.deadline is not None and now >= job.deadline:
+                    job.deadline = None
+                    job.timed_out = not job.cancelled
+                    self.terminate(job)
+                if job.kill_at is not None and now >= job.kill_at:
+                    job.kill_at = None
+                    kill_group(job.pid, signal.SIGKILL)
+                continue
+            if job.ended is None and job.pidfd is None and not task_alive(job.record, self.boot):
+                job.ended = now
+            if job.ended is not None:
+                self.adopted_check(job, now)
+
     # -- launching --------------------------------------------------------------------
     def capacity(self):
         if self.gpus:
             return min(self.slots, len(self.gpus))
         return self.slots
 
+    def own_running(self):
+        return sum(1 for j in self.running.values() if j.proc is not None)
+
     def fill(self):
-        while self.queue and len(self.running) < self.capacity():
+        while self.queue and self.own_running() < self.capacity():
             spec = self.queue.popleft()
             try:
                 self.launch(spec)
@@ -383,14 +360,16 @@ class Agent:
 
     def launch(self, spec):
         d = spec["dir"]
-        os.makedirs(os.path.join(d, "results"), exist_ok=True)
+        try:
+            os.mkdir(os.path.join(d, "results"))
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(os.path.join(d, "results"), exist_ok=True)
         old = read_json(os.path.join(d, PID_FILE))
-        if old and old.get("attempt") != spec["attempt"] and monitor_alive(old):
+        if old and old.get("attempt") != spec["attempt"] and task_alive(old, self.boot):
             # An earlier attempt that the orchestrator gave up on still runs here: stop it.
-            try:
-                os.kill(int(old["monitor"]), signal.SIGTERM)
-            except OSError:
-                pass
+            self.stop_stray(old.get("pgid"))
         for name in (*OWN_FILES, RESULT_FILE):
             try:
                 os.unlink(os.path.join(d, name))
@@ -406,70 +385,138 @@ class Agent:
         if self.gpus:
             job.gpu = self.free_gpus.pop(0)
             env["CUDA_VISIBLE_DEVICES"] = job.gpu
-        spec["env"] = env
-        # SIGTERM stays blocked in the monitor until it can forward it to the task group.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        r, w = os.pipe()
-        try:
-            pid = os.fork()
-            if pid == 0:
-                os.close(r)
-                run_monitor(spec, self.grace, w)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            os.close(w)
-        job.monitor, job.child = pid, True
-        job.started_fd = r
-        self.sel.register(r, selectors.EVENT_READ, ("started", job))
+        job.start = time.time()
         self.running[job.id] = job
-        self.by_monitor[pid] = job
-
-    def started(self, job):
-        """The monitor's pid record is on disk (or the monitor died first)."""
-        fd, job.started_fd = job.started_fd, None
-        if fd is None:
-            return
-        self.sel.unregister(fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        out = os.open(os.path.join(d, "stdout.log"), flags, 0o644)
+        err = os.open(os.path.join(d, "stderr.log"), flags, 0o644)
         try:
-            ok = os.read(fd, 1) == b"1"
-        except OSError:
-            ok = False
-        os.close(fd)
-        if ok:
-            self.emit(ev="started", id=job.id, pid=job.monitor)
+            job.proc = subprocess.Popen(
+                [os.fsencode(a) for a in spec["argv"]],
+                cwd=spec["cwd"],
+                env={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own group: a kill takes its children too
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            # What a shell would do: a message on the task's stderr and exit code 127.
+            try:
+                os.write(err, f"hsm: cannot start {spec['argv'][:1]!r}: {exc}\n".encode())
+            except OSError:
+                pass
+            job.proc = _NotStarted()
+        finally:
+            os.close(out)
+            os.close(err)
+        job.pid = job.proc.pid
+        if job.pid:
+            st = proc_stat(job.pid)
+            rec = {
+                "attempt": spec["attempt"],
+                "pid": job.pid,
+                "pid_start": st[1] if st else None,
+                "pgid": job.pid,
+                "agent": self.me,
+                "agent_start": self.me_start,
+                "boot_id": self.boot,
+                "start": job.start,
+            }
+            atomic_write(os.path.join(d, PID_FILE), json.dumps(rec).encode())
+            self.emit(ev="started", id=job.id, pid=job.pid)
+            if spec.get("timeout"):
+                job.deadline = time.monotonic() + float(spec["timeout"])
+        else:
+            self.complete(job, 127)
+
+    def stop_stray(self, pgid):
+        kill_group(pgid, signal.SIGTERM)
+        if pgid:
+            self.strays.append((time.monotonic() + self.grace, int(pgid)))
+
+    def terminate(self, job):
+        """SIGTERM to the task's group now, SIGKILL after the grace period."""
+        kill_group(job.pid, signal.SIGTERM)
+        if job.kill_at is None:
+            job.kill_at = time.monotonic() + self.grace
 
     def reap(self):
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            job = self.by_monitor.pop(pid, None)
-            if job is not None:
-                self.finish(job)
+        for job in list(self.running.values()):
+            if job.proc is not None:
+                code = job.proc.poll()
+                if code is not None:
+                    self.complete(job, code)
 
     # -- finishing --------------------------------------------------------------------
-    def finish(self, job: Job) -> None:
-        if self.running.get(job.id) is not job:
-            return
-        del self.running[job.id]
-        self.started(job)  # "started" always comes before "exit"
+    def complete(self, job, returncode):
+        """A task this agent started has ended: write its records, report it."""
+        if job.cancelled or job.timed_out:
+            kill_group(job.pid, signal.SIGKILL)  # leftovers of the group
+        rc, sig = exit_code_of(returncode)
+        spec = job.spec
+        record = {
+            "exit_code": rc,
+            "signal": sig,
+            "attempt": spec["attempt"],
+            "start": job.start,
+            "end": time.time(),
+            "host": self.host,
+            "cancelled": job.cancelled,
+            "timed_out": job.timed_out,
+        }
+        data = json.dumps(record).encode()
+        d = spec["dir"]
+        try:
+            result = os.path.join(d, RESULT_FILE)
+            if spec.get("result", "always") == "always" or not os.path.exists(result):
+                atomic_write(result, data)
+            atomic_write(os.path.join(d, EXIT_FILE), data)  # last: it marks the attempt done
+        except OSError as exc:
+            self.emit(ev="error", id=job.id, msg=f"cannot write the exit record: {exc}")
+        self.forget(job)
+        self.report_exit(spec)
+
+    def forget(self, job: Job) -> None:
+        if self.running.get(job.id) is job:
+            del self.running[job.id]
         if job.pidfd is not None:
             self.sel.unregister(job.pidfd)
             os.close(job.pidfd)
+            job.pidfd = None
         if job.gpu is not None:
             self.free_gpus.append(job.gpu)
-        self.report_exit(job.spec)
+            job.gpu = None
 
-    def report_exit(self, spec):
+    def adopted_ended(self, job):
+        if job.pidfd is not None:
+            self.sel.unregister(job.pidfd)
+            os.close(job.pidfd)
+            job.pidfd = None
+        if job.ended is None:
+            job.ended = time.monotonic()
+        self.adopted_check(job, time.monotonic())
+
+    def adopted_check(self, job, now):
+        """An adopted task has ended: its own agent writes the record; wait for it."""
+        spec = job.spec
+        done = read_json(os.path.join(spec["dir"], EXIT_FILE))
+        if done and done.get("attempt") == spec["attempt"]:
+            self.forget(job)
+            self.report_exit(spec, cancelled=job.cancelled)
+        elif not owner_alive(job.record, self.boot) or now - job.ended > RECORD_WAIT_S:
+            self.forget(job)
+            self.report_exit(spec)
+
+    def report_exit(self, spec, cancelled=False):
         d = spec["dir"]
         record = read_json(os.path.join(d, EXIT_FILE))
         error = None
         if record is None or record.get("attempt") != spec["attempt"]:
-            record, error = None, "the task's monitor ended without an exit record"
-        files, large = self.listing(d, spec.get("skip") or ())
+            record, error = None, "the task ended without an exit record (its agent was killed)"
+        elif cancelled:
+            record["cancelled"] = True  # killed on our request, though another agent saw it end
+        files, large = self.listing(d, spec.get("skip") or ()) if self.send_files else ({}, [])
         self.emit(ev="exit", id=spec["id"], record=record, error=error, files=files, large=large)
 
     def listing(self, d, skip):
@@ -525,48 +572,46 @@ class Agent:
             job = self.running.get(job_id)
             if job is None:
                 continue
-            rec = read_json(os.path.join(job.spec["dir"], PID_FILE))
-            if rec and rec.get("attempt") == job.spec["attempt"] and monitor_alive(rec):
-                try:
-                    os.kill(int(rec["monitor"]), signal.SIGTERM)
-                except OSError:
-                    kill_group(rec.get("pgid"), signal.SIGKILL)
-            elif job.child and job.monitor:
-                try:  # pid record not written yet: the blocked SIGTERM waits for it
-                    os.kill(job.monitor, signal.SIGTERM)
-                except OSError:
-                    pass
+            job.cancelled = True
+            job.deadline = None
+            if job.proc is not None:
+                self.terminate(job)
+            else:  # another agent's task: it writes the record, we only stop the task
+                self.stop_stray((job.record or {}).get("pgid"))
 
     def scan(self, spec):
         d = spec["dir"]
         if spec["id"] in self.running:
-            self.emit(ev="running", id=spec["id"], pid=self.running[spec["id"]].monitor)
+            self.emit(ev="running", id=spec["id"], pid=self.running[spec["id"]].pid)
             return
         done = read_json(os.path.join(d, EXIT_FILE))
         if done and done.get("attempt") == spec["attempt"]:
             self.report_exit(spec)
             return
         rec = read_json(os.path.join(d, PID_FILE))
-        if rec and rec.get("attempt") == spec["attempt"] and monitor_alive(rec):
+        mine = bool(rec) and rec.get("attempt") == spec["attempt"]
+        if mine and (task_alive(rec, self.boot) or owner_alive(rec, self.boot)):
             job = Job(spec)
-            job.monitor = int(rec["monitor"])
-            try:
-                job.pidfd = os.pidfd_open(job.monitor)
-                self.sel.register(job.pidfd, selectors.EVENT_READ, job)
-            except (AttributeError, OSError):
-                job.pidfd = None  # no pidfd here: main() polls /proc instead
+            job.record, job.pid = rec, int(rec["pid"])
+            if task_alive(rec, self.boot):
+                try:
+                    job.pidfd = os.pidfd_open(job.pid)
+                    self.sel.register(job.pidfd, selectors.EVENT_READ, job)
+                except (AttributeError, OSError):
+                    job.pidfd = None  # no pidfd here: tick() polls /proc instead
+            else:
+                job.ended = time.monotonic()  # done; its agent is writing the record
             self.running[job.id] = job
-            self.emit(ev="running", id=job.id, pid=job.monitor)
+            self.emit(ev="running", id=job.id, pid=job.pid)
             return
-        never = not rec or rec.get("attempt") != spec["attempt"]
-        why = "no record of this attempt on the host" if never else "its monitor is gone"
+        why = "no record of this attempt on the host" if not mine else "its task is gone"
         self.emit(
             ev="exit",
             id=spec["id"],
             record=None,
             files={},
             large=[],
-            never_started=never,
+            never_started=not mine,
             error=f"not running: {why}",
         )
 
@@ -588,6 +633,15 @@ class Agent:
             disk_free=disk,
             cpus=os.cpu_count(),
         )
+
+
+class _NotStarted:
+    """Stands for a task whose program could not be started at all."""
+
+    pid = None
+
+    def poll(self):
+        return 127
 
 
 def main():

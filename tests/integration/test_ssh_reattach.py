@@ -79,8 +79,8 @@ def test_sigkilled_orchestrator_reattaches_and_collects(ssh_env: SshEnv, tmp_pat
     # Written before "started" was reported (hosts share our disk).
     pid_records = list(remote_root.glob("*/tasks/*/.hsm_pid.json"))
     assert len(pid_records) == 2
-    monitors = [json.loads(p.read_text())["monitor"] for p in pid_records]
-    assert all(_alive(pid) for pid in monitors), "remote tasks died with the orchestrator"
+    pids = [json.loads(p.read_text())["pid"] for p in pid_records]
+    assert all(_alive(pid) for pid in pids), "remote tasks died with the orchestrator"
 
     store = SweepStore.open(sweep_dir)
     outcome = asyncio.run(run(store, [spec]))

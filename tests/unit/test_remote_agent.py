@@ -148,8 +148,8 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
     launch(first, "d", d_done, ["sh", "-c", "echo early"])
     first.until("started", "r")
     first.until("exit", "d")
-    first.proc.kill()  # the orchestrator side goes away: the tasks must not
-    first.proc.wait()
+    assert first.proc.stdin is not None
+    first.proc.stdin.close()  # the orchestrator side goes away: the tasks must not
 
     second = Agent()
     try:
@@ -172,6 +172,44 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
         assert events["old"]["record"] is None and events["old"]["never_started"]
         late = second.until("exit", "r")  # watched through a pidfd, not a child
         assert base64.b64decode(late["files"]["stdout.log"]) == b"late\n"
+        assert late["record"]["exit_code"] == 0  # written by the first agent
+        assert first.proc.wait(10) == 0, "the first agent ends once its task has"
+    finally:
+        second.close()
+
+
+def test_agent_outlives_its_orchestrator_until_its_tasks_end(tmp_path: Path) -> None:
+    a = Agent()
+    a.send(op="config", slots=1)
+    d = tmp_path / "t"
+    launch(a, "x", d, ["sh", "-c", "sleep 0.5; echo done"])
+    launch(a, "queued", tmp_path / "q", ["true"])
+    a.until("started", "x")
+    assert a.proc.stdin is not None and a.proc.stdout is not None
+    a.proc.stdin.close()
+    a.proc.stdout.close()  # writing events now fails: the agent must carry on regardless
+    assert a.proc.wait(20) == 0
+    record = json.loads((d / ".hsm_exit.json").read_text())
+    assert record["exit_code"] == 0 and (d / "stdout.log").read_text() == "done\n"
+    assert json.loads((d / "result.json").read_text())["exit_code"] == 0
+    assert not (tmp_path / "q").exists(), "a launch still queued must not start after EOF"
+
+
+def test_a_task_whose_agent_was_killed_is_reported_lost(tmp_path: Path) -> None:
+    first = Agent()
+    first.send(op="config", slots=1)
+    d = tmp_path / "t"
+    launch(first, "x", d, ["sh", "-c", "sleep 0.5"])
+    first.until("started", "x")
+    first.proc.kill()  # nobody is left to write the exit record
+    first.proc.wait()
+    second = Agent()
+    try:
+        second.send(op="scan", tasks=[{"id": "x", "attempt": 1, "dir": str(d)}])
+        assert second.recv()["ev"] == "running"
+        gone = second.until("exit", "x")
+        assert gone["record"] is None and not gone.get("never_started")
+        assert "without an exit record" in gone["error"]
     finally:
         second.close()
 
