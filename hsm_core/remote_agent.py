@@ -11,8 +11,8 @@ Protocol: JSON lines. The orchestrator writes ops on stdin, the agent writes eve
 stdout (ASCII JSON; non-UTF-8 bytes in argv travel as surrogate escapes and are restored
 by os.fsencode here).
 
-  {"op": "config", "slots": N, "gpus": [..]|null, "inline_max": BYTES, "exclude": [globs],
-   "grace": S, "listing": true|false}
+  {"op": "config", "journal": DIR, "slots": N, "gpus": [..]|null, "inline_max": BYTES,
+   "exclude": [globs], "grace": S, "listing": true|false}      (keys absent: unchanged)
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
    "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute),
    "result": "always"|"if_missing",
@@ -33,14 +33,19 @@ by os.fsencode here).
   {"ev": "error", "id": ID|null, "msg"}
 
 The agent is the parent of every task it starts: each runs in its own session (so its
-whole process group can be signalled), the agent waits for it and writes `result.json`
-and `.hsm_exit.json` atomically. Starting a task costs one spawn, not a monitor process
-per task. Losing the orchestrator (EOF on stdin: the connection dropped, hsm was
-killed) does not stop the agent: it stops taking work, waits for the tasks it started,
-writes their records and only then exits. A new agent finds them again through `scan`
-(`.hsm_pid.json`: pid + boot id + process start time, so a recycled pid is not mistaken
-for the task; and the agent that owns it, which writes the exit record). Kill and
-timeout = SIGTERM to the task's group, SIGKILL after a grace period.
+whole process group can be signalled), the agent waits for it and writes `result.json`.
+Starting a task costs one spawn, not a monitor process per task. Losing the
+orchestrator (EOF on stdin: the connection dropped, hsm was killed) does not stop the
+agent: it stops taking work, waits for the tasks it started, records them and only then
+exits.
+
+Every agent appends what it starts and how each ended to its own journal,
+`JOURNAL_DIR/agent-<boot>-<pid>-<start>.jsonl` (one line per event, one write each: no
+file created per record). A new agent finds earlier tasks through `scan`, which reads
+the journals: an exit line settles an attempt; a start line whose process still runs
+(pid + boot id + process start time, so a recycled pid is not mistaken for the task) is
+watched, and its exit line is awaited from the agent that owns it. Kill and timeout =
+SIGTERM to the task's group, SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -59,10 +64,10 @@ import time
 from typing import Any
 
 PROTOCOL = 1
-PID_FILE = ".hsm_pid.json"
-EXIT_FILE = ".hsm_exit.json"
 RESULT_FILE = "result.json"
-OWN_FILES = (PID_FILE, EXIT_FILE)
+JOURNAL_DIR = ".agents"  # where orchestrators put the journals, relative to a sweep dir
+# Per-task records of earlier versions: never copied back, removed before a launch.
+OWN_FILES = (".hsm_pid.json", ".hsm_exit.json")
 # How long a new agent waits for another (live) agent to write the exit record of a task
 # it watched end, and how often it looks.
 RECORD_WAIT_S = 30.0
@@ -80,14 +85,6 @@ def atomic_write(path, data):
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def read_json(path):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def boot_id():
@@ -117,19 +114,76 @@ def same_process(pid, start):
 
 
 def task_alive(rec, boot):
-    return (
-        bool(rec)
-        and rec.get("boot_id") == boot
-        and same_process(rec.get("pid"), rec.get("pid_start"))
-    )
+    """The task a journal start line names still runs (this boot, same process)."""
+    return _alive(rec, boot, "pid", "pid_start")
 
 
 def owner_alive(rec, boot):
-    return (
-        bool(rec)
-        and rec.get("boot_id") == boot
-        and same_process(rec.get("agent"), rec.get("agent_start"))
-    )
+    """The agent that started it still runs (and will write its exit line)."""
+    return _alive(rec, boot, "agent", "agent_start")
+
+
+def _alive(rec, boot, pid_key, start_key):
+    if not rec or rec.get("boot8") != boot[:8]:
+        return False
+    return same_process(rec.get(pid_key), rec.get(start_key))
+
+
+def journal_name(boot, pid, start):
+    return f"agent-{boot[:8]}-{pid}-{start}.jsonl"
+
+
+class Journal:
+    """What the journals in one directory say, read incrementally.
+
+    `starts[(dir, attempt)]` is the newest start line (with the owning agent's identity
+    added), `exits[(dir, attempt)]` the exit record."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.offsets = {}
+        self.starts = {}
+        self.exits = {}
+
+    def refresh(self, only=None):
+        try:
+            names = [only] if only else sorted(os.listdir(self.directory))
+        except OSError:
+            return self
+        for name in names:
+            if not name.endswith(".jsonl"):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets.get(name, 0))
+                    data = f.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # a line still being written waits for next time
+            self.offsets[name] = self.offsets.get(name, 0) + end
+            owner = self._owner(name)
+            for line in data[:end].splitlines():
+                try:
+                    entry = json.loads(line)
+                    key = (entry["dir"], entry["attempt"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if entry.get("e") == "start":
+                    entry.update(owner)
+                    entry["journal"] = name
+                    self.starts[key] = entry
+                elif entry.get("e") == "exit":
+                    self.exits[key] = entry.get("record")
+        return self
+
+    @staticmethod
+    def _owner(name):
+        parts = name[: -len(".jsonl")].split("-")
+        try:
+            return {"agent": int(parts[2]), "agent_start": parts[3], "boot8": parts[1]}
+        except (IndexError, ValueError):
+            return {}
 
 
 def exit_code_of(returncode):
@@ -153,7 +207,7 @@ class Job:
         self.id = spec["id"]
         self.proc = None  # subprocess.Popen: started by this agent
         self.pid = None  # the task's pid = its process group
-        self.record = None  # pid record of a task another agent started (adopted by scan)
+        self.record = None  # journal start line of a task another agent started (adopted)
         self.pidfd = None
         self.ended = None  # adopted: when its end was seen (its record may lag)
         self.gpu = None
@@ -173,6 +227,9 @@ class Agent:
         self.exclude = []
         self.grace = 5.0
         self.send_files = True
+        self.journal_dir = None
+        self.journal_fd = None
+        self.journal = Journal("")  # of the journal dir: for scans and adopted tasks
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
         self.running: dict[str, Job] = {}
         self.strays: list[tuple[float, int]] = []  # (when, pgid): SIGKILL then
@@ -275,26 +332,53 @@ class Agent:
         op = msg.get("op")
         try:
             if op == "config":
-                self.slots = max(1, int(msg.get("slots", 1)))
-                self.gpus = msg.get("gpus")
-                self.free_gpus = [str(g) for g in self.gpus] if self.gpus else []
-                self.inline_max = int(msg.get("inline_max", self.inline_max))
-                self.exclude = list(msg.get("exclude") or [])
-                self.grace = float(msg.get("grace", self.grace))
-                self.send_files = bool(msg.get("listing", True))
+                self.configure(msg)
             elif op == "launch":
                 self.queue.append(msg)
             elif op == "kill":
                 self.kill(set(msg.get("ids") or ()))
             elif op == "scan":
-                for spec in msg.get("tasks") or ():
-                    self.scan(spec)
+                self.scan(msg.get("tasks") or ())
             elif op == "ping":
                 self.pong(msg)
             else:
                 self.emit(ev="error", id=None, msg=f"unknown op {op!r}")
         except Exception as exc:  # one bad message must not take the host's tasks down
             self.emit(ev="error", id=msg.get("id"), msg=f"{type(exc).__name__}: {exc}")
+
+    def configure(self, msg):
+        if "slots" in msg:
+            self.slots = max(1, int(msg["slots"]))
+        if "gpus" in msg:
+            self.gpus = msg["gpus"]
+            self.free_gpus = [str(g) for g in self.gpus] if self.gpus else []
+        if "inline_max" in msg:
+            self.inline_max = int(msg["inline_max"])
+        if "exclude" in msg:
+            self.exclude = list(msg["exclude"] or [])
+        if "grace" in msg:
+            self.grace = float(msg["grace"])
+        if "listing" in msg:
+            self.send_files = bool(msg["listing"])
+        if msg.get("journal") and msg["journal"] != self.journal_dir:
+            if self.journal_fd is not None:
+                os.close(self.journal_fd)
+                self.journal_fd = None
+            self.journal_dir = msg["journal"]
+            self.journal = Journal(self.journal_dir)
+
+    def note(self, **entry):
+        """One journal line, one write (O_APPEND: lines of concurrent agents never mix).
+        The file is made at the first task, so an agent that runs nothing leaves no trace."""
+        if self.journal_fd is None:
+            if self.journal_dir is None:
+                raise RuntimeError("no journal: send config with `journal` first")
+            os.makedirs(self.journal_dir, exist_ok=True)
+            name = journal_name(self.boot, self.me, self.me_start)
+            self.journal_fd = os.open(
+                os.path.join(self.journal_dir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+            )
+        os.write(self.journal_fd, json.dumps(entry).encode("ascii") + b"\n")
 
     # -- timers -----------------------------------------------------------------------
     def next_wakeup(self):
@@ -366,10 +450,10 @@ class Agent:
             pass
         except FileNotFoundError:
             os.makedirs(os.path.join(d, "results"), exist_ok=True)
-        old = read_json(os.path.join(d, PID_FILE))
-        if old and old.get("attempt") != spec["attempt"] and task_alive(old, self.boot):
-            # An earlier attempt that the orchestrator gave up on still runs here: stop it.
-            self.stop_stray(old.get("pgid"))
+        if self.journal_dir is None:
+            raise RuntimeError("no journal: send config with `journal` first")
+        if spec["attempt"] > 1:
+            self.stop_earlier(d, spec["attempt"])
         for name in (*OWN_FILES, RESULT_FILE):
             try:
                 os.unlink(os.path.join(d, name))
@@ -413,22 +497,31 @@ class Agent:
         job.pid = job.proc.pid
         if job.pid:
             st = proc_stat(job.pid)
-            rec = {
-                "attempt": spec["attempt"],
-                "pid": job.pid,
-                "pid_start": st[1] if st else None,
-                "pgid": job.pid,
-                "agent": self.me,
-                "agent_start": self.me_start,
-                "boot_id": self.boot,
-                "start": job.start,
-            }
-            atomic_write(os.path.join(d, PID_FILE), json.dumps(rec).encode())
+            self.note(
+                e="start",
+                dir=d,
+                attempt=spec["attempt"],
+                pid=job.pid,
+                pid_start=st[1] if st else None,
+                start=job.start,
+            )
             self.emit(ev="started", id=job.id, pid=job.pid)
             if spec.get("timeout"):
                 job.deadline = time.monotonic() + float(spec["timeout"])
         else:
             self.complete(job, 127)
+
+    def stop_earlier(self, d, attempt):
+        """An earlier attempt of this task that the orchestrator gave up on may still run
+        here (a host that came back): stop it before the new one starts."""
+        for job in list(self.running.values()):
+            if job.spec["dir"] == d and job.spec["attempt"] < attempt and job.proc is not None:
+                job.cancelled = True
+                self.terminate(job)
+        for (jd, att), rec in self.journal.refresh().starts.items():
+            mine = rec.get("agent") == self.me
+            if jd == d and att < attempt and not mine and task_alive(rec, self.boot):
+                self.stop_stray(rec.get("pid"))
 
     def stop_stray(self, pgid):
         kill_group(pgid, signal.SIGTERM)
@@ -465,17 +558,28 @@ class Agent:
             "cancelled": job.cancelled,
             "timed_out": job.timed_out,
         }
-        data = json.dumps(record).encode()
         d = spec["dir"]
         try:
-            result = os.path.join(d, RESULT_FILE)
-            if spec.get("result", "always") == "always" or not os.path.exists(result):
-                atomic_write(result, data)
-            atomic_write(os.path.join(d, EXIT_FILE), data)  # last: it marks the attempt done
+            # Written in place: nobody trusts it before the journal's exit line, and a
+            # relaunch removes it first.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            if spec.get("result", "always") != "always":
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = os.open(os.path.join(d, RESULT_FILE), flags, 0o644)
+            try:
+                os.write(fd, json.dumps(record).encode())
+            finally:
+                os.close(fd)
+        except FileExistsError:
+            pass  # the Hydra worker wrote its own
         except OSError as exc:
-            self.emit(ev="error", id=job.id, msg=f"cannot write the exit record: {exc}")
+            self.emit(ev="error", id=job.id, msg=f"cannot write result.json: {exc}")
+        try:
+            self.note(e="exit", dir=d, attempt=spec["attempt"], record=record)
+        except OSError as exc:
+            self.emit(ev="error", id=job.id, msg=f"cannot journal the exit: {exc}")
         self.forget(job)
-        self.report_exit(spec)
+        self.report_exit(spec, record)
 
     def forget(self, job: Job) -> None:
         if self.running.get(job.id) is job:
@@ -500,22 +604,22 @@ class Agent:
     def adopted_check(self, job, now):
         """An adopted task has ended: its own agent writes the record; wait for it."""
         spec = job.spec
-        done = read_json(os.path.join(spec["dir"], EXIT_FILE))
-        if done and done.get("attempt") == spec["attempt"]:
+        key = (spec["dir"], spec["attempt"])
+        done = self.journal.refresh(job.record.get("journal")).exits.get(key)
+        if done is not None:
+            if job.cancelled:
+                done = dict(done, cancelled=True)  # killed on our request
             self.forget(job)
-            self.report_exit(spec, cancelled=job.cancelled)
+            self.report_exit(spec, done)
         elif not owner_alive(job.record, self.boot) or now - job.ended > RECORD_WAIT_S:
             self.forget(job)
-            self.report_exit(spec)
+            self.report_exit(spec, None)
 
-    def report_exit(self, spec, cancelled=False):
+    def report_exit(self, spec, record):
         d = spec["dir"]
-        record = read_json(os.path.join(d, EXIT_FILE))
         error = None
-        if record is None or record.get("attempt") != spec["attempt"]:
-            record, error = None, "the task ended without an exit record (its agent was killed)"
-        elif cancelled:
-            record["cancelled"] = True  # killed on our request, though another agent saw it end
+        if record is None:
+            error = "the task ended without an exit record (its agent was killed)"
         files, large = self.listing(d, spec.get("skip") or ()) if self.send_files else ({}, [])
         self.emit(ev="exit", id=spec["id"], record=record, error=error, files=files, large=large)
 
@@ -577,20 +681,24 @@ class Agent:
             if job.proc is not None:
                 self.terminate(job)
             else:  # another agent's task: it writes the record, we only stop the task
-                self.stop_stray((job.record or {}).get("pgid"))
+                self.stop_stray((job.record or {}).get("pid"))
 
-    def scan(self, spec):
-        d = spec["dir"]
+    def scan(self, specs):
+        journal = self.journal.refresh()
+        for spec in specs:
+            self.scan_one(spec, journal)
+
+    def scan_one(self, spec, journal):
         if spec["id"] in self.running:
             self.emit(ev="running", id=spec["id"], pid=self.running[spec["id"]].pid)
             return
-        done = read_json(os.path.join(d, EXIT_FILE))
-        if done and done.get("attempt") == spec["attempt"]:
-            self.report_exit(spec)
+        key = (spec["dir"], spec["attempt"])
+        done = journal.exits.get(key)
+        if done is not None:
+            self.report_exit(spec, done)
             return
-        rec = read_json(os.path.join(d, PID_FILE))
-        mine = bool(rec) and rec.get("attempt") == spec["attempt"]
-        if mine and (task_alive(rec, self.boot) or owner_alive(rec, self.boot)):
+        rec = journal.starts.get(key)
+        if rec and (task_alive(rec, self.boot) or owner_alive(rec, self.boot)):
             job = Job(spec)
             job.record, job.pid = rec, int(rec["pid"])
             if task_alive(rec, self.boot):
@@ -604,14 +712,14 @@ class Agent:
             self.running[job.id] = job
             self.emit(ev="running", id=job.id, pid=job.pid)
             return
-        why = "no record of this attempt on the host" if not mine else "its task is gone"
+        why = "no record of this attempt on the host" if not rec else "its task is gone"
         self.emit(
             ev="exit",
             id=spec["id"],
             record=None,
             files={},
             large=[],
-            never_started=not mine,
+            never_started=not rec,
             error=f"not running: {why}",
         )
 

@@ -34,6 +34,7 @@ from typing import Any
 from hsm_core import collect
 from hsm_core.errors import HsmError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
+from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import (
     ComputeSource,
     HealthReport,
@@ -42,7 +43,7 @@ from hsm_core.sources.base import (
     task_argv,
 )
 from hsm_core.sources.local import describe_exit
-from hsm_core.sources.ssh_agent import AgentChannel, Event
+from hsm_core.sources.ssh_agent import AgentChannel, Event, ssh_agent_channel
 from hsm_core.sources.ssh_options import SshOptions, remote_path
 from hsm_core.transport.ssh import SshTransport
 
@@ -130,7 +131,7 @@ class SSHSource(ComputeSource):
         self._state = "up"
 
     async def _start_agent(self) -> None:
-        agent = AgentChannel(
+        agent = ssh_agent_channel(
             self.transport, self.opts.agent_python, self._on_event, self._channel_closed
         )
         config = {
@@ -146,6 +147,8 @@ class SSHSource(ComputeSource):
         self.home = str(hello.get("home") or "/")
         self.project_dir = remote_path(self.opts.project_dir, self.home)
         self.sweep_dir = posixpath.join(self.project_dir, ".hsm", "sweeps", self.ctx.sweep_id)
+        # Where the agent journals what it starts and how each ended (re-attach reads it).
+        agent.send({"op": "config", "journal": posixpath.join(self.sweep_dir, JOURNAL_DIR)})
         self.metadata["agent"] = {
             "host": hello.get("host"),
             "pid": hello.get("pid"),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from hsm_core.model import TaskState
+from hsm_core.remote_agent import JOURNAL_DIR, Journal
 from hsm_core.store import SweepStore
 from tests.helpers import wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
@@ -76,10 +77,11 @@ def test_sigkilled_orchestrator_reattaches_and_collects(ssh_env: SshEnv, tmp_pat
         driver.wait()
 
     remote_root = Path(spec.options["project_dir"]) / ".hsm" / "sweeps"
-    # Written before "started" was reported (hosts share our disk).
-    pid_records = list(remote_root.glob("*/tasks/*/.hsm_pid.json"))
-    assert len(pid_records) == 2
-    pids = [json.loads(p.read_text())["pid"] for p in pid_records]
+    # Journaled before "started" was reported (hosts share our disk).
+    [journal_dir] = remote_root.glob(f"*/{JOURNAL_DIR}")
+    starts = Journal(str(journal_dir)).refresh().starts
+    assert len(starts) == 2
+    pids = [rec["pid"] for rec in starts.values()]
     assert all(_alive(pid) for pid in pids), "remote tasks died with the orchestrator"
 
     store = SweepStore.open(sweep_dir)

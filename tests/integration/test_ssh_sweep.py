@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import posixpath
 import time
 from pathlib import Path
 
 from hsm_core.model import TaskEvent, TaskState
 from hsm_core.orchestrate import context_for
+from hsm_core.remote_agent import JOURNAL_DIR, Journal
 from hsm_core.sources.ssh import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
@@ -151,10 +153,10 @@ def test_cancel_kills_the_remote_process_group(ssh_env: SshEnv, tmp_path: Path) 
             )
         )
         await async_wait_for(lambda: len(running) == 2, timeout=15, message="2 tasks running")
-        pgids = []
-        for task in store.tasks():
-            rec = Path(source.remote_task_dir(task)) / ".hsm_pid.json"
-            pgids.append(json.loads(rec.read_text())["pgid"])  # hosts share this filesystem
+        # The agent's journal of what it started (hosts share this filesystem).
+        journal = Journal(posixpath.join(source.sweep_dir, JOURNAL_DIR)).refresh()
+        pgids = [rec["pid"] for rec in journal.starts.values()]
+        assert len(pgids) == 2
         holder["engine"].cancel()  # type: ignore[attr-defined]
         return await asyncio.wait_for(job, 20), pgids
 

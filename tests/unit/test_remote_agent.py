@@ -15,12 +15,17 @@ from typing import Any
 
 import pytest
 
+from hsm_core.remote_agent import Journal
 from hsm_core.sources.ssh_agent import agent_source
 from tests.helpers import wait_for
 
 
+def journal(root: Path) -> Journal:
+    return Journal(str(root / "journal")).refresh()
+
+
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         # Started from its source text, as the ssh source does.
         self.proc = subprocess.Popen(
             [sys.executable, "-c", agent_source()],
@@ -28,6 +33,7 @@ class Agent:
             stdout=subprocess.PIPE,
         )
         self.hello = self.recv()
+        self.send(op="config", journal=str(root / "journal"))
 
     def send(self, **msg: Any) -> None:
         assert self.proc.stdin is not None
@@ -57,8 +63,8 @@ class Agent:
 
 
 @pytest.fixture
-def agent() -> Iterator[Agent]:
-    a = Agent()
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path)
     a.send(op="config", slots=2, grace=1, exclude=["*.ckpt"])
     yield a
     a.close()
@@ -91,8 +97,8 @@ def test_exit_event_carries_the_folder(agent: Agent, tmp_path: Path) -> None:
     assert files["results/v"] == b"it's $(x) \xff"
     assert files["in.txt"] == b"hi"
     assert json.loads(files["result.json"])["exit_code"] == 3
-    assert ".hsm_pid.json" not in files and ".hsm_exit.json" not in files
-    assert (d / ".hsm_exit.json").is_file()  # the record stays on the host
+    assert set(files) == {"stdout.log", "stderr.log", "results/v", "in.txt", "result.json"}
+    assert journal(tmp_path).exits[(str(d), 1)]["exit_code"] == 3  # the record stays on the host
 
 
 def test_large_and_excluded_files(agent: Agent, tmp_path: Path) -> None:
@@ -141,7 +147,7 @@ def test_queued_launch_waits_for_a_slot_and_can_be_cancelled(agent: Agent, tmp_p
 
 
 def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None:
-    first = Agent()
+    first = Agent(tmp_path)
     first.send(op="config", slots=2)
     d_run, d_done = tmp_path / "run", tmp_path / "done"
     launch(first, "r", d_run, ["sh", "-c", "sleep 1.5; echo late"])
@@ -151,7 +157,7 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
     assert first.proc.stdin is not None
     first.proc.stdin.close()  # the orchestrator side goes away: the tasks must not
 
-    second = Agent()
+    second = Agent(tmp_path)
     try:
         second.send(
             op="scan",
@@ -179,7 +185,7 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
 
 
 def test_agent_outlives_its_orchestrator_until_its_tasks_end(tmp_path: Path) -> None:
-    a = Agent()
+    a = Agent(tmp_path)
     a.send(op="config", slots=1)
     d = tmp_path / "t"
     launch(a, "x", d, ["sh", "-c", "sleep 0.5; echo done"])
@@ -189,21 +195,21 @@ def test_agent_outlives_its_orchestrator_until_its_tasks_end(tmp_path: Path) -> 
     a.proc.stdin.close()
     a.proc.stdout.close()  # writing events now fails: the agent must carry on regardless
     assert a.proc.wait(20) == 0
-    record = json.loads((d / ".hsm_exit.json").read_text())
+    record = journal(tmp_path).exits[(str(d), 1)]
     assert record["exit_code"] == 0 and (d / "stdout.log").read_text() == "done\n"
     assert json.loads((d / "result.json").read_text())["exit_code"] == 0
     assert not (tmp_path / "q").exists(), "a launch still queued must not start after EOF"
 
 
 def test_a_task_whose_agent_was_killed_is_reported_lost(tmp_path: Path) -> None:
-    first = Agent()
+    first = Agent(tmp_path)
     first.send(op="config", slots=1)
     d = tmp_path / "t"
     launch(first, "x", d, ["sh", "-c", "sleep 0.5"])
     first.until("started", "x")
     first.proc.kill()  # nobody is left to write the exit record
     first.proc.wait()
-    second = Agent()
+    second = Agent(tmp_path)
     try:
         second.send(op="scan", tasks=[{"id": "x", "attempt": 1, "dir": str(d)}])
         assert second.recv()["ev"] == "running"
