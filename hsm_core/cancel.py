@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hsm_core.errors import HsmError
 from hsm_core.model import TaskEvent, TaskState
-from hsm_core.procs import pid_alive, read_pid, runner_alive
+from hsm_core.procs import AgentJournals, pid_alive
 from hsm_core.store import SweepStore
 
 
@@ -67,14 +67,15 @@ def _settle_offline(store: SweepStore) -> CancelResult:
     killed = cancel_recorded(store)  # cluster jobs outlive their orchestrator
     events = []
     tasks = {t.key: t for t in store.tasks()}
+    journals = AgentJournals(store.sweep_dir)  # local tasks: their agent may outlive hsm
     for key, att in store.latest_attempts().items():
         if att.state.terminal:
             continue
         tdir = store.task_dir(tasks[key])
-        pid = read_pid(tdir)
-        if att.state is not TaskState.PENDING and pid and runner_alive(pid, tdir):
+        group = journals.running_group(tdir, att.attempt) if att.source else None
+        if group:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
                 killed += 1
         events.append(
             TaskEvent(key, att.attempt, TaskState.CANCELLED, att.source, error="cancelled")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hsm_core import remote_agent
+
 
 def pid_alive(pid: int) -> bool:
     try:
@@ -14,19 +16,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def runner_alive(pid: int, task_dir: Path) -> bool:
-    """True if `pid` is still our runner for this task (not a recycled pid, not a zombie)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return str(task_dir).encode() in f.read()
-    except OSError:
-        return False
+class AgentJournals:
+    """What the local agents of a sweep journaled: which attempts still run, and where."""
 
+    def __init__(self, sweep_dir: Path) -> None:
+        self._journal = remote_agent.Journal(str(sweep_dir / remote_agent.JOURNAL_DIR)).refresh()
+        self._boot = remote_agent.boot_id()
 
-def read_pid(task_dir: Path) -> int | None:
-    try:
-        return int((task_dir / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    def running_group(self, task_dir: Path, attempt: int) -> int | None:
+        """The process group of this attempt if that very process still runs (same boot,
+        same start time: not a recycled pid) and no exit is journaled."""
+        key = (str(task_dir), attempt)
+        rec = self._journal.starts.get(key)
+        if key in self._journal.exits or not remote_agent.task_alive(rec, self._boot):
+            return None
+        assert rec is not None
+        return int(rec["pid"])

@@ -1,8 +1,11 @@
-"""Local source: each attempt is an asyncio subprocess in its own session (process group).
+"""Local source: tasks on this machine, started by one hsm agent (hsm_core.remote_agent)
+over pipes, the same agent the ssh source runs on each host.
 
-Output goes straight to the task folder as it is written; the exit record comes from a
-tiny sh runner that outlives the orchestrator (see runner.sh). Cancel and timeout kill
-the whole process group, so grandchildren die with the task.
+The agent runs in its own session and is the parent of every task, each in a session of
+its own: it writes each task's exit record, so a killed orchestrator loses nothing (the
+agent finishes the tasks it started, records them, then exits; `hsm complete` finds them
+through a new agent's scan). Output goes straight to the task folder as it is written.
+Cancel and timeout signal the whole process group, so grandchildren die with the task.
 """
 
 from __future__ import annotations
@@ -13,33 +16,29 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Collection
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
-from hsm_core.procs import read_pid, runner_alive
-from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv
+from hsm_core.remote_agent import JOURNAL_DIR
+from hsm_core.sources.agent_channel import AgentChannel, Event
+from hsm_core.sources.base import (
+    ComputeSource,
+    HealthReport,
+    SourceError,
+    SweepContext,
+    task_argv,
+)
 
-RUNNER = str(resources.files("hsm_core.sources") / "runner.sh")
 KILL_GRACE_S = 3.0
-
-
-def task_env(task: TaskSpec, ctx: SweepContext, task_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(dict(task.env))
-    env["HSM_SWEEP_ID"] = ctx.sweep_id
-    env["HSM_TASK_ID"] = task.name
-    env["HSM_TASK_KEY"] = task.key
-    env["HSM_TASK_DIR"] = str(task_dir)
-    env["HSM_SWEEP_DIR"] = str(ctx.sweep_dir)
-    return env
+AGENT_START_TIMEOUT_S = 30.0
 
 
 def describe_exit(code: int) -> str:
-    """The runner's shell reports a signal death as 128+N."""
+    """A signal death is reported as 128+N, as a shell would."""
     if code > 128:
         try:
             return f"killed by {signal.Signals(code - 128).name}"
@@ -51,7 +50,7 @@ def describe_exit(code: int) -> str:
 
 
 def read_result(task_dir: Path) -> dict[str, Any] | None:
-    """result.json: `{"exit_code": N}` from the runner, or the Hydra worker's own record
+    """result.json: the agent's record (`exit_code`, ...), or the Hydra worker's own
     (which adds `error`, a one-line reason). None if absent or unreadable."""
     try:
         data = json.loads((task_dir / "result.json").read_text())
@@ -74,15 +73,14 @@ def settle(
 
 
 @dataclass
-class _Running:
+class _Run:
     task: TaskSpec
     attempt: int
-    proc: asyncio.subprocess.Process | None
-    pid: int
+    id: str
     slot: int
-    waiter: asyncio.Task[None] | None = None
-    stopping: TaskState | None = None  # CANCELLED or FAILED(timeout) once we kill it
-    stop_reason: str | None = None
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class LocalSource(ComputeSource):
@@ -94,144 +92,193 @@ class LocalSource(ComputeSource):
         self.gpus: list[str] = [str(g) for g in gpus]
         # Per-source environment (e.g. a scratch dir or a library path on this machine).
         self.extra_env = {str(k): str(v) for k, v in (spec.option("env") or {}).items()}
-        self._running: dict[str, _Running] = {}
+        self._runs: dict[str, _Run] = {}
         self._free_slots = list(range(spec.max_parallel))
+        self._agent: AgentChannel | None = None
+        self._agent_lock = asyncio.Lock()
         self.log = logging.getLogger(f"hsm.source.{self.name}")
 
     def running(self) -> int:
-        return len(self._running)
+        return len(self._runs)
 
+    # -------------------------------------------------------------- lifecycle
+    async def start(self, report: Any) -> None:
+        await super().start(report)
+        await self._ensure_agent()
+
+    async def _ensure_agent(self) -> AgentChannel:
+        async with self._agent_lock:
+            if self._agent is not None and self._agent.alive:
+                return self._agent
+            log_path = self.ctx.sweep_dir / "logs" / "sources" / f"{self.name}.agent.log"
+
+            async def spawn() -> asyncio.subprocess.Process:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "ab") as err:  # the agent's own tracebacks, if any
+                    return await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "hsm_core.remote_agent",
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=err,
+                        # Its own session: Ctrl-C in the terminal reaches hsm, which
+                        # cancels in order, and a killed hsm leaves the agent running.
+                        start_new_session=True,
+                    )
+
+            agent = AgentChannel(f"local {self.name}", spawn, self._on_event, self._closed)
+            config = {
+                "journal": str(self.ctx.sweep_dir / JOURNAL_DIR),
+                "slots": max(1, self.spec.max_parallel),
+                "grace": KILL_GRACE_S,
+                "listing": False,  # the folder is already here
+            }
+            await agent.start(config, AGENT_START_TIMEOUT_S)
+            self._agent = agent
+            return agent
+
+    async def close(self) -> None:
+        agent, self._agent = self._agent, None
+        if agent is None:
+            return
+        proc = agent.process
+        await agent.close()
+        if proc is not None:
+            # Every task has ended by now (or the engine stopped them): the agent exits
+            # at EOF; reap it so that no zombie or open transport outlives the sweep.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+
+    def _closed(self, reason: str) -> None:
+        self.log.error("%s: the local agent stopped (%s)", self.name, reason)
+        self._agent = None
+        for run in list(self._runs.values()):
+            self._done(run, TaskState.LOST, error=f"the local agent stopped: {reason}")
+
+    # ----------------------------------------------------------------- submit
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
-        slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
-        task_dir = self.ctx.task_dir(task)
+        agent = await self._ensure_agent()
+        slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
+        run = _Run(task, attempt, f"{task.key}:{attempt}", slot)
+        self._runs[run.id] = run
         try:
-            (task_dir / "results").mkdir()
-        except FileExistsError:
-            pass
-        except FileNotFoundError:  # a task folder nobody made yet (the store makes them)
-            (task_dir / "results").mkdir(parents=True, exist_ok=True)
-        env = task_env(task, self.ctx, task_dir)
+            agent.send(self._launch(run))
+        except SourceError:
+            self._forget(run)
+            raise
+        return None
+
+    def _launch(self, run: _Run) -> dict[str, Any]:
+        task, task_dir = run.task, self.ctx.task_dir(run.task)
+        env = dict(task.env)
+        env.update(
+            HSM_SWEEP_ID=self.ctx.sweep_id,
+            HSM_TASK_ID=task.name,
+            HSM_TASK_KEY=task.key,
+            HSM_TASK_DIR=str(task_dir),
+            HSM_SWEEP_DIR=str(self.ctx.sweep_dir),
+        )
         env.update(self.extra_env)
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        cwd = (self.ctx.project_root / task.cwd).resolve()
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[run.slot % len(self.gpus)]
         argv = task_argv(task, self.ctx.python, str(self.ctx.sweep_dir), str(task_dir))
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                RUNNER,
-                str(task_dir),
-                *argv,
-                cwd=cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._free_slots.append(slot)
-            # Cannot even start (cwd missing, ...): the task's own setup is wrong.
-            self._report(
-                TaskEvent(
-                    task.key, attempt, TaskState.FAILED, self.name, error=f"cannot start: {exc}"
-                )
-            )
-            return None
-        run = _Running(task, attempt, proc, proc.pid, slot)
-        self._running[task.key] = run
-        self._report(
-            TaskEvent(task.key, attempt, TaskState.RUNNING, self.name, handle=str(proc.pid))
-        )
-        run.waiter = asyncio.create_task(self._wait(run))
-        self.log.debug("started %s attempt %d pid %d slot %d", task.name, attempt, proc.pid, slot)
-        return str(proc.pid)
+        return {
+            "op": "launch",
+            "id": run.id,
+            "attempt": run.attempt,
+            "dir": str(task_dir),
+            "cwd": str((self.ctx.project_root / task.cwd).resolve()),
+            "argv": argv,
+            "env": env,
+            "timeout": task.timeout_s,
+            # A Hydra worker writes its own, richer result.json; a command gets the agent's.
+            "result": "if_missing",
+        }
 
-    async def _wait(self, run: _Running) -> None:
-        assert run.proc is not None
-        timeout = run.task.timeout_s
-        try:
-            if timeout:
-                await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
-            else:
-                await run.proc.wait()
-        except asyncio.TimeoutError:
-            run.stopping = TaskState.FAILED
-            run.stop_reason = f"timed out after {timeout:g} s"
-            await self._kill(run)
-        code = run.proc.returncode
-        self._finish(run, code)
-
-    def _finish(self, run: _Running, code: int | None) -> None:
-        if self._running.get(run.task.key) is not run:
+    # ----------------------------------------------------------------- events
+    def _on_event(self, ev: Event) -> None:
+        kind = ev.get("ev")
+        if kind == "error":
+            self.log.warning("agent: %s", ev.get("msg"))
             return
-        del self._running[run.task.key]
-        self._free_slots.append(run.slot)
-        task_dir = self.ctx.task_dir(run.task)
-        if run.stopping is not None:
-            state, error, exit_code = run.stopping, run.stop_reason, code
+        run = self._runs.get(str(ev.get("id")))
+        if run is None:
+            return
+        if kind in ("started", "running"):
+            pid = ev.get("pid")
+            self._report(
+                TaskEvent(run.task.key, run.attempt, TaskState.RUNNING, self.name, handle=str(pid))
+            )
+            self.log.debug("started %s attempt %d pid %s", run.task.name, run.attempt, pid)
+        elif kind == "exit":
+            self._exited(run, ev)
+
+    def _exited(self, run: _Run, ev: Event) -> None:
+        record = ev.get("record")
+        if record is None:
+            error = str(ev.get("error") or "no exit record")
+            state = TaskState.FAILED if ev.get("launch_error") else TaskState.LOST
+            self._done(run, state, error=error)
+            return
+        code = record.get("exit_code")
+        if record.get("cancelled"):
+            self._done(run, TaskState.CANCELLED, code, "cancelled")
+        elif record.get("timed_out"):
+            timeout = run.task.timeout_s or 0
+            self._done(run, TaskState.FAILED, code, f"timed out after {timeout:g} s")
         else:
-            state, exit_code, error = settle(read_result(task_dir), code)
+            state, exit_code, why = settle(read_result(self.ctx.task_dir(run.task)), code)
+            self._done(run, state, exit_code, why)
+
+    def _done(
+        self, run: _Run, state: TaskState, code: int | None = None, error: str | None = None
+    ) -> None:
+        if not self._forget(run):
+            return
         self._report(
-            TaskEvent(run.task.key, run.attempt, state, self.name, exit_code=exit_code, error=error)
+            TaskEvent(run.task.key, run.attempt, state, self.name, exit_code=code, error=error)
         )
 
-    async def _kill(self, run: _Running) -> None:
-        """SIGTERM the process group, SIGKILL it after a grace period."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.pid, signal.SIGTERM)
-        if run.proc is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(run.proc.wait()), KILL_GRACE_S)
-            except asyncio.TimeoutError:
-                pass
-        # Grandchildren may ignore SIGTERM or outlive the runner: kill the group regardless.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.pid, signal.SIGKILL)
-        if run.proc is not None:
-            await run.proc.wait()
+    def _forget(self, run: _Run) -> bool:
+        if self._runs.get(run.id) is not run:
+            return False
+        del self._runs[run.id]
+        self._free_slots.append(run.slot)
+        if not run.done.done():
+            run.done.set_result(None)
+        return True
 
+    # ---------------------------------------------------------- cancel, crash
     async def cancel(self, keys: Collection[str] | None = None) -> None:
-        targets = [r for k, r in self._running.items() if keys is None or k in keys]
-        for run in targets:
-            run.stopping = TaskState.CANCELLED
-            run.stop_reason = "cancelled"
-        await asyncio.gather(*(self._kill(r) for r in targets))
-        # The waiters report CANCELLED once each process is reaped.
-        waiters = [r.waiter for r in targets if r.waiter is not None]
-        if waiters:
-            await asyncio.gather(*waiters, return_exceptions=True)
+        targets = [r for r in self._runs.values() if keys is None or r.task.key in keys]
+        if not targets:
+            return
+        agent = self._agent
+        if agent is None or not agent.alive:
+            for run in targets:
+                self._done(run, TaskState.CANCELLED, error="cancelled")
+            return
+        with contextlib.suppress(SourceError):
+            agent.send({"op": "kill", "ids": [r.id for r in targets]})
+        # The agent reports each one CANCELLED once its whole group is gone.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(r.done for r in targets)), KILL_GRACE_S + 5.0)
 
     async def reattach(self, attempts: Collection[tuple[TaskSpec, Attempt]]) -> None:
-        """After a crash: a task whose runner left an exit record is done; one whose runner
-        is still alive is watched until it writes it; anything else is LOST."""
+        """After a crash: the agent that ran them finishes and records them; a new agent
+        reports what each became (done, still running and now watched, or lost)."""
+        agent = await self._ensure_agent()
+        scan = []
         for task, att in attempts:
-            task_dir = self.ctx.task_dir(task)
-            data = read_result(task_dir)
-            pid = read_pid(task_dir)
-            if data is None and pid is not None and runner_alive(pid, task_dir):
-                slot = self._free_slots.pop(0) if self._free_slots else len(self._running)
-                run = _Running(task, att.attempt, None, pid, slot)
-                self._running[task.key] = run
-                run.waiter = asyncio.create_task(self._watch_orphan(run))
-                continue
-            if data is None:
-                self.report_lost(
-                    task.key, att.attempt, "orchestrator stopped while the task ran; no exit record"
-                )
-            else:
-                state, code, err = settle(data, None)
-                self._report(
-                    TaskEvent(task.key, att.attempt, state, self.name, exit_code=code, error=err)
-                )
+            slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
+            run = _Run(task, att.attempt, f"{task.key}:{att.attempt}", slot)
+            self._runs[run.id] = run
+            scan.append({"id": run.id, "attempt": run.attempt, "dir": str(self.ctx.task_dir(task))})
+        if scan:
+            agent.send({"op": "scan", "tasks": scan})
 
-    async def _watch_orphan(self, run: _Running) -> None:
-        # Not our child: we cannot wait() on it, so poll its liveness.
-        task_dir = self.ctx.task_dir(run.task)
-        while runner_alive(run.pid, task_dir):
-            await asyncio.sleep(0.2)
-        self._finish(run, None)
-
+    # ----------------------------------------------------------------- health
     async def health_check(self) -> HealthReport:
         load = os.getloadavg()[0]
         st = os.statvfs(self.ctx.sweep_dir)

@@ -63,7 +63,7 @@ EVIDENCE = {  # what the representative traceback tail must show
     "timeout": "timed out after 2 s",
     "import": "ModuleNotFoundError: No module named 'hsm_test_no_such_module'",
     "syntax": "SyntaxError: invalid syntax",
-    "sigkill": "Killed",
+    "sigkill": "killed by SIGKILL",  # no stderr at all: the reason stands in
     "notfound": "FileNotFoundError: [Errno 2] No such file or directory",
     "valueerror": "ValueError: lr 0.1 diverged",
 }
