@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import errno
 import fnmatch
 import logging
 import os
@@ -27,6 +29,7 @@ from typing import Any
 import asyncssh
 
 from hsm_core.sources.base import SourceError
+from hsm_core.yamlio import write_fd
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +56,98 @@ def excluded(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _safe_target(local_dir: Path, rel: str) -> Path | None:
-    """The local path for a remote relative path, or None if it is not ours to write."""
+def _safe_rel(rel: str) -> str | None:
+    """A remote relative path, normalized, or None if it is not ours to write."""
     norm = posixpath.normpath(rel)
     if norm.startswith(("/", "../")) or norm in ("..", ".") or "\x00" in norm:
         return None
     if norm in LOCAL_OWNED or posixpath.basename(norm) in REMOTE_ONLY:
         return None
-    return local_dir / norm
+    return norm
 
 
-def _write_atomic(path: Path, data: bytes, mtime: float | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    if mtime is not None:
-        os.utime(tmp, (mtime, mtime))
-    os.replace(tmp, path)
+def _safe_target(local_dir: Path, rel: str) -> Path | None:
+    """The local path for a remote relative path, or None if it is not ours to write."""
+    norm = _safe_rel(rel)
+    return None if norm is None else local_dir / norm
 
 
-def _same_content(path: Path, data: bytes) -> bool:
+# O_NOFOLLOW: a symlink in the local folder is replaced, never written through to
+# wherever it points (as the rename of a temp file did).
+_WRITE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_TRUNC
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+
+
+def _open_for_write(path: str) -> int:
     try:
-        if path.stat().st_size != len(data):
-            return False
-        return path.read_bytes() == data
+        return os.open(path, _WRITE_FLAGS, 0o666)
+    except FileNotFoundError:
+        # Only a file in a subfolder can get here (the task folder exists by now).
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        os.unlink(path)
+    return os.open(path, _WRITE_FLAGS, 0o666)
+
+
+def _write_direct(path: str, data: bytes) -> None:
+    fd = _open_for_write(path)
+    try:
+        write_fd(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.part")
+    try:
+        _write_direct(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _same_content(path: str, data: bytes) -> bool:
+    # One open + read, no stat first: a missing file (the usual case) costs one failed
+    # open. Reading one byte more than expected tells a longer file apart.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
+    try:
+        chunks = []
+        want = len(data) + 1
+        while want > 0:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _ensure_results(local_dir: Path) -> None:
+    # The seed layout has tasks/task_NNN/results/ in every folder; one mkdir that
+    # usually fails with EEXIST (cheap) also proves the task folder exists.
+    results = local_dir / "results"
+    try:
+        os.mkdir(results)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        results.mkdir(parents=True, exist_ok=True)
 
 
 def _same_meta(path: Path, size: int, mtime: float) -> bool:
@@ -93,20 +161,33 @@ def _same_meta(path: Path, size: int, mtime: float) -> bool:
 def write_inline(
     local_dir: Path, files: Mapping[str, str], exclude: Sequence[str] = ()
 ) -> CollectStats:
-    """Write the base64 files of an exit event (result.json last). Blocking: use a thread."""
+    """Write the base64 files of an exit event (result.json last). Blocking: use a thread.
+
+    Only result.json goes through a temp file and a rename: until it is here nobody
+    trusts the folder, so the other files are written in place (file-system metadata
+    calls, renames above all, are most of the CPU of a pull). Once a result.json is
+    here, though, every file is replaced atomically, as a reader may be looking."""
     stats = CollectStats()
-    local_dir.mkdir(parents=True, exist_ok=True)
-    (local_dir / "results").mkdir(exist_ok=True)
+    _ensure_results(local_dir)
+    root = os.fspath(local_dir)
+    proof_here: bool | None = None
     ordered = sorted(files, key=lambda rel: (posixpath.normpath(rel) == RESULT_FILE, rel))
     for rel in ordered:
-        target = _safe_target(local_dir, rel)
-        if target is None or excluded(rel, exclude):
+        norm = _safe_rel(rel)
+        if norm is None or excluded(rel, exclude):
             continue
+        path = os.path.join(root, norm)
         data = base64.b64decode(files[rel])
-        if _same_content(target, data):
+        if _same_content(path, data):
             stats.skipped += 1
             continue
-        _write_atomic(target, data)
+        is_result = norm == RESULT_FILE
+        if not is_result and proof_here is None:
+            proof_here = os.path.lexists(os.path.join(root, RESULT_FILE))
+        if is_result or proof_here:
+            _write_atomic(path, data)
+        else:
+            _write_direct(path, data)
         stats.written += 1
         stats.bytes += len(data)
     return stats

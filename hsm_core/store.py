@@ -20,7 +20,7 @@ from typing import Any
 
 from hsm_core.errors import SweepNotFound
 from hsm_core.model import Attempt, TaskEvent, TaskSpec, TaskState, can_move
-from hsm_core.yamlio import dump_yaml, write_atomic
+from hsm_core.yamlio import dump_flat_yaml, dump_yaml, write_atomic
 
 DB_NAME = "sweep.db"
 SCHEMA_VERSION = 1
@@ -398,9 +398,15 @@ class SweepStore:
                 "error": att.error,
                 "key": key,
             }
-            tdir = self.sweep_dir / "tasks" / name
-            tdir.mkdir(parents=True, exist_ok=True)
-            write_atomic(tdir / "status.yaml", dump_yaml(doc))
+            path = self.sweep_dir / "tasks" / name / "status.yaml"
+            text = dump_flat_yaml(doc)
+            try:
+                write_atomic(path, text)
+            except FileNotFoundError:
+                # The folder is made with the task: only a folder removed by hand since
+                # needs the mkdir, so the usual rewrite does not pay for one.
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, text)
 
     def write_metadata_view(self) -> None:
         meta = self.all_meta()

@@ -60,3 +60,63 @@ def test_result_json_is_written_last(tmp_path: Path) -> None:
     assert seen == [(True, False)]  # the folder was there, its proof not yet
     assert (tmp_path / "result.json").read_bytes() == result == b'{"exit_code": 0}'
     assert stats.written == 2
+
+
+def test_missing_folders_are_made_and_results_always_exists(tmp_path: Path) -> None:
+    local = tmp_path / "tasks" / "task_007"
+    files = {"stdout.log": b64(b"out"), "deep/er/x.txt": b64(b"x"), "result.json": b64(b"{}")}
+    stats = write_inline(local, files)
+    assert stats.written == 3 and (local / "deep" / "er" / "x.txt").read_bytes() == b"x"
+    assert (local / "results").is_dir()
+    # Nothing but the files themselves: no temp file is left behind.
+    assert sorted(p.name for p in local.iterdir()) == [
+        "deep",
+        "result.json",
+        "results",
+        "stdout.log",
+    ]
+    (local / "results").rmdir()  # e.g. archived with the attempt: a re-pull brings it back
+    assert write_inline(local, files).skipped == 3 and (local / "results").is_dir()
+
+
+def test_unchanged_means_same_bytes_whatever_the_length(tmp_path: Path) -> None:
+    (tmp_path / "a.log").write_bytes(b"abc")
+    (tmp_path / "b.log").write_bytes(b"abcdef")
+    (tmp_path / "c.log").write_bytes(b"")
+    (tmp_path / "d.log").write_bytes(b"")
+    files = {
+        "a.log": b64(b"abcd"),
+        "b.log": b64(b"abc"),
+        "c.log": b64(b""),
+        "d.log": b64(b"x"),
+    }
+    stats = write_inline(tmp_path, files)
+    assert (stats.written, stats.skipped) == (3, 1)
+    assert [(tmp_path / n).read_bytes() for n in sorted(files)] == [b"abcd", b"abc", b"", b"x"]
+
+
+def test_a_symlink_in_the_folder_is_replaced_not_written_through(tmp_path: Path) -> None:
+    local = tmp_path / "task"
+    local.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep")
+    (local / "stdout.log").symlink_to(outside)
+    write_inline(local, {"stdout.log": b64(b"new"), "result.json": b64(b"{}")})
+    assert outside.read_bytes() == b"keep"
+    assert not (local / "stdout.log").is_symlink()
+    assert (local / "stdout.log").read_bytes() == b"new"
+
+
+def test_files_are_replaced_atomically_once_result_json_is_here(tmp_path: Path) -> None:
+    # Before result.json nobody trusts the folder, so files are written in place; after,
+    # a reader may be looking, so a changed file is swapped in whole (a new inode).
+    first = {"stdout.log": b64(b"one"), "result.json": b64(b'{"exit_code": 0}')}
+    write_inline(tmp_path, {"stdout.log": first["stdout.log"]})
+    inode = (tmp_path / "stdout.log").stat().st_ino
+    write_inline(tmp_path, {"stdout.log": b64(b"two")})
+    assert (tmp_path / "stdout.log").stat().st_ino == inode
+    write_inline(tmp_path, first)
+    with open(tmp_path / "stdout.log", "rb") as reader:
+        write_inline(tmp_path, {"stdout.log": b64(b"three")})
+        assert reader.read() == b"one"
+    assert (tmp_path / "stdout.log").read_bytes() == b"three"

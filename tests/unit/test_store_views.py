@@ -1,0 +1,53 @@
+"""status.yaml views: what the journal says, readable by any YAML reader, folder or not."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from hsm_core.model import TaskEvent, TaskSpec, TaskState
+from hsm_core.store import SweepStore
+
+
+def make_store(tmp_path: Path) -> tuple[SweepStore, TaskSpec]:
+    spec = TaskSpec.from_json({"key": "0123456789abcdef", "num": 1, "params": {"lr": 0.1}})
+    store = SweepStore.create(
+        tmp_path / "sweep", sweep_id="s", kind="test", config={}, tasks=[spec]
+    )
+    return store, spec
+
+
+def status(store: SweepStore, spec: TaskSpec) -> dict[str, object]:
+    return dict(yaml.safe_load((store.task_dir(spec) / "status.yaml").read_text()))
+
+
+def test_status_view_reads_back_what_the_journal_says(tmp_path: Path) -> None:
+    store, spec = make_store(tmp_path)
+    error = 'line one\nline two: "quoted" # not a comment \\ ü 😀 \x1b[0m\u2028'
+    for state in (TaskState.ASSIGNED, TaskState.RUNNING):
+        store.apply(TaskEvent(spec.key, 1, state, "gpu-1", handle="4242"))
+    store.apply(TaskEvent(spec.key, 1, TaskState.FAILED, "gpu-1", exit_code=-9, error=error))
+    store.write_status_views([spec.key])
+    doc = status(store, spec)
+    assert (doc["state"], doc["attempt"], doc["source"], doc["handle"]) == (
+        "FAILED",
+        1,
+        "gpu-1",
+        "4242",
+    )
+    assert (doc["exit_code"], doc["error"], doc["key"]) == (-9, error, spec.key)
+    assert isinstance(doc["created"], str) and isinstance(doc["ended"], str)
+    text = (store.task_dir(spec) / "status.yaml").read_text()
+    assert "state: FAILED\n" in text  # greppable, as the docs show it
+    store.close()
+
+
+def test_status_view_remakes_a_removed_task_folder(tmp_path: Path) -> None:
+    store, spec = make_store(tmp_path)
+    shutil.rmtree(store.task_dir(spec))
+    store.write_status_views([spec.key])
+    assert status(store, spec)["state"] == "PENDING"
+    assert [p.name for p in store.task_dir(spec).iterdir()] == ["status.yaml"]
+    store.close()
