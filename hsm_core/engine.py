@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,13 @@ CANCEL_DEADLINE_S = 15.0
 # A task lost this many times in a row is not the hosts' fault any more.
 LOST_LIMIT = 5
 # Files of an attempt that a new attempt would overwrite; they move to attempt_N/.
-_ATTEMPT_FILES = ("stdout.log", "stderr.log", "result.json", "pid", "results", "job_return.pkl")
+_ATTEMPT_FILES = (
+    "stdout.log",
+    "stderr.log",
+    "result.json",
+    "results",
+    "job_return.pkl",
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,11 @@ class SweepEngine:
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._writes: list[TaskEvent | tuple[str, int] | _Handle] = []
         self._stale: dict[str, None] = {}  # tasks whose status.yaml is behind the journal
+        self._settled: dict[str, None] = {}  # settled tasks whose status.yaml is not written
+        self._views_job: asyncio.Task[None] | None = None
+        # One thread for all store I/O, so that journal writes and view writes never
+        # interleave on the one SQLite connection, and stay in order.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="hsm-store")
         self._submits: set[asyncio.Task[None]] = set()
         self._cancelling = False
         self._last_views = 0.0
@@ -120,7 +133,7 @@ class SweepEngine:
         self, keys: Collection[str] | None = None, *, retry_failed: bool = False
     ) -> dict[TaskState, int]:
         """Run every task of the store (or `keys`) that is not finished; return the counts."""
-        await asyncio.to_thread(self._load, keys, retry_failed)
+        await self._in_io(self._load, keys, retry_failed)
         pollers: list[asyncio.Task[None]] = []
         try:
             # Inside the try: when one source cannot start, the ones that did are closed.
@@ -141,12 +154,18 @@ class SweepEngine:
             if self._submits:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             await self._flush()
+            if self._views_job is not None:
+                await self._views_job
             self.store.set_meta("ended", time.time())
-            await asyncio.to_thread(self._write_stale)
+            await self._in_io(self._write_stale)
             await asyncio.gather(
                 *(s.close() for s in self.sources.values()), return_exceptions=True
             )
+            self._io.shutdown(wait=False)
         return self.counts()
+
+    async def _in_io(self, fn: Callable[..., object], *args: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, *args))
 
     # ----------------------------------------------------------------- set-up
     def _load(self, keys: Collection[str] | None, retry_failed: bool) -> None:
@@ -220,6 +239,9 @@ class SweepEngine:
                 job = asyncio.create_task(self._submit(src, task, attempt))
                 self._submits.add(job)
                 job.add_done_callback(self._submits.discard)
+            if self._settled and (self._views_job is None or self._views_job.done()):
+                # After the launches: a status.yaml is not worth a slot's idle time.
+                self._views_job = asyncio.create_task(self._write_settled())
             if not any(self._inflight.values()) and not self._submits:
                 if not self._queue:
                     return
@@ -408,19 +430,30 @@ class SweepEngine:
         if not self._writes:
             return
         writes, self._writes = self._writes, []
-        await asyncio.to_thread(self._write, writes)
+        for w in writes:
+            if isinstance(w, TaskEvent) and w.state.terminal:
+                self._settled[w.key] = None
+        await self._in_io(self._write, writes)
+
+    async def _write_settled(self) -> None:
+        while self._settled:
+            batch, self._settled = self._settled, {}
+            await self._in_io(self._write_status, batch)
+
+    def _write_status(self, keys: dict[str, None]) -> None:
+        for key in keys:
+            self._stale.pop(key, None)
+        self.store.write_status_views(keys)
 
     def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle]) -> None:
-        # A task's status.yaml is rewritten at once when it settles, and otherwise with the
-        # periodic views: on a busy sweep each file write costs more than the journal.
-        settled: dict[str, None] = {}
+        # Only the journal here: it must be on disk before anything starts. A task's
+        # status.yaml follows when it settles (_write_settled, off the launch path), and
+        # otherwise with the periodic views: each file write costs more than the journal.
         events: list[TaskEvent] = []
         for w in writes:
             if isinstance(w, TaskEvent):
                 events.append(w)
-                if w.state.terminal:
-                    settled[w.key] = None
-                else:
+                if not w.state.terminal:
                     self._stale[w.key] = None
                 continue
             if events:
@@ -436,9 +469,6 @@ class SweepEngine:
             self._stale[key] = None
         if events:
             self.store.apply_many(events)
-        for key in settled:
-            self._stale.pop(key, None)
-        self.store.write_status_views(settled)
 
     def _write_stale(self) -> None:
         stale, self._stale = self._stale, {}
@@ -450,7 +480,7 @@ class SweepEngine:
         if now - self._last_views >= VIEW_INTERVAL_S:
             self._last_views = now
             await self._flush()
-            await asyncio.to_thread(self._write_stale)
+            await self._in_io(self._write_stale)
 
     async def _poll_loop(self, src: ComputeSource) -> None:
         assert src.poll_interval
