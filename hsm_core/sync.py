@@ -424,9 +424,22 @@ def _local_full(root: Path, skip: tuple[Path, ...]) -> LocalState:
     return side, files, hash_files(root, files)
 
 
+# Checks of several hosts that start together share one look at the local project.
+_AHEAD: dict[tuple[object, ...], asyncio.Future[LocalState]] = {}
+
+
 async def local_state_ahead(root: Path, skip: tuple[Path, ...] = ()) -> LocalState:
-    """The local half of the check (git state, or file hashes without git), in a thread."""
-    return await asyncio.to_thread(_local_full, root, skip)
+    """The local half of the check (git state, or file hashes without git), in a thread.
+
+    Callers at the same time share one computation; a later call looks again (the tree
+    may have changed since)."""
+    key = (id(asyncio.get_running_loop()), str(root), tuple(map(str, skip)))
+    fut = _AHEAD.get(key)
+    if fut is None:
+        fut = asyncio.ensure_future(asyncio.to_thread(_local_full, root, skip))
+        _AHEAD[key] = fut
+        fut.add_done_callback(lambda _: _AHEAD.pop(key, None))
+    return await asyncio.shield(fut)  # one caller giving up must not cancel the others
 
 
 async def _differing(
