@@ -51,7 +51,7 @@ def timed(
         text=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        env=bench_environ(env),
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -62,6 +62,16 @@ def timed(
         )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Timing(wall, cpu)
+
+
+def bench_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every timed command: this one plus `extra`, minus what makes an
+    interpreter behave unlike on a user's machine. PYTHONDONTWRITEBYTECODE (set by some
+    sandboxes and CI images) would recompile every module of an editable install at each
+    start, so the warm-up run could not leave the bytecode caches later runs read."""
+    env = {**os.environ, "NO_COLOR": "1", **(extra or {})}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def hsm_argv() -> list[str]:

@@ -45,6 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _timing import bench_environ
 from rich.console import Console
 from rich.table import Table
 
@@ -110,7 +111,7 @@ def make_shims(shim_dir: Path, log: Path) -> None:
 
 def timed(argv: list[str], *, cwd: Path, shims: Path, log: Path) -> Run:
     log.write_text("")
-    env = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1"}
+    env = bench_environ({"PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"})
     env["XDG_STATE_HOME"] = str(cwd / ".state")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _timing import bench_environ
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -163,7 +164,7 @@ def run_once(root: Path, case: Case, contender: str, load: float) -> Sample:
         f"hydra.sweep.dir={sweep / 'out'}",
         *CONTENDERS[contender],
     ]
-    env = {**os.environ, "HSM_BENCH_TIMES": str(times)}
+    env = bench_environ({"HSM_BENCH_TIMES": str(times)})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(

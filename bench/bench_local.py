@@ -74,7 +74,9 @@ def check_sweep_folder(outputs: Path, before: set[Path], n_tasks: int) -> None:
     for name in ("sweep_config.yaml", "sweep_metadata.yaml", "task_mapping.yaml"):
         if not (sweep / name).is_file():
             raise SystemExit(f"benchmark aborted: {sweep / name} is missing")
-    shutil.rmtree(sweep)  # keep the temp dir small; the check is done
+    # Not deleted until all rounds are done: on ext4, deleting thousands of files makes
+    # the next run's file creation slower for a while (the allocator skips recently
+    # freed inodes), which would charge the benchmark's own cleanup to the next tool.
 
 
 class Bench:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import os
 import random
 import shutil
 import statistics
@@ -29,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import bench_environ
 from rich.console import Console
 from rich.table import Table
 
@@ -154,7 +154,7 @@ def hsm(*args: str) -> list[str]:
 
 def time_proc(argv: list[str], rounds: int) -> float:
     times = []
-    env = {**os.environ, "COLUMNS": "120"}
+    env = bench_environ({"COLUMNS": "120"})
     for _ in range(rounds):
         t0 = time.perf_counter()
         res = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO)

@@ -91,7 +91,8 @@ def check_collected(sweep_dir: Path, n: int) -> None:
             bad.append(tdir.name)
     if bad:
         raise SystemExit(f"benchmark aborted: {len(bad)} task folders incomplete: {bad[:5]}")
-    shutil.rmtree(sweep_dir)
+    # Kept until the end (the temp dir goes then): deleting thousands of files slows the
+    # next run's file creation on ext4 for a while, measured at +0.6 s of system time here.
 
 
 def main(argv: list[str] | None = None) -> int:
