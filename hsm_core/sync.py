@@ -499,13 +499,13 @@ async def _verify_source(src: SSHSource, local: LocalState | None) -> SyncReport
         setup=src.opts.setup,
         shell=src.opts.shell,
         policy=src.opts.sync,
-        hydra=await asyncio.to_thread(_sweep_is_hydra, src.ctx.sweep_dir),
+        hydra=await asyncio.to_thread(sweep_is_hydra, src.ctx.sweep_dir),
         skip=(src.ctx.sweep_dir,),  # our own outputs, when they live inside the project
         local=local,
     )
 
 
-def _sweep_is_hydra(sweep_dir: Path) -> bool:
+def sweep_is_hydra(sweep_dir: Path) -> bool:
     from hsm_core.store import SweepStore
 
     try:

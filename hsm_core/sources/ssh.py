@@ -50,6 +50,8 @@ from hsm_core.transport.ssh import SshTransport
 # Payloads up to this size travel inside the launch message; larger ones by SFTP first.
 INLINE_PAYLOAD_MAX = 4 * 1024 * 1024
 AGENT_START_TIMEOUT_S = 30.0
+# How long closing waits for a report-only sync check still running.
+SYNC_REPORT_WAIT_S = 30.0
 
 
 @dataclass
@@ -79,6 +81,7 @@ class SSHSource(ComputeSource):
         self._down_since = 0.0
         self._last_error = ""
         self._recovery: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None  # a sync check that only reports
         self._jobs: set[asyncio.Task[Any]] = set()
         self._pongs: dict[int, asyncio.Future[Event]] = {}
         self._seq = itertools.count(1)
@@ -123,12 +126,27 @@ class SSHSource(ComputeSource):
         async def check() -> None:  # sets metadata["sync"]; raises on `sync: fail`
             await sync.verify_source(self, await local)
 
+        if self.opts.sync == "warn" and not await asyncio.to_thread(
+            sync.sweep_is_hydra, self.ctx.sweep_dir
+        ):
+            # Only a report then (no pickle to unpickle there, nothing to stop or push):
+            # tasks need not wait for it; close() does, so the sweep metadata has it.
+            self._check = asyncio.create_task(self._report_only(check()))
+            await self._start_agent()
+            self._state = "up"
+            return
         # Both are one exec on the same connection: run them side by side (and let both
         # finish, so that close() finds the agent if the check stops the sweep).
         for outcome in await asyncio.gather(self._start_agent(), check(), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
         self._state = "up"
+
+    async def _report_only(self, check: Any) -> None:
+        try:
+            await check
+        except (HsmError, SourceError) as exc:
+            self.log.warning("%s: the project sync check failed: %s", self.name, exc)
 
     async def _start_agent(self) -> None:
         agent = ssh_agent_channel(
@@ -159,6 +177,9 @@ class SSHSource(ComputeSource):
         }
 
     async def close(self) -> None:
+        if self._check is not None and not self._check.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._check, SYNC_REPORT_WAIT_S)
         self._state = "closed"
         for job in (self._recovery, *self._jobs):
             if job is not None and not job.done():
