@@ -95,8 +95,6 @@ class SweepEngine:
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._writes: list[TaskEvent | tuple[str, int] | _Handle] = []
         self._stale: dict[str, None] = {}  # tasks whose status.yaml is behind the journal
-        self._settled: dict[str, None] = {}  # settled tasks whose status.yaml is not written
-        self._views_job: asyncio.Task[None] | None = None
         # One thread for all store I/O, so that journal writes and view writes never
         # interleave on the one SQLite connection, and stay in order.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hsm-store")
@@ -154,8 +152,6 @@ class SweepEngine:
             if self._submits:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             await self._flush()
-            if self._views_job is not None:
-                await self._views_job
             self.store.set_meta("ended", time.time())
             await self._in_io(self._write_stale)
             await asyncio.gather(
@@ -239,9 +235,6 @@ class SweepEngine:
                 job = asyncio.create_task(self._submit(src, task, attempt))
                 self._submits.add(job)
                 job.add_done_callback(self._submits.discard)
-            if self._settled and (self._views_job is None or self._views_job.done()):
-                # After the launches: a status.yaml is not worth a slot's idle time.
-                self._views_job = asyncio.create_task(self._write_settled())
             if not any(self._inflight.values()) and not self._submits:
                 if not self._queue:
                     return
@@ -430,31 +423,17 @@ class SweepEngine:
         if not self._writes:
             return
         writes, self._writes = self._writes, []
-        for w in writes:
-            if isinstance(w, TaskEvent) and w.state.terminal:
-                self._settled[w.key] = None
         await self._in_io(self._write, writes)
 
-    async def _write_settled(self) -> None:
-        while self._settled:
-            batch, self._settled = self._settled, {}
-            await self._in_io(self._write_status, batch)
-
-    def _write_status(self, keys: dict[str, None]) -> None:
-        for key in keys:
-            self._stale.pop(key, None)
-        self.store.write_status_views(keys)
-
     def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle]) -> None:
-        # Only the journal here: it must be on disk before anything starts. A task's
-        # status.yaml follows when it settles (_write_settled, off the launch path), and
-        # otherwise with the periodic views: each file write costs more than the journal.
+        # Only the journal here: it must be on disk before anything starts. The status.yaml
+        # views follow with the periodic views (and at the end): each file written costs
+        # more than the journal, and a thread trip per settled task kept slots waiting.
         events: list[TaskEvent] = []
         for w in writes:
             if isinstance(w, TaskEvent):
                 events.append(w)
-                if not w.state.terminal:
-                    self._stale[w.key] = None
+                self._stale[w.key] = None
                 continue
             if events:
                 self.store.apply_many(events)
