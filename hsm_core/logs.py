@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +27,28 @@ class _Prefix(logging.Filter):
         return record.name == self.prefix or record.name.startswith(self.prefix + ".")
 
 
+# INFO lines reach the files within this many seconds; warnings and errors at once.
+FLUSH_INTERVAL_S = 0.5
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """Writes through the file's buffer and flushes a warning at once, the rest with the
+    periodic flush: a busy sweep logs a few lines per task, and a write call per line
+    (with the thread switches it brings) cost more than the line is worth."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 class SweepLogs:
     """Attach file handlers for one sweep to the `hsm` logger; detach with close()."""
 
@@ -38,7 +61,7 @@ class SweepLogs:
         self.handlers: list[logging.Handler] = []
 
         def add(path: Path, prefix: str | None) -> None:
-            h = logging.FileHandler(path, encoding="utf-8")
+            h = _LazyFileHandler(path, encoding="utf-8")
             h.setFormatter(fmt)
             h.setLevel(level)
             if prefix:
@@ -52,8 +75,21 @@ class SweepLogs:
         add(logs / "source_utilization.log", "hsm.utilization")
         for name in source_names:
             add(logs / "sources" / f"{name}.log", f"hsm.source.{name}")
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="hsm-logs", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
+    def flush(self) -> None:
+        for h in list(self.handlers):
+            h.flush()
 
     def close(self) -> None:
+        self._stop.set()
+        self._flusher.join()
         for h in self.handlers:
             self.logger.removeHandler(h)
             h.close()
