@@ -153,11 +153,15 @@ class SweepEngine:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             await self._flush()
             self.store.set_meta("ended", time.time())
-            await self._in_io(self._write_stale)
-            await asyncio.gather(
-                *(s.close() for s in self.sources.values()), return_exceptions=True
+            # The last views (a file per task) while the sources close their connections.
+            views, *_ = await asyncio.gather(
+                self._in_io(self._write_stale),
+                *(s.close() for s in self.sources.values()),
+                return_exceptions=True,
             )
             self._io.shutdown(wait=False)
+            if isinstance(views, BaseException):
+                raise views
         return self.counts()
 
     async def _in_io(self, fn: Callable[..., object], *args: object) -> None:
