@@ -133,9 +133,12 @@ class SweepEngine:
         """Run every task of the store (or `keys`) that is not finished; return the counts."""
         await self._in_io(self._load, keys, retry_failed)
         pollers: list[asyncio.Task[None]] = []
+        # A file or two per task: written while the sources connect and start.
+        views = asyncio.ensure_future(self._in_io(self.store.write_missing_task_views))
         try:
             # Inside the try: when one source cannot start, the ones that did are closed.
             await self._start_sources()
+            await views
             self.store.set_meta("started", time.time())
             self.health.start()
             pollers = [
@@ -145,6 +148,8 @@ class SweepEngine:
             ]
             await self._main_loop()
         finally:
+            # Before anything else ends: a failed start may remove the sweep folder next.
+            await asyncio.gather(views, return_exceptions=True)
             await self.health.stop()
             for p in pollers:
                 p.cancel()
@@ -154,14 +159,14 @@ class SweepEngine:
             await self._flush()
             self.store.set_meta("ended", time.time())
             # The last views (a file per task) while the sources close their connections.
-            views, *_ = await asyncio.gather(
+            last_views, *_ = await asyncio.gather(
                 self._in_io(self._write_stale),
                 *(s.close() for s in self.sources.values()),
                 return_exceptions=True,
             )
             self._io.shutdown(wait=False)
-            if isinstance(views, BaseException):
-                raise views
+            if isinstance(last_views, BaseException):
+                raise last_views
         return self.counts()
 
     async def _in_io(self, fn: Callable[..., object], *args: object) -> None:

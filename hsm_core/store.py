@@ -119,10 +119,14 @@ class SweepStore:
         metadata: Mapping[str, Any] | None = None,
         project_root: Path | None = None,
         tasks: Iterable[TaskSpec] = (),
+        task_views: bool = True,
     ) -> SweepStore:
         """Make a sweep folder. The journal is built whole (tables, metadata and `tasks`)
         under another name and renamed into place: a crash or a reader at any moment sees
-        either no sweep or the whole sweep, never one without its tasks."""
+        either no sweep or the whole sweep, never one without its tasks.
+
+        `task_views=False` leaves the task folders to `write_missing_task_views` (the
+        engine writes them while its sources connect)."""
         sweep_dir = Path(sweep_dir).resolve()
         for sub in ("tasks", "logs/sources", "scripts", "reports"):
             (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -149,7 +153,8 @@ class SweepStore:
             init.close()
             os.replace(tmp, db)
         store = cls(sweep_dir, cls._connect(db, readonly=False), readonly=False)
-        store._write_task_views(fresh)
+        if task_views:
+            store._write_task_views(fresh)
         write_atomic(sweep_dir / "sweep_config.yaml", dump_yaml(dict(config)))
         store.write_metadata_view()
         return store
@@ -255,6 +260,11 @@ class SweepStore:
             tdir.mkdir(parents=True, exist_ok=True)
             write_atomic(tdir / "params.yaml", dump_yaml(dict(t.params)))
         self.write_status_views([t.key for t in fresh])
+
+    def write_missing_task_views(self) -> None:
+        """Task folders (params.yaml, status.yaml) of tasks that have none yet."""
+        missing = [t for t in self.tasks() if not (self.task_dir(t) / "params.yaml").exists()]
+        self._write_task_views(missing)
 
     def tasks(self) -> list[TaskSpec]:
         rows = self._conn.execute("SELECT spec FROM tasks ORDER BY num").fetchall()

@@ -103,6 +103,7 @@ def _execute(
         },
         project_root=root,
         tasks=tasks,
+        task_views=False,  # the engine writes the task folders while the sources start
     )
     try:
         register(sweep_id, sweep_dir)

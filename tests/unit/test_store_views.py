@@ -51,3 +51,22 @@ def test_status_view_remakes_a_removed_task_folder(tmp_path: Path) -> None:
     assert status(store, spec)["state"] == "PENDING"
     assert [p.name for p in store.task_dir(spec).iterdir()] == ["status.yaml"]
     store.close()
+
+
+def test_task_folders_written_later_only_where_missing(tmp_path: Path) -> None:
+    specs = [TaskSpec.from_json({"key": f"{i:016x}", "num": i, "params": {"i": i}}) for i in (1, 2)]
+    store = SweepStore.create(
+        tmp_path / "sweep", sweep_id="s", kind="test", config={}, tasks=specs, task_views=False
+    )
+    assert not any(store.task_dir(t).exists() for t in specs)
+    store.write_missing_task_views()
+    for t in specs:
+        assert yaml.safe_load((store.task_dir(t) / "params.yaml").read_text()) == dict(t.params)
+        assert status(store, t)["state"] == "PENDING"
+    mine = store.task_dir(specs[0]) / "params.yaml"
+    mine.write_text("i: edited\n")
+    shutil.rmtree(store.task_dir(specs[1]))
+    store.write_missing_task_views()
+    assert mine.read_text() == "i: edited\n", "an existing folder is left alone"
+    assert status(store, specs[1])["state"] == "PENDING"
+    store.close()
