@@ -21,7 +21,7 @@ by os.fsencode here).
   {"op": "scan", "tasks": [{"id": ID, "attempt": N, "dir": ABS, "skip": [..]}]}
   {"op": "ping", "seq": N, "path": ABS|null}
 
-  {"ev": "hello", "protocol": 1, "pid", "boot_id", "python", "home", "host"}
+  {"ev": "hello", "protocol": 2, "pid", "boot_id", "python", "home", "host"}
   {"ev": "started", "id", "pid"}            the task runs, as process group `pid`
   {"ev": "running", "id", "pid"}            scan: still running, now watched
   {"ev": "exit", "id", "record": {..}|null, "error": str|null, "files": {REL: BASE64},
@@ -63,7 +63,7 @@ import sys
 import time
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: journals instead of per-task pid and exit files
 RESULT_FILE = "result.json"
 JOURNAL_DIR = ".agents"  # where orchestrators put the journals, relative to a sweep dir
 # Per-task records of earlier versions: never copied back, removed before a launch.
@@ -76,8 +76,7 @@ ORPHAN_POLL_S = 0.5
 
 
 def atomic_write(path, data):
-    # No fsync: these records serve an orchestrator or connection that went away, not a
-    # host crash (after one the boot id differs and the attempt counts as lost anyway).
+    """A shipped file (a Hydra job's pickle) appears whole or not at all."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
