@@ -1,0 +1,42 @@
+"""The local half of the sync check on real folders: no git, a git repository, and a
+project in a subfolder of one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from hsm_core.sync import local_state
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_folder_outside_git(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("print(1)\n")
+    side, tracked = local_state(tmp_path)
+    assert tracked is None and side.git_commit is None
+    assert "no git repository" in (side.git_error or "")
+
+
+def test_a_project_inside_a_repository(tmp_path: Path) -> None:
+    project = tmp_path / "repo" / "proj"
+    project.mkdir(parents=True)
+    (project / "train.py").write_text("print(1)\n")
+    (tmp_path / "repo" / "other.txt").write_text("x\n")
+    git(tmp_path / "repo", "init", "-q")
+    git(tmp_path / "repo", "add", ".")
+    git(tmp_path / "repo", "commit", "-q", "-m", "c")
+
+    side, tracked = local_state(project)  # found through the parent folder
+    assert tracked == ["train.py"] and side.git_commit and not side.git_dirty
+
+    (project / "train.py").write_text("print(2)\n")
+    side, _ = local_state(project)
+    assert side.git_dirty and side.dirty_files == [" M train.py"]
