@@ -80,11 +80,16 @@ class HealthMonitor:
         self._inflight = inflight
         self._wake: dict[str, asyncio.Event] = {name: asyncio.Event() for name in sources}
         self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._loop(name)) for name in self.sources]
 
     async def stop(self) -> None:
+        # Cancelling alone is not enough: asyncio.wait_for (before 3.12) can swallow a
+        # cancellation that arrives as its awaitable completes, and the loop would wait a
+        # whole interval more. The flag ends it at its next step regardless.
+        self._stopping = True
         for t in self._loops:
             t.cancel()
         for t in self._loops:
@@ -132,9 +137,11 @@ class HealthMonitor:
 
     async def _loop(self, name: str) -> None:
         wake = self._wake[name]
-        while True:
+        while not self._stopping:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.settings.interval_s)
+            if self._stopping:
+                return
             wake.clear()
             await self.check(name)
 
