@@ -245,12 +245,21 @@ class Agent:
 
     # -- plumbing ---------------------------------------------------------------------
     def emit(self, **event):
+        """Queue an event; `flush` sends what one turn of the loop produced together (an
+        exit and the start that refills its slot: one packet instead of two)."""
         if self.detached:
             return
         try:
             self.out.write(json.dumps(event).encode("ascii") + b"\n")
-            self.out.flush()
         except OSError:  # nobody listens any more: finish the tasks quietly
+            self.detach()
+
+    def flush(self):
+        if self.detached:
+            return
+        try:
+            self.out.flush()
+        except OSError:
             self.detach()
 
     def detach(self):
@@ -295,6 +304,7 @@ class Agent:
             home=os.path.expanduser("~"),
             host=self.host,
         )
+        self.flush()
         while True:
             for key, _ in self.sel.select(self.next_wakeup()):
                 if key.data == "stdin":
@@ -312,6 +322,7 @@ class Agent:
             if self.detached and not self.running:
                 return
             self.fill()
+            self.flush()
 
     def read_ops(self):
         try:
