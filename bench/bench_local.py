@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _timing import Series, Timing, timed
+from _timing import Series, Timing, file_create_us, parallel_env, timed
 from _timing import hsm_argv as default_hsm_argv
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -115,7 +115,7 @@ class Bench:
                 ["xargs", "-P", self.width, "-n", "1", "true"], cwd=self.project, stdin=lines
             )
         argv = ["parallel", "--will-cite", "-j", self.width, "true"]
-        return timed(argv, cwd=self.project, stdin=lines)
+        return timed(argv, cwd=self.project, stdin=lines, env=parallel_env())
 
     def dry_run(self, sweep_file: Path) -> Timing:
         argv = [*self.hsm, "run", "--config", str(sweep_file), "--sources", "local:2", "--dry-run"]
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     hsm = hsm_argv(args.hsm)
     with tempfile.TemporaryDirectory(prefix="hsm-bench-") as tmp:
         bench = Bench(Path(tmp), hsm, args.tasks, args.width)
+        create_before = file_create_us(Path(tmp))
         dry_sweep, dry_n = None, 0
         if args.dry_tasks:
             # a two-key grid (cartesian expansion) of exactly --dry-tasks points
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress.update(bar, description=f"round {r + 1}: hsm --dry-run x {dry_n}")
                     series.add("dry", bench.dry_run(dry_sweep))
                     progress.advance(bar)
+        create_after = file_create_us(Path(tmp))
 
     out.print(result_table(series, args))
     if dry_sweep is not None:
@@ -186,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             f"hsm run --dry-run on a {dry_n}-task grid: median {series.wall('dry'):.3f} s wall "
             f"(range {series.spread('dry')} s), {series.cpu('dry'):.2f} s CPU"
         )
+    out.print(
+        f"creating a small file on this disk: median {create_before:.0f} us before the "
+        f"rounds, {create_after:.0f} us after (hsm writes about 8 files per task; the "
+        "others none: a slow disk moment, such as minutes after a bulk delete, weighs on "
+        "hsm's numbers alone)"
+    )
     load = os.getloadavg()
     out.print(
         f"hsm: {shlex.join(hsm)}; {os.cpu_count()} CPUs, load average "

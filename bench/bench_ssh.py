@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from _timing import Series, Timing, hsm_argv, timed
+from _timing import Series, Timing, hsm_argv, parallel_env, timed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -183,7 +183,7 @@ def run_rounds(
             "parallel", "--will-cite", "--ssh", f"ssh -F {shlex.quote(ssh_config)}",
             "-S", ",".join(f"2/{h}" for h in hosts), remote,
         ]  # fmt: skip
-        return timed(argv, cwd=project, stdin=inputs[n][1])
+        return timed(argv, cwd=project, stdin=inputs[n][1], env=parallel_env())
 
     def run_floor(n: int) -> Timing:
         argv = ["xargs", "-P", "4", "-I{}", args.python, "noop.py", "x={}"]
