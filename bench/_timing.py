@@ -9,6 +9,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,7 @@ def file_create_us(directory: Path, n: int = 200) -> float:
     """Median microseconds to create, write and close a small file in `directory`: how
     costly the disk's file creation is right now. On ext4 it rises several-fold for
     minutes after a bulk delete, which weighs on a tool that writes files per task."""
-    probe = directory / f".probe-{os.getpid()}"
-    probe.mkdir()
+    probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=directory))
     times = []
     for i in range(n):
         start = time.perf_counter()
