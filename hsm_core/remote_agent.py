@@ -2,7 +2,7 @@
 one per host, over one channel.
 
 Standard library only, and runnable from its source text alone: the ssh source sends
-this file's text as `python -c SOURCE`, so hosts need no hsm install for command tasks
+this file's text as `python -I -c SOURCE`, so hosts need no hsm install for command tasks
 and the agent always speaks the orchestrator's protocol version. (Hydra jobs still need
 hsm on the host, for `python -m hsm_core.worker`.) `python -m hsm_core.remote_agent`
 runs the same code; the local source starts it that way over pipes.

@@ -125,6 +125,10 @@ class LocalSource(ComputeSource):
                         # Its own session: Ctrl-C in the terminal reaches hsm, which
                         # cancels in order, and a killed hsm leaves the agent running.
                         start_new_session=True,
+                        # `-m` puts the cwd first on sys.path: not the user's folder,
+                        # where a `json.py` would shadow the agent's imports. (Each task
+                        # gets its own cwd.)
+                        cwd=self.ctx.sweep_dir,
                     )
 
             agent = AgentChannel(f"local {self.name}", spawn, self._on_event, self._closed)

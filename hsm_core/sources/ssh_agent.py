@@ -27,7 +27,9 @@ def ssh_agent_channel(
     on_closed: Callable[[str], None],
 ) -> AgentChannel:
     async def spawn() -> asyncssh.SSHClientProcess[bytes]:
-        return await transport.start_process([python, "-c", agent_source()])
+        # -I: the agent needs the standard library only, and a `json.py` in the login
+        # folder (the cwd, first on sys.path for -c) must not shadow it.
+        return await transport.start_process([python, "-I", "-c", agent_source()])
 
     return AgentChannel(
         f"ssh {transport.name}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -217,3 +220,30 @@ def test_status_without_argument_lists_recent_sweeps(tmp_path: Path) -> None:
     time.sleep(0.01)
     res = hsm("status", "--json", cwd=tmp_path)
     assert [d["id"] for d in json.loads(res.stdout)] == ["first"]
+
+
+def test_a_module_named_like_the_stdlib_in_the_project_does_not_break_the_agent(
+    tmp_path: Path,
+) -> None:
+    """The local agent runs `python -m`, which puts its cwd first on sys.path: a project
+    with its own `json.py` (or `subprocess.py`) must not shadow what the agent imports."""
+    script = Path(sys.executable).parent / "hsm"
+    assert script.is_file(), "the hsm console script is installed with the package"
+    for name in ("json", "subprocess", "selectors"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('shadowed')\n")
+    sweep = _write(tmp_path / "s.yaml", {"grid": {"i": [1, 2]}, "command": ["echo", "{i}"]})
+    res = subprocess.run(
+        [str(script), "run", "-c", str(sweep), "-s", "local:2", "--sweep-id", "sh"],
+        cwd=tmp_path,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / ".state")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    store = SweepStore.open(_sweep_dir(tmp_path, "sh"), readonly=True)
+    assert sorted((store.task_dir(t) / "stdout.log").read_text() for t in store.tasks()) == [
+        "1\n",
+        "2\n",
+    ]
+    store.close()
