@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "creation line under the table",
     )
     args = parser.parse_args(argv)
+    if args.dir is not None and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: no such folder")
     if args.tasks < 2 or args.rounds < 1 or args.width < 1 or args.dry_tasks < 0:
         parser.error("need --tasks >= 2, --rounds >= 1, --width >= 1, --dry-tasks >= 0")
     for tool in ("xargs", "parallel"):

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, help="where the local sweeps are written (default: system temp)"
     )
     args = parser.parse_args(argv)
+    if args.dir is not None and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: no such folder")
     if args.tasks < 2 or args.rounds < 1:
         parser.error("need --tasks >= 2 and --rounds >= 1")
     for tool in ("xargs", "parallel", "ssh"):

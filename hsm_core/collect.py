@@ -28,15 +28,15 @@ from typing import Any
 
 import asyncssh
 
+from hsm_core.remote_agent import OWN_FILES, RESULT_FILE
 from hsm_core.sources.base import SourceError
 from hsm_core.yamlio import write_fd
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
 LOCAL_OWNED = frozenset({"params.yaml", "status.yaml"})
-# Remote bookkeeping of the agent: never copied back.
-REMOTE_ONLY = frozenset({".hsm_pid.json", ".hsm_exit.json"})
+# Bookkeeping files of (older) agents in a task folder: never copied back.
+REMOTE_ONLY = frozenset(OWN_FILES)
 
 
 @dataclass

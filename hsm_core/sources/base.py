@@ -49,6 +49,20 @@ def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> lis
     return argv
 
 
+def task_env(task: TaskSpec, sweep_id: str, sweep_dir: str, task_dir: str) -> dict[str, str]:
+    """The task's own environment plus what hsm tells every task (folders as seen on the
+    machine that runs it)."""
+    env = dict(task.env)
+    env.update(
+        HSM_SWEEP_ID=sweep_id,
+        HSM_TASK_ID=task.name,
+        HSM_TASK_KEY=task.key,
+        HSM_TASK_DIR=task_dir,
+        HSM_SWEEP_DIR=sweep_dir,
+    )
+    return env
+
+
 @dataclass(frozen=True)
 class HealthReport:
     source: str

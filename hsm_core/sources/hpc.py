@@ -48,6 +48,7 @@ from hsm_core.sources.base import (
     SourceError,
     SweepContext,
     task_argv,
+    task_env,
 )
 from hsm_core.sources.hpc_client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc_options import HpcOptions, parse_options
@@ -219,14 +220,7 @@ class HPCSource(ComputeSource):
     def _request(self, job: _Job) -> dict[str, Any]:
         task = job.task
         cwd = posixpath.normpath(posixpath.join(self.cluster_project_dir, task.cwd))
-        env = dict(task.env)
-        env.update(
-            HSM_SWEEP_ID=self.ctx.sweep_id,
-            HSM_TASK_ID=task.name,
-            HSM_TASK_KEY=task.key,
-            HSM_TASK_DIR=job.task_dir,
-            HSM_SWEEP_DIR=self.cluster_sweep_dir,
-        )
+        env = task_env(task, self.ctx.sweep_id, self.cluster_sweep_dir, job.task_dir)
         # The compute node's interpreter is only known there: the job binds PYTHON.
         argv = task_argv(task, PYTHON, self.cluster_sweep_dir, job.task_dir)
         return {

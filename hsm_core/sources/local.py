@@ -31,6 +31,7 @@ from hsm_core.sources.base import (
     SourceError,
     SweepContext,
     task_argv,
+    task_env,
 )
 
 KILL_GRACE_S = 3.0
@@ -107,6 +108,8 @@ class LocalSource(ComputeSource):
         await self._ensure_agent()
 
     async def _ensure_agent(self) -> AgentChannel:
+        if self._agent is not None and self._agent.alive:  # every submit: no lock then
+            return self._agent
         async with self._agent_lock:
             if self._agent is not None and self._agent.alive:
                 return self._agent
@@ -175,14 +178,7 @@ class LocalSource(ComputeSource):
 
     def _launch(self, run: _Run) -> dict[str, Any]:
         task, task_dir = run.task, self.ctx.task_dir(run.task)
-        env = dict(task.env)
-        env.update(
-            HSM_SWEEP_ID=self.ctx.sweep_id,
-            HSM_TASK_ID=task.name,
-            HSM_TASK_KEY=task.key,
-            HSM_TASK_DIR=str(task_dir),
-            HSM_SWEEP_DIR=str(self.ctx.sweep_dir),
-        )
+        env = task_env(task, self.ctx.sweep_id, str(self.ctx.sweep_dir), str(task_dir))
         env.update(self.extra_env)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[run.slot % len(self.gpus)]

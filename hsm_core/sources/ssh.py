@@ -41,6 +41,7 @@ from hsm_core.sources.base import (
     SourceError,
     SweepContext,
     task_argv,
+    task_env,
 )
 from hsm_core.sources.local import describe_exit
 from hsm_core.sources.ssh_agent import AgentChannel, Event, ssh_agent_channel
@@ -221,14 +222,7 @@ class SSHSource(ComputeSource):
             # parameter value) stays "$@", never parsed by this shell.
             script = "\n".join((*self.opts.setup, 'exec "$@"'))
             argv = [self.opts.shell, "-c", script, "hsm-task", *argv]
-        env = dict(task.env)
-        env.update(
-            HSM_SWEEP_ID=self.ctx.sweep_id,
-            HSM_TASK_ID=task.name,
-            HSM_TASK_KEY=task.key,
-            HSM_TASK_DIR=rdir,
-            HSM_SWEEP_DIR=self.sweep_dir,
-        )
+        env = task_env(task, self.ctx.sweep_id, self.sweep_dir, rdir)
         skip = [posixpath.relpath(p, rdir) for p in files]
         return {
             "op": "launch",
