@@ -9,6 +9,7 @@
 # Env: HSM_KEEP_SERVICES=1      leave the services running at exit
 #      HSM_REQUIRE_SERVICES=1   a missing service fails its tests instead of skipping
 #      HSM_SERVICES_DIR         service state (default /tmp/hsm-test-services)
+#      HSM_REMOTE_VENV          a remote venv of this checkout's own (see sshd.sh venv)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SERVICES=$ROOT/scripts/services
@@ -43,6 +44,10 @@ if ! bash "$SERVICES/start-all.sh"; then
         exit 1
     fi
     echo "[test] warning: the test services did not start; their tests will skip" >&2
+fi
+
+if [ -n "${HSM_REMOTE_VENV:-}" ] && [ "$(id -u)" = 0 ]; then
+    bash "$SERVICES/sshd.sh" venv   # this checkout's code on the ssh hosts
 fi
 
 rc=0

@@ -99,6 +99,14 @@ class SshEnv:
 
 def load_ssh_env() -> SshEnv:
     raw = _read_env("sshd")
+    # A second checkout runs its own code on the hosts through its own remote venv
+    # (`HSM_REMOTE_VENV=DIR scripts/services/sshd.sh venv`; scripts/test.sh does it).
+    own_venv = os.environ.get("HSM_REMOTE_VENV")
+    if own_venv:
+        raw["remote_venv"] = own_venv
+        raw["remote_python"] = f"{own_venv}/bin/python"
+        for h in raw["hosts"]:
+            h["python"] = raw["remote_python"]
     hosts = [
         SshHost(
             alias=h["alias"],

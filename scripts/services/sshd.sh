@@ -15,11 +15,16 @@
 #        sshd.sh kill HOST      kill the host's sshd and sessions ("host died":
 #                               connection refused at once)
 #        sshd.sh revive HOST    start a killed host again (same address, port, key)
+#        sshd.sh venv           only make (or refresh) the remote venv at
+#                               $HSM_REMOTE_VENV from this checkout: a second
+#                               checkout's tests can then run its own code remotely
 # Env:   HSM_SERVICES_DIR  state root (default /tmp/hsm-test-services); this
 #                          service uses $HSM_SERVICES_DIR/sshd and .../remote-venv
 #        HSM_SSH_HOSTS     number of hosts (default 3)
 #        HSM_SSH_PORT      preferred port (default 2222; the next free one is taken)
 #        HSM_SSH_USER      login user, created if missing (default sweeper)
+#        HSM_REMOTE_VENV   for `venv`: where to put the remote venv (tests read the
+#                          same variable and use its python instead of env.json's)
 # Output: $HSM_SERVICES_DIR/sshd/env.json (hosts, ssh_config, known_hosts, key,
 #         remote python, remote project dirs) for the test fixtures.
 set -euo pipefail
@@ -129,7 +134,7 @@ source_hash() {
 # The interpreter the tests run under may live in a directory the login user cannot
 # read (e.g. a pyenv build under /root), so it cannot serve the remote side.
 ensure_remote_venv() {
-    local want have tmp
+    local want have tmp VENV=${1:-$VENV}
     if ! [ -x "$VENV/bin/python" ]; then
         log "creating remote venv $VENV"
         /usr/bin/python3 -m venv "$VENV"
@@ -308,5 +313,9 @@ case ${1:-} in
         log "$2: killed"
         ;;
     revive) check_host_name "${2:-}"; start_host "$2" ;;
-    *) echo "usage: $0 start|stop|status|freeze HOST|thaw HOST|kill HOST|revive HOST" >&2; exit 2 ;;
+    venv)
+        [ -n "${HSM_REMOTE_VENV:-}" ] || die "set HSM_REMOTE_VENV to the venv's folder"
+        ensure_remote_venv "$HSM_REMOTE_VENV"
+        ;;
+    *) echo "usage: $0 start|stop|status|freeze HOST|thaw HOST|kill HOST|revive HOST|venv" >&2; exit 2 ;;
 esac
