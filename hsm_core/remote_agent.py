@@ -14,7 +14,8 @@ by os.fsencode here).
   {"op": "config", "journal": DIR, "slots": N, "gpus": [..]|null, "inline_max": BYTES,
    "exclude": [globs], "grace": S, "listing": true|false}      (keys absent: unchanged)
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
-   "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute),
+   "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute; written
+   as the message arrives, before it is queued),
    "result": "always"|"if_missing",
    "skip": [NAMES]}
   {"op": "kill", "ids": [ID..]}
@@ -344,7 +345,7 @@ class Agent:
             if op == "config":
                 self.configure(msg)
             elif op == "launch":
-                self.queue.append(msg)
+                self.receive(msg)
             elif op == "kill":
                 self.kill(set(msg.get("ids") or ()))
             elif op == "scan":
@@ -435,6 +436,21 @@ class Agent:
     def own_running(self):
         return sum(1 for j in self.running.values() if j.proc is not None)
 
+    def receive(self, spec):
+        """Write what the launch carries now, not when it starts: a later launch may rely
+        on a shared file it carried (a Hydra payload, sent once per host), whether this
+        one starts, waits in the queue, is killed there or dropped by a detach."""
+        try:
+            for name, b64 in (spec.get("files") or {}).items():
+                path = os.path.join(spec["dir"], name)  # relative to the task dir, or absolute
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic_write(path, base64.b64decode(b64))
+        except Exception as exc:
+            self.launch_failed(spec, f"cannot write its files: {type(exc).__name__}: {exc}")
+            return
+        spec.pop("files", None)  # written: no need to hold them while it waits
+        self.queue.append(spec)
+
     def fill(self):
         while self.queue and self.own_running() < self.capacity():
             spec = self.queue.popleft()
@@ -442,15 +458,11 @@ class Agent:
                 self.launch(spec)
             except Exception as exc:
                 self.running.pop(spec["id"], None)
-                self.emit(
-                    ev="exit",
-                    id=spec["id"],
-                    record=None,
-                    files={},
-                    large=[],
-                    launch_error=True,
-                    error=f"cannot launch: {type(exc).__name__}: {exc}",
-                )
+                self.launch_failed(spec, f"cannot launch: {type(exc).__name__}: {exc}")
+
+    def launch_failed(self, spec, error):
+        event = {"record": None, "files": {}, "large": [], "launch_error": True, "error": error}
+        self.emit(ev="exit", id=spec["id"], **event)
 
     def launch(self, spec):
         d = spec["dir"]
@@ -469,10 +481,6 @@ class Agent:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:
                 pass
-        for name, b64 in (spec.get("files") or {}).items():
-            path = os.path.join(d, name)  # relative to the task dir, or absolute
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, base64.b64decode(b64))
         job = Job(spec)
         env = dict(self.base_env)
         env.update(spec.get("env") or {})

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
@@ -86,3 +89,26 @@ def _timed_out(
 ) -> AssertionError:
     what = message or getattr(predicate, "__name__", repr(predicate))
     return AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+
+
+class CpuHog:
+    """A busy-loop process per core beside a test: the machine is busy, as users' are.
+
+    Use as ``with CpuHog():``; the processes are killed (and reaped) at the end."""
+
+    def __init__(self, per_core: int = 1) -> None:
+        self.count = max(1, (os.cpu_count() or 1) * per_core)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> CpuHog:
+        for _ in range(self.count):
+            self.procs.append(
+                subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()

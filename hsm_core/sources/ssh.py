@@ -61,7 +61,7 @@ class _Att:
     attempt: int
     id: str
     remote_dir: str
-    launch: dict[str, Any] | None = None
+    sent: bool = False  # its launch went out (to the agent of that moment)
     started: bool = False
     finishing: bool = False
     collect_failures: int = 0
@@ -86,7 +86,9 @@ class SSHSource(ComputeSource):
         self._jobs: set[asyncio.Task[Any]] = set()
         self._pongs: dict[int, asyncio.Future[Event]] = {}
         self._seq = itertools.count(1)
-        self._shipped: set[str] = set()  # shared Hydra payload files already on the host
+        # Shared Hydra payload files (relative to the sweep dir) -> resolves True once the
+        # launch carrying it went out to the current agent, False if it never did.
+        self._shipping: dict[str, asyncio.Future[bool]] = {}
         self.home = ""
         self.project_dir = self.opts.project_dir
         self.sweep_dir = ""
@@ -162,7 +164,7 @@ class SSHSource(ComputeSource):
         }
         hello = await agent.start(config, AGENT_START_TIMEOUT_S)
         self._agent = agent
-        self._shipped.clear()  # a new agent: ship the shared payload parts again, to be safe
+        self._shipping = {}  # a new agent: ship the shared payload parts again, to be safe
         self.home = str(hello.get("home") or "/")
         self.project_dir = remote_path(self.opts.project_dir, self.home)
         self.sweep_dir = posixpath.join(self.project_dir, ".hsm", "sweeps", self.ctx.sweep_id)
@@ -198,23 +200,69 @@ class SSHSource(ComputeSource):
         if self._state != "up" or self._agent is None:
             raise SourceError(f"{self.name} is unreachable: {self._last_error or self._state}")
         att = _Att(task, attempt, f"{task.key}:{attempt}", self.remote_task_dir(task))
-        att.launch = await self._launch_message(att)
         self._atts[att.id] = att
         try:
-            self._agent.send(att.launch)
-        except SourceError:
-            del self._atts[att.id]
-            self._shipped.clear()  # what this message carried may not have arrived
+            await self._send_launch(att)
+        except BaseException:
+            if self._atts.get(att.id) is att:
+                del self._atts[att.id]
             raise
         return None
 
-    async def _launch_message(self, att: _Att) -> dict[str, Any]:
+    async def _send_launch(self, att: _Att) -> None:
+        """Build the attempt's launch and send it to the agent; SourceError if it cannot.
+
+        A Hydra job needs the shared payload parts on the host before it starts. The
+        first launch that needs a part carries it (the agent writes it on receipt);
+        every other launch that needs it is sent only after that one went out, so on
+        the one ordered channel it can never overtake it."""
+        agent, shipping = self._agent, self._shipping
+        if agent is None:
+            raise SourceError(f"{self.name}: no agent")
+        task = att.task
+        mine: list[str] = []
+        theirs: list[tuple[str, asyncio.Future[bool]]] = []
+        if task.kind is TaskKind.HYDRA and task.payload:
+            loop = asyncio.get_running_loop()
+            for rel in await asyncio.to_thread(self._shared_payload):
+                fut = shipping.get(rel)
+                if fut is None:  # no await between the look-up and the claim
+                    shipping[rel] = loop.create_future()
+                    mine.append(rel)
+                else:
+                    theirs.append((rel, fut))
+        sent = False
+        try:
+            while theirs:
+                rel, fut = theirs.pop()
+                if await asyncio.shield(fut):
+                    continue
+                again = shipping.get(rel)  # its carrier failed: carry it ourselves
+                if again is None:
+                    shipping[rel] = asyncio.get_running_loop().create_future()
+                    mine.append(rel)
+                else:
+                    theirs.append((rel, again))
+            msg = await self._launch_message(att, mine)
+            if self._agent is not agent:
+                raise SourceError(f"{self.name}: the agent was restarted; launch again")
+            agent.send(msg)
+            sent = att.sent = True
+        finally:
+            for rel in mine:
+                fut = shipping[rel]
+                if not sent:
+                    del shipping[rel]
+                if not fut.done():
+                    fut.set_result(sent)
+
+    async def _launch_message(self, att: _Att, shared: list[str]) -> dict[str, Any]:
         task, rdir = att.task, att.remote_dir
         files: dict[str, str] = {}
         if task.kind is TaskKind.HYDRA and task.payload:
-            # The job's own pickle, plus the shared parts of the launch (sent once per
-            # host), at the same paths relative to the remote sweep dir.
-            for rel in [*await asyncio.to_thread(self._unsent_shared), task.payload]:
+            # The job's own pickle, plus the shared parts this launch carries, at the same
+            # paths relative to the remote sweep dir.
+            for rel in [*shared, task.payload]:
                 await self._ship(rel, files)
         argv = task_argv(task, self.opts.python, self.sweep_dir, rdir)
         if self.opts.setup:
@@ -238,15 +286,12 @@ class SSHSource(ComputeSource):
             "result": "if_missing" if task.kind is TaskKind.HYDRA else "always",
         }
 
-    def _unsent_shared(self) -> list[str]:
+    def _shared_payload(self) -> list[str]:
         from hsm_core.hydra_payload import PAYLOAD_DIR
 
         root = self.ctx.sweep_dir / PAYLOAD_DIR
         found = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-        rels = sorted(str(p.relative_to(self.ctx.sweep_dir)) for p in found)
-        new = [r for r in rels if r not in self._shipped]
-        self._shipped.update(new)
-        return new
+        return sorted(str(p.relative_to(self.ctx.sweep_dir)) for p in found)
 
     async def _ship(self, rel: str, files: dict[str, str]) -> None:
         """Into the launch message when small (no extra round trip), else SFTP now."""
@@ -300,7 +345,7 @@ class SSHSource(ComputeSource):
             error = str(ev.get("error") or "no exit record")
             if ev.get("launch_error"):
                 self._done(att, TaskState.FAILED, error=error)
-            elif not att.started and ev.get("never_started") and self._resend(att):
+            elif not att.started and ev.get("never_started") and await self._resend(att):
                 return  # never started (queued in an agent that went away): launch again
             else:
                 self._done(att, TaskState.LOST, error=f"{error} on {self.name}")
@@ -372,14 +417,15 @@ class SSHSource(ComputeSource):
             TaskEvent(att.task.key, att.attempt, state, self.name, exit_code=code, error=error)
         )
 
-    def _resend(self, att: _Att) -> bool:
-        if self._agent is None or att.launch is None:
-            return False
-        try:
-            self._agent.send(att.launch)
-        except SourceError:
+    async def _resend(self, att: _Att) -> bool:
+        if self._agent is None:
             return False
         att.finishing = False
+        try:
+            await self._send_launch(att)
+        except SourceError:
+            att.finishing = True
+            return False
         return True
 
     # --------------------------------------------------------------- recovery
@@ -436,6 +482,10 @@ class SSHSource(ComputeSource):
     def _scan(self, atts: list[_Att]) -> None:
         if not atts or self._agent is None:
             return
+        # An attempt whose launch is still being built is its submit's business.
+        atts = [a for a in atts if a.sent]
+        if not atts:
+            return
         for att in atts:
             att.finishing = False
         tasks = [{"id": a.id, "attempt": a.attempt, "dir": a.remote_dir, "skip": []} for a in atts]
@@ -450,7 +500,7 @@ class SSHSource(ComputeSource):
         for task, att in attempts:
             a = _Att(task, att.attempt, f"{task.key}:{att.attempt}", self.remote_task_dir(task))
             a.started = att.state is TaskState.RUNNING
-            a.launch = await self._launch_message(a)
+            a.sent = True  # by an earlier orchestrator, perhaps: the agent's scan tells
             self._atts[a.id] = a
             atts.append(a)
         self._scan(atts)

@@ -65,3 +65,42 @@ def test_example_app_runs_on_the_ssh_host_and_comes_back(tmp_path: Path) -> None
     for job in ("0", "1"):  # Hydra's job dirs are here, on the launching machine
         assert (sweep_dir / job / "metrics.json").is_file()
         assert (sweep_dir / job / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_many_jobs_on_several_hosts_all_find_their_payload(
+    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several slots on each of three hosts (plus local), 56 jobs, the CPU busy: every
+    job finds the shared payload on its host. A launch message that overtook the one
+    carrying the shared payload failed its job with FileNotFoundError (issue 11, item 1)."""
+    import subprocess
+    import sys
+
+    from hsm_core.model import TaskState
+    from hsm_core.store import SweepStore
+    from tests.helpers import CpuHog
+
+    for alias in ("h1", "h2", "h3"):
+        project = remote_project(ssh_env, alias)
+        monkeypatch.setenv(f"HSM_TEST_REMOTE_PROJECT_{alias.upper()}", project)
+    app = Path(__file__).resolve().parents[1] / "hydra" / "apps" / "tiny.py"
+    sweep_dir = tmp_path / "multirun"
+    with CpuHog():
+        res = subprocess.run(
+            [sys.executable, str(app), "-m", "hydra/launcher=hsm",
+             f"hydra.searchpath=[file://{CONF}]", "hydra/launcher/pool=three_hosts",
+             "hydra.launcher.progress=false", "x=range(0,56)",
+             f"hydra.sweep.dir={sweep_dir}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )  # fmt: skip
+    store = SweepStore.open(sweep_dir, readonly=True)
+    latest = store.latest_attempts()
+    done = TaskState.COMPLETED
+    failed = {k: (a.source, a.error) for k, a in latest.items() if a.state is not done}
+    assert not failed, f"{len(failed)} of {len(latest)} jobs did not complete: {failed}"
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(latest) == 56
+    assert {a.source for a in latest.values()} >= {"h1", "h2", "h3"}

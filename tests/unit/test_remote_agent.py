@@ -146,6 +146,24 @@ def test_queued_launch_waits_for_a_slot_and_can_be_cancelled(agent: Agent, tmp_p
     assert agent.until("exit", "a")["record"]["cancelled"]
 
 
+def test_files_a_launch_carries_are_written_on_receipt(agent: Agent, tmp_path: Path) -> None:
+    """A shared payload travels with the first launch that needs it: it must be on disk
+    for the later ones even when that first launch never starts (killed while queued)."""
+    agent.send(op="config", slots=1, grace=1)
+    shared = tmp_path / "payload" / "hydra_x.pkl"
+    launch(agent, "a", tmp_path / "a", ["sleep", "30"])
+    launch(agent, "b", tmp_path / "b", ["true"], files={str(shared): "c2hhcmVk"})
+    agent.until("started", "a")
+    agent.send(op="kill", ids=["b"])
+    assert agent.until("exit", "b")["record"]["queued"]
+    assert shared.read_bytes() == b"shared"
+    launch(agent, "c", tmp_path / "c", ["sh", "-c", f"cat {shared}"])
+    agent.send(op="kill", ids=["a"])
+    agent.until("exit", "a")
+    done = agent.until("exit", "c")
+    assert base64.b64decode(done["files"]["stdout.log"]) == b"shared"
+
+
 def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None:
     first = Agent(tmp_path)
     first.send(op="config", slots=2)
