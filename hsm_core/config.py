@@ -141,14 +141,18 @@ def _check_source(name: Any, entry: Any, where: str) -> None:
         raise ConfigError("must be a number > 0", file=where, key=f"{key}.weight")
     if stype == "ssh" and not entry.get("host"):
         raise ConfigError("an ssh source needs `host:`", file=where, key=f"{key}.host")
-    if stype == "hpc":
-        from hsm_core.sources.hpc_options import parse_options
+    try:
+        if stype == "ssh":
+            from hsm_core.sources.ssh_options import check_keys
 
-        try:
+            check_keys(name, entry)  # only the keys: files named there may be elsewhere
+        if stype == "hpc":
+            from hsm_core.sources.hpc_options import parse_options
+
             parse_options(source_spec(name, entry))
-        except ConfigError as err:  # the same line, with the file named
-            text = err.message.removeprefix(f"{err.key}: ")
-            raise ConfigError(text, file=where, key=err.key, hint=err.hint) from None
+    except ConfigError as err:  # the same line, with the file named
+        text = err.message.removeprefix(f"{err.key}: ")
+        raise ConfigError(text, file=where, key=err.key, hint=err.hint) from None
 
 
 def source_spec(name: str, entry: Mapping[str, Any], slots: int | None = None) -> SourceSpec:

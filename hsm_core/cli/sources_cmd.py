@@ -90,21 +90,53 @@ async def _test_one(name: str, entry: dict[str, Any], root: Path) -> dict[str, A
         import platform
 
         from hsm_core import __version__
+        from hsm_core.sources.ssh_probe import check_gpus
 
         st = os.statvfs(root)
+        configured = [str(g) for g in entry.get("gpus") or []]
+        found, why_none = await _local_gpus() if configured else ([], "")
+        gpu_error = check_gpus(configured, found, why_none)
         return {
             "name": name,
-            "ok": True,
+            "ok": not gpu_error,
+            "error": gpu_error,
             "host": "this machine",
             "python": platform.python_version(),
             "hsm": __version__,
             "disk_free_gb": st.f_bavail * st.f_frsize / 1e9,
             "load": os.getloadavg()[0],
             "cpus": os.cpu_count(),
-            "gpus": [str(g) for g in entry.get("gpus") or []],
+            "gpus": found,
             "sync": "local project",
         }
     return await _test_generic(name, entry)
+
+
+async def _local_gpus() -> tuple[list[str], str]:
+    """nvidia-smi's lines for this machine's GPUs (index, uuid, name, memory), and why
+    the list is empty when it is."""
+    import shutil
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "this machine has no nvidia-smi (no NVIDIA driver)"
+    query = "--query-gpu=index,uuid,name,memory.used,memory.total"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            query,
+            "--format=csv,noheader",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return [], f"nvidia-smi failed here ({exc or 'timed out'})"
+    lines = [ln.strip() for ln in out.decode(errors="replace").splitlines() if ln.strip()]
+    if proc.returncode != 0:
+        why = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        return [], f"nvidia-smi failed here (exit code {proc.returncode}: {why})"
+    return lines, "nvidia-smi lists no GPU here"
 
 
 async def _test_generic(name: str, entry: dict[str, Any]) -> dict[str, Any]:

@@ -230,6 +230,15 @@ def _ssh(value: Any, key: str) -> Mapping[str, Any] | None:
     if isinstance(value, str) and value.strip():
         return {"host": value.strip()}
     if isinstance(value, Mapping) and isinstance(value.get("host"), str):
+        from hsm_core.transport.ssh import TARGET_KEYS
+
+        unknown = sorted(set(value) - set(TARGET_KEYS), key=str)
+        if unknown:
+            raise ConfigError(
+                "unknown key for the login node",
+                key=f"{key}.{unknown[0]}",
+                hint=f"allowed: {', '.join(TARGET_KEYS)}",
+            )
         return dict(value)
     raise ConfigError(
         "must be a host name / ~/.ssh/config alias, or a mapping with `host:`", key=key

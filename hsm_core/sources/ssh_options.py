@@ -67,9 +67,7 @@ class SshOptions:
         def fail(key: str, message: str, hint: str | None = None) -> ConfigError:
             return ConfigError(message, key=f"{where}.{key}", hint=hint)
 
-        unknown = sorted(set(options) - set(KNOWN_KEYS) - {"type", "max_parallel", "weight"})
-        if unknown:
-            raise fail(unknown[0], "unknown key", f"allowed: {', '.join(KNOWN_KEYS)}")
+        check_keys(name, options)
         target = SshTarget.from_options(options, where=where)
         project_dir = options.get("project_dir")
         if not isinstance(project_dir, str) or not project_dir.strip():
@@ -127,6 +125,17 @@ class SshOptions:
             reconnect_window=numbers["reconnect_window"],
             down_timeout=numbers["down_timeout"],
             kill_grace=numbers["kill_grace"],
+        )
+
+
+def check_keys(name: str, options: Mapping[str, Any]) -> None:
+    """An unknown key (a typo such as `pyhton:`) is a ConfigError listing the valid ones."""
+    unknown = sorted(set(options) - set(KNOWN_KEYS) - {"type", "max_parallel", "weight"})
+    if unknown:
+        raise ConfigError(
+            "unknown key for an ssh source",
+            key=f"sources.{name}.{unknown[0]}",
+            hint=f"allowed: {', '.join(KNOWN_KEYS)}, max_parallel, weight",
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ st = os.statvfs(path)
 out["disk_free"] = st.f_bavail * st.f_frsize
 if shutil.which("nvidia-smi"):
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total",
+        q = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.used,memory.total",
                             "--format=csv,noheader"], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, timeout=20)
         out["gpus"] = [l.strip() for l in q.stdout.decode().splitlines() if l.strip()]
@@ -77,7 +77,13 @@ async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -
         try:
             out = await transport.run(argv, timeout=60.0)
         except CommandError as exc:
-            result.error = f"`{opts.python}` does not run there: {exc}"
+            # The argv holds the whole probe script: name the interpreter, not the script.
+            last = exc.stderr.strip().splitlines()[-1:] or ["no output on stderr"]
+            result.error = (
+                f"`{opts.python}` does not run on {opts.target.label} (exit code "
+                f"{exc.exit_code}: {last[0]}); set `python:` of this source in hsm.yaml to "
+                "an interpreter that exists there (or add the `setup:` lines that provide it)"
+            )
             return result
         facts = json.loads(out.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
         result.python = f"{facts['python']} ({facts['executable']})"
@@ -86,6 +92,9 @@ async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -
         result.load = facts["load"][0]
         result.cpus = facts["cpus"]
         result.gpus = facts["gpus"]
+        gpu_error = check_gpus(opts.gpus, result.gpus, "nvidia-smi found none there")
+        if gpu_error:
+            result.error = gpu_error
         remote_dir = remote_path(opts.project_dir, facts["home"])
         report = await verify(
             transport,
@@ -100,9 +109,33 @@ async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -
             announce=False,  # the table shows it
         )
         result.sync = report.summary().split(": ", 1)[-1]
-        result.ok = True
+        result.ok = not gpu_error
     except (HsmError, SourceError, ValueError, KeyError, IndexError) as exc:
         result.error = str(exc)
     finally:
         await transport.close()
     return result
+
+
+def check_gpus(configured: Sequence[str], found: Sequence[str], none_found: str) -> str | None:
+    """Why the configured `gpus:` do not match the GPUs nvidia-smi listed, or None.
+
+    `found` holds nvidia-smi's CSV lines (`index, uuid, name, ...`); a configured id is
+    an index or a uuid. `none_found` says why the list is empty."""
+    if not configured:
+        return None
+    ids: set[str] = set()
+    for line in found:
+        fields = [f.strip() for f in line.split(",")]
+        ids.update(f for f in fields[:2] if f)
+    missing = [str(g) for g in configured if str(g) not in ids]
+    if not missing:
+        return None
+    listed = ", ".join(map(str, configured))
+    if not found:
+        return f"gpus: [{listed}] configured, but {none_found}; remove `gpus:` or fix the ids"
+    have = ", ".join(sorted({line.split(",")[0].strip() for line in found}))
+    return (
+        f"gpus: GPU {', '.join(missing)} configured but not present (nvidia-smi lists "
+        f"{have}); fix `gpus:` of this source in hsm.yaml"
+    )

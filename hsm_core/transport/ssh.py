@@ -169,6 +169,16 @@ def command_line(argv: Sequence[str]) -> bytes:
     return os.fsencode(shlex.join(argv))
 
 
+def shell_path(path: str) -> str:
+    """`path` quoted for a shell, with a leading `~/` left outside the quotes so that the
+    shell still expands it: a hint must work when pasted."""
+    if path == "~":
+        return path
+    if path.startswith("~/"):
+        return "~/" + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
 def _known_hosts_entry(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -274,9 +284,13 @@ class SshTransport:
                 continue
             if known.match(address, address, port)[0]:
                 changed = True
-        scan = f"ssh-keyscan -p {port} {shlex.quote(address)} >> {shlex.quote(known_file)}"
+        target = shell_path(known_file)
+        scan = f"ssh-keyscan -p {port} {shlex.quote(address)} >> {target}"
+        folder = os.path.dirname(os.path.expanduser(known_file))
+        if folder and not os.path.isdir(folder):  # a fresh account has no ~/.ssh yet
+            scan = f"mkdir -p -m 700 {shell_path(os.path.dirname(known_file))} && {scan}"
         if changed:
-            remove = f"ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(known_file)}"
+            remove = f"ssh-keygen -R {shlex.quote(entry)} -f {target}"
             return HsmError(
                 f"ssh {self.name}: the host key of {entry} CHANGED since it was recorded in "
                 f"{known_file}{offered}; refusing to connect (possible man-in-the-middle)",
