@@ -66,6 +66,9 @@ def can_move(old: TaskState, new: TaskState) -> bool:
     return new in TRANSITIONS[old]
 
 
+# What every listing shows in place of a source for a task no source has taken yet.
+NOT_PLACED = "(not placed)"
+
 # argv[0] of a `script:` task when the sweep file names no interpreter: each source puts
 # its own there (the local one hsm runs under; an ssh host's or a cluster's `python:`).
 PYTHON = "{hsm:python}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import SweepNotFound
-from hsm_core.model import Attempt, TaskEvent, TaskSpec, TaskState, can_move
+from hsm_core.model import NOT_PLACED, Attempt, TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.yamlio import dump_flat_yaml, dump_yaml, write_atomic
 
 DB_NAME = "sweep.db"
@@ -318,7 +318,7 @@ class SweepStore:
         for source, state, n in self._conn.execute(
             f"SELECT source, state, COUNT(*) FROM ({_RANKED}) WHERE rn = 1 GROUP BY source, state"
         ):
-            out.setdefault(source or "(unplaced)", {})[TaskState(state)] = n
+            out.setdefault(source or NOT_PLACED, {})[TaskState(state)] = n
         return out
 
     def new_attempt(self, key: str) -> int:

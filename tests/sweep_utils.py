@@ -56,8 +56,15 @@ def states(store: SweepStore) -> dict[int, TaskState]:
     return {t.num: latest[t.key].state for t in store.tasks()}
 
 
-def hsm(*args: str, cwd: Path, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200"}
+def hsm(
+    *args: str,
+    cwd: Path,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    **kw: Any,
+) -> subprocess.CompletedProcess[str]:
+    """`hsm ARGS` in `cwd` (a sweep index of its own, 200 columns; `env` adds or wins)."""
+    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(
         [PY, "-m", "hsm_core.cli.main", *args],
         cwd=cwd,
@@ -72,8 +79,8 @@ def hsm(*args: str, cwd: Path, check: bool = False, **kw: Any) -> subprocess.Com
     return proc
 
 
-def hsm_popen(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200"}
+def hsm_popen(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "XDG_STATE_HOME": str(cwd / ".state"), "COLUMNS": "200", **(env or {})}
     return subprocess.Popen(
         [PY, "-m", "hsm_core.cli.main", *args],
         cwd=cwd,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsm_core.errors import ConfigError, HsmError
+from hsm_core.model import NOT_PLACED
 
 if TYPE_CHECKING:
     from hsm_core.store import SweepStore
@@ -227,7 +228,7 @@ def _print_errors(con: Any, analysis: Any, limit: int, patterns: bool) -> None:
         say(g.cause.hint, style="italic")
         for f in g.failures[:limit]:
             params = " ".join(f"{k}={v}" for k, v in dict(f.params).items())
-            say(f"{f.name}  on {f.source or '-'}  {params}")
+            say(f"{f.name}  on {f.source or NOT_PLACED}  {params}")
         if g.count > limit:
             say(f"... and {g.count - limit} more")
         rep = g.representative

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hsm_core.cli.render import STATE_STYLE
-from hsm_core.model import TaskState
+from hsm_core.model import NOT_PLACED, TaskState
 from hsm_core.reporting.monitor import Frame, SourceLine
 
 BAR_WIDTH = 32
@@ -141,7 +141,7 @@ def frame_view(frame: Frame) -> Group:
         # Times, names and sources keep their width; the error text gives way first.
         bad.add_column("ended", no_wrap=True, min_width=8)
         bad.add_column("task", no_wrap=True, min_width=max(len(f.name) for f in frame.failures))
-        width = max(len(f.source or "-") for f in frame.failures)
+        width = max(len(f.source or NOT_PLACED) for f in frame.failures)
         bad.add_column("source", no_wrap=True, min_width=min(max(width, 6), 16))
         bad.add_column("cause", no_wrap=True, min_width=12)
         bad.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
@@ -150,7 +150,7 @@ def frame_view(frame: Frame) -> Group:
             bad.add_row(
                 when,
                 f.name,
-                f.source or "-",
+                f.source or NOT_PLACED,
                 Text(f.cause, style=STATE_STYLE[f.state]),
                 f.error[:160],
             )

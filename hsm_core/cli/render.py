@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from hsm_core.model import PYTHON, TaskSpec, TaskState
+from hsm_core.model import NOT_PLACED, PYTHON, TaskSpec, TaskState
 
 if TYPE_CHECKING:
     from hsm_core.engine import SweepEngine
@@ -96,22 +96,26 @@ class LiveProgress:
 def counts_table(
     title: str, counts: dict[TaskState, int], by_source: dict[str, Counter[str]]
 ) -> Any:
+    """The title on a line of its own (a table title wraps to the table's width, which
+    cut sweep ids), then sources x states, the not placed tasks last."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("source")
     states = [s for s in TaskState if counts.get(s)]
     for s in states:
         table.add_column(s.value.lower(), justify="right", style=STATE_STYLE[s])
     table.add_column("total", justify="right")
-    for src, c in sorted(by_source.items()):
+    for src, c in sorted(by_source.items(), key=lambda kv: (kv[0] == NOT_PLACED, kv[0])):
         table.add_row(src, *(str(c.get(s.value, 0)) for s in states), str(sum(c.values())))
     table.add_row(
         "[bold]all",
         *(f"[bold]{counts.get(s, 0)}" for s in states),
         f"[bold]{sum(counts.values())}",
     )
-    return table
+    return Group(Text.from_markup(title), table)
 
 
 def per_source(store: SweepStore) -> dict[str, Counter[str]]:
@@ -122,7 +126,11 @@ def per_source(store: SweepStore) -> dict[str, Counter[str]]:
 
 
 def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
-    """End-of-run summary: counts per state and source, failed tasks with their logs."""
+    """End-of-run summary: counts per state and source, then each task that did not
+    complete, with the log it left (only a log that exists: a task that never started has
+    none). Paths go on lines of their own, never wrapped, so they copy whole."""
+    from rich.markup import escape
+
     con = console()
     counts = store.counts()
     title = f"sweep {store.sweep_id} ({outcome.seconds:.1f} s)"
@@ -136,11 +144,33 @@ def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
         if (a := latest.get(t.key)) and a.state is not TaskState.COMPLETED
     ]
     for t, a in bad[:limit]:
-        log = store.task_dir(t) / "stderr.log"
+        where = f"on {a.source}" if a.source else NOT_PLACED
+        error = f": {escape(a.error)}" if a.error else ""
         con.print(
-            f"[{STATE_STYLE[a.state]}]{a.state.value:9}[/] {t.name} on {a.source or '-'}: "
-            f"{a.error or ''}  [dim]{log}"
+            f"[{STATE_STYLE[a.state]}]{a.state.value:9}[/] {t.name} {escape(where)}{error}",
+            soft_wrap=True,
         )
+        log = task_log(store.task_dir(t))
+        if log is not None:
+            con.print(f"          [dim]{escape(str(log))}", soft_wrap=True)
     if len(bad) > limit:
-        con.print(f"... and {len(bad) - limit} more: `hsm status {store.sweep_dir}`")
-    con.print(f"sweep folder: {store.sweep_dir}")
+        con.print(
+            f"... and {len(bad) - limit} more: `hsm status {store.sweep_dir}`", soft_wrap=True
+        )
+    con.print(f"sweep folder: {escape(str(store.sweep_dir))}", soft_wrap=True)
+
+
+def task_log(task_dir: Path) -> Path | None:
+    """The log that tells why a task ended: stderr.log, or stdout.log when only it holds
+    something; None when neither exists (a task that never started)."""
+    sizes: dict[str, int] = {}
+    for name in ("stderr.log", "stdout.log"):
+        try:
+            sizes[name] = (task_dir / name).stat().st_size
+        except OSError:
+            continue
+    if not sizes:
+        return None
+    if not sizes.get("stderr.log") and sizes.get("stdout.log"):
+        return task_dir / "stdout.log"
+    return task_dir / next(iter(sizes))

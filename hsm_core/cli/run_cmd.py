@@ -106,7 +106,7 @@ def _execute(
         task_views=False,  # the engine writes the task folders while the sources start
     )
     try:
-        register(sweep_id, sweep_dir)
+        register(sweep_id, sweep_dir, root)
         ctx = context_for(store)
         opts = RunOptions(
             strategy=strategy,

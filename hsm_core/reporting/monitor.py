@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.model import Attempt, TaskState
+from hsm_core.model import NOT_PLACED, Attempt, TaskState
 from hsm_core.procs import pid_alive
 from hsm_core.reporting.errors_analysis import classify
 from hsm_core.reporting.failures import attempt_logs, read_tail
@@ -183,7 +183,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
     durations: list[float] = []
     for a in latest:
         counts[a.state] = counts.get(a.state, 0) + 1
-        src = a.source or "(not placed)"
+        src = a.source or NOT_PLACED
         bucket = per_source.setdefault(src, {})
         bucket[a.state] = bucket.get(a.state, 0) + 1
         if a.state is TaskState.COMPLETED and a.started is not None and a.ended is not None:
@@ -193,7 +193,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         per_source.setdefault(name, {})
     sources = [
         SourceLine(name, slots.get(name), per_source[name])
-        for name in sorted(per_source, key=lambda n: (n == "(not placed)", n))
+        for name in sorted(per_source, key=lambda n: (n == NOT_PLACED, n))
     ]
     active = orchestrator_active(meta.get("orchestrator"))
 
@@ -233,7 +233,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         stop = now if active or not isinstance(ended, (int, float)) else ended
         elapsed = max(0.0, stop - started)
     parallel = sum(slots.values()) or max(1, len(busy))
-    names = [s.name for s in sources if s.name != "(not placed)"]
+    names = [s.name for s in sources if s.name != NOT_PLACED]
     return Frame(
         sweep_id=str(meta.get("sweep_id", store.sweep_dir.name)),
         sweep_dir=store.sweep_dir,

@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from hsm_core.model import TaskState
+from hsm_core.model import NOT_PLACED, TaskState
 from hsm_core.reporting import gantt
 from hsm_core.reporting.failures import ErrorAnalysis, ErrorGroup
 from hsm_core.reporting.patterns import Pattern
@@ -146,7 +146,7 @@ def _group(group: ErrorGroup, patterns: list[Pattern], reports_dir: Path) -> str
             f'<a href="{_h(_rel(p, reports_dir))}">{_h(p.name)}</a>' for p in f.logs[:4]
         )
         rows.append(
-            f"<tr><td>{_h(f.name)}</td><td>{_h(f.source or '-')}</td>"
+            f"<tr><td>{_h(f.name)}</td><td>{_h(f.source or NOT_PLACED)}</td>"
             f"<td><code>{_h(_params(f.params))}</code></td>"
             f'<td class="n">{_h("-" if f.exit_code is None else f.exit_code)}</td>'
             f"<td>{logs}</td></tr>"
@@ -166,7 +166,7 @@ def _group(group: ErrorGroup, patterns: list[Pattern], reports_dir: Path) -> str
         f"{_h(group.label)}</summary>"
         f'<p class="hint">{_h(group.cause.hint)}</p>'
         f"{_patterns(patterns)}"
-        f"<p>Representative: <b>{_h(rep.name)}</b> on {_h(rep.source or '-')} "
+        f"<p>Representative: <b>{_h(rep.name)}</b> on {_h(rep.source or NOT_PLACED)} "
         f'<span class="muted">({logs_of_rep})</span></p>'
         f"<pre>{_h(rep.tail or rep.error or '')}</pre>{table}</details>"
     )

@@ -37,11 +37,11 @@ from hsm_core.hydra_payload import (
     write_sweep_part,
 )
 from hsm_core.model import SourceSpec
+from hsm_core.sweeps import project_root_for
 from hydra_plugins.hsm_launcher import _results, _tasks
 from hydra_plugins.hsm_launcher._settings import (
     Resolved,
     Settings,
-    project_root_for,
     resolve,
     settings_from,
 )

@@ -57,7 +57,7 @@ def open_store(
         },
         project_root=project_root,
     )
-    register(sweep_id, sweep_dir)
+    register(sweep_id, sweep_dir, project_root)
     return store
 
 

@@ -166,12 +166,3 @@ def resolve_sources(settings: Settings, base: HsmConfig) -> list[SourceSpec]:
             for s in specs
         ]
     return specs
-
-
-def project_root_for(cwd: Path) -> Path:
-    """The nearest folder up from `cwd` with hsm.yaml, else with .git, else `cwd`."""
-    for marker in ("hsm.yaml", ".git"):
-        for folder in (cwd, *cwd.parents):
-            if (folder / marker).exists():
-                return folder
-    return cwd
