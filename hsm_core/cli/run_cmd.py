@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--project-root", type=Path, default=Path.cwd(), help="project root (default: cwd)"
     )
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the checks before the first task (script, interpreter, Hydra keys)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         retries = config.max_retries
     if retries < 0:
         raise ConfigError("must be >= 0", key="--max-retries")
+    if not args.no_check:
+        from hsm_core.preflight import check_sweep
+
+        # What would make every task fail stops here, before any sweep folder exists.
+        check_sweep(definition, tasks, root, specs, hydra=not args.dry_run)
     if args.dry_run:
         render.task_table(tasks, cwd_root=root)
         return 0
