@@ -19,7 +19,7 @@ from hsm_core.strategies import STRATEGIES
 
 CONFIG_NAME = "hsm.yaml"
 SOURCE_TYPES = ("local", "ssh", "hpc")
-TOP_KEYS = ("sources", "health", "strategy", "max_retries", "collect")
+TOP_KEYS = ("sources", "health", "strategy", "max_retries", "collect", "require_all_sources")
 HEALTH_DEFAULTS: dict[str, Any] = {
     "interval_s": 300.0,
     "consecutive_failures": 3,
@@ -36,6 +36,7 @@ class HsmConfig:
     health: Mapping[str, Any] = field(default_factory=lambda: dict(HEALTH_DEFAULTS))
     strategy: str = "least_loaded"
     max_retries: int = 0
+    require_all_sources: bool = False  # a source that cannot start stops the run
 
     @property
     def where(self) -> str:
@@ -105,7 +106,10 @@ def parse_config(data: Any, where: str, path: Path | None = None) -> HsmConfig:
     retries = data.get("max_retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError("must be a whole number >= 0", file=where, key="max_retries")
-    return HsmConfig(path, sources, health, strategy, retries)
+    require_all = data.get("require_all_sources", False)
+    if not isinstance(require_all, bool):
+        raise ConfigError("must be true or false", file=where, key="require_all_sources")
+    return HsmConfig(path, sources, health, strategy, retries, require_all)
 
 
 def check_strategy(strategy: Any, where: str, key: str) -> str:

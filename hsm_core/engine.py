@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceUnavailable
 from hsm_core.health import HealthMonitor, HealthSettings
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
@@ -35,6 +35,15 @@ VIEW_INTERVAL_S = 2.0
 CANCEL_DEADLINE_S = 15.0
 # A task lost this many times in a row is not the hosts' fault any more.
 LOST_LIMIT = 5
+# Sources starting at once (each: a connection, an agent, a sync check). More only
+# compete for this machine's CPU, and for an sshd's cap on connections still logging in
+# (MaxStartups, 10 by default); see bench/bench_sources.py.
+START_AT_ONCE = 8
+# A start that takes longer counts as failed; the source is tried again later.
+START_DEADLINE_S = 180.0
+# A source that could not start is tried again after this, then at doubling intervals.
+RESTART_FIRST_S = 2.0
+RESTART_MAX_S = 60.0
 # Files of an attempt that a new attempt would overwrite; they move to attempt_N/.
 _ATTEMPT_FILES = (
     "stdout.log",
@@ -76,7 +85,13 @@ class SweepEngine:
         weights: dict[str, float] | None = None,
         seed: int | None = None,
         health: HealthSettings | None = None,
+        require_all: bool = False,
+        start_at_once: int = START_AT_ONCE,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
+        """`require_all`: a source that cannot start stops the run (else the run goes on
+        without it and keeps trying it). `notify` gets the lines about sources starting
+        late or not at all that the user should see at once (they are logged anyway)."""
         self.store = store
         self.ctx = ctx
         self.sources = {s.name: s for s in sources}
@@ -86,7 +101,14 @@ class SweepEngine:
         self.max_retries = max_retries
         self.max_parallel = max_parallel
         self.weights = weights or {}
-        self.enabled: dict[str, bool] = {name: True for name in self.sources}
+        self.enabled: dict[str, bool] = {name: False for name in self.sources}  # until started
+        self.require_all = require_all
+        self.notify = notify
+        self._start_slots = asyncio.Semaphore(max(1, start_at_once))
+        self._started: set[str] = set()
+        self.not_started: dict[str, str] = {}  # source -> why, while it has not started
+        self._start_phase: list[asyncio.Future[BaseException | None]] = []
+        self._restarts: dict[str, asyncio.Task[None]] = {}
         self._tasks: dict[str, TaskSpec] = {}
         self._live: dict[str, _Live] = {}
         self._queue: deque[str] = deque()
@@ -117,6 +139,8 @@ class SweepEngine:
         if not self._cancelling:
             self._cancelling = True
             self._events.put_nowait(None)
+            for job in self._start_phase:  # a slow host must not hold up Ctrl-C
+                job.cancel()
 
     def counts(self) -> dict[TaskState, int]:
         out = {s: 0 for s in TaskState}
@@ -151,6 +175,9 @@ class SweepEngine:
             # Before anything else ends: a failed start may remove the sweep folder next.
             await asyncio.gather(views, return_exceptions=True)
             await self.health.stop()
+            for job in self._restarts.values():
+                job.cancel()
+            await asyncio.gather(*self._restarts.values(), return_exceptions=True)
             for p in pollers:
                 p.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
@@ -197,17 +224,115 @@ class SweepEngine:
         self._reattach = reattach
 
     async def _start_sources(self) -> None:
-        results = await asyncio.gather(
-            *(s.start(self._report) for s in self.sources.values()), return_exceptions=True
-        )
-        for src, res in zip(list(self.sources.values()), results, strict=True):
-            if isinstance(res, BaseException):
-                if isinstance(res, HsmError):
-                    raise res
-                raise HsmError(
-                    f"source {src.name} could not start: {res}",
-                    f"check it with `hsm sources test {src.name}`, or run without it",
-                ) from res
+        """Start every source, START_AT_ONCE at a time, and wait until each has started
+        or failed once. A mistake (an HsmError other than SourceUnavailable: a host key
+        to confirm, `sync: fail`) stops the run. An outage (refused, timed out, login
+        refused, no interpreter, an agent that does not answer) disables the source and
+        retries it in the background, unless `require_all`. No source with slots up
+        stops the run: then nothing has started."""
+        for name in self.sources:
+            self.health.starting(name)
+        sources = list(self.sources.values())
+        self._start_phase = [asyncio.ensure_future(self._try_start(s, 1)) for s in sources]
+        try:
+            await asyncio.wait(self._start_phase)
+        except asyncio.CancelledError:
+            for job in self._start_phase:
+                job.cancel()
+            raise
+        down: dict[str, BaseException] = {}
+        for src, job in zip(sources, self._start_phase, strict=True):
+            failure = SourceError("cancelled while starting") if job.cancelled() else job.result()
+            if failure is not None:
+                down[src.name] = failure
+        self._start_phase = []
+        if not self._cancelling:
+            self._check_start(down)
+        for name, failure in down.items():
+            reason = _reason(failure)
+            self.not_started[name] = reason
+            if self._cancelling or self.sources[name].spec.max_parallel < 1:
+                continue  # only there to re-attach: nothing to retry it for
+            self.health.start_failed(name, reason, 1, RESTART_FIRST_S)
+            self._say(
+                f"source {name} could not start: {reason}; the sweep runs without it and "
+                "tries it again in the background"
+            )
+            self._restarts[name] = asyncio.create_task(self._restart(self.sources[name]))
+        await self._reattach_all()
+
+    def _check_start(self, down: dict[str, BaseException]) -> None:
+        for failure in down.values():
+            if not _outage(failure):
+                raise failure  # a mistake: the run stops before any task starts
+        if down and self.require_all:
+            name, failure = next(iter(down.items()))
+            raise HsmError(
+                f"source {name} could not start: {_reason(failure)}",
+                f"check it with `hsm sources test {name}`; without --require-all-sources "
+                "the sweep runs on the other sources",
+            ) from failure
+        if down and not any(self.sources[n].spec.max_parallel > 0 for n in self._started):
+            listed = "; ".join(f"{n}: {_reason(e)}" for n, e in list(down.items())[:3])
+            more = f" (and {len(down) - 3} more)" if len(down) > 3 else ""
+            test = f"hsm sources test {next(iter(down))}" if len(down) == 1 else "hsm sources test"
+            raise HsmError(f"no source could start: {listed}{more}", f"check with `{test}`")
+
+    async def _try_start(self, src: ComputeSource, tries: int) -> BaseException | None:
+        """One start of `src`, within the bound on starts at once; the failure, if any."""
+        failure: BaseException
+        async with self._start_slots:
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(src.start(self._report), START_DEADLINE_S)
+            except asyncio.TimeoutError as exc:
+                failure = exc
+                if time.monotonic() - t0 >= START_DEADLINE_S:
+                    failure = SourceError(f"did not start within {START_DEADLINE_S:g} s")
+            except Exception as exc:
+                failure = exc
+            else:
+                self._joined(src, tries)
+                return None
+        log.debug("starting %s failed", src.name, exc_info=failure)
+        with contextlib.suppress(Exception):  # what the failed start opened
+            await asyncio.wait_for(src.close(), 10.0)
+        return failure
+
+    def _joined(self, src: ComputeSource, tries: int) -> None:
+        self._started.add(src.name)
+        self.not_started.pop(src.name, None)
+        self.enabled[src.name] = True
+        self.health.started(src.name, tries)
+        if tries > 1:
+            self._say(f"source {src.name} started (try {tries}): it joins the sweep")
+            self._events.put_nowait(None)  # wake the loop: there are slots to fill
+
+    async def _restart(self, src: ComputeSource) -> None:
+        """Try a source that could not start again, with backoff, until it starts (or a
+        mistake shows that it never will in this run)."""
+        delay, tries = RESTART_FIRST_S, 1
+        while not self._cancelling:
+            await asyncio.sleep(delay)
+            tries += 1
+            failure = await self._try_start(src, tries)
+            if failure is None:
+                return
+            reason = self.not_started[src.name] = _reason(failure)
+            if not _outage(failure):
+                self.health.start_failed(src.name, reason, tries, None)
+                self._say(f"source {src.name} is left out of this run: {reason}")
+                return
+            delay = min(2 * delay, RESTART_MAX_S)
+            self.health.start_failed(src.name, reason, tries, delay)
+
+    def _say(self, line: str) -> None:
+        if self.notify is not None:
+            self.notify(line)
+
+    async def _reattach_all(self) -> None:
+        """Attempts a previous orchestrator left running: their source asks after them;
+        a source not in this run, or down, cannot, and they run again."""
         for src_name, keys in self._reattach.items():
             owner = self.sources.get(src_name)
             pairs = [(self._tasks[k], self.store.attempts(k)[-1]) for k in keys]
@@ -215,20 +340,23 @@ class SweepEngine:
                 self._live[k].source = src_name
                 if owner is not None:
                     self._inflight[src_name] += 1
-            if owner is not None:
+            if owner is not None and src_name in self._started:
                 await owner.reattach(pairs)
+                continue
+            if owner is None:
+                why = f"source {src_name!r} is not in this run"
             else:
-                # Its source is not part of this run: nobody can watch it; run it again.
-                for task, att in pairs:
-                    self._report(
-                        TaskEvent(
-                            task.key,
-                            att.attempt,
-                            TaskState.LOST,
-                            src_name,
-                            error=f"source {src_name!r} is not in this run; running it again",
-                        )
+                why = f"{src_name} could not start ({self.not_started.get(src_name)})"
+            for task, att in pairs:
+                self._report(
+                    TaskEvent(
+                        task.key,
+                        att.attempt,
+                        TaskState.LOST,
+                        src_name,
+                        error=f"{why}; running it again",
                     )
+                )
 
     # -------------------------------------------------------------- main loop
     async def _main_loop(self) -> None:
@@ -474,6 +602,8 @@ class SweepEngine:
         assert src.poll_interval
         while True:
             await asyncio.sleep(src.poll_interval)
+            if src.name not in self._started:
+                continue
             try:
                 await src.poll()
             except Exception:
@@ -520,3 +650,17 @@ def _archive_attempt(tdir: Path, attempt: int) -> None:
     dest.mkdir(exist_ok=True)
     for n in present:
         shutil.move(str(tdir / n), str(dest / n))
+
+
+def _outage(failure: BaseException) -> bool:
+    """A start failure that is the source's condition, not a mistake in the sweep."""
+    if isinstance(failure, HsmError):
+        return isinstance(failure, SourceUnavailable)
+    return isinstance(failure, Exception)
+
+
+def _reason(failure: BaseException) -> str:
+    text = str(failure).strip()
+    if not isinstance(failure, HsmError | SourceError) or not text:
+        text = f"{type(failure).__name__}: {text}" if text else type(failure).__name__
+    return text.splitlines()[0]

@@ -32,6 +32,13 @@ class ConfigError(HsmError):
         self.key = key
 
 
+class SourceUnavailable(HsmError):
+    """A source that cannot be used right now for a reason on its side (login refused, no
+    interpreter there, an agent that does not answer): an outage for the sweep, like a
+    refused connection, not a mistake in it. A run goes on without that source and keeps
+    trying it; every other HsmError raised while a source starts stops the run."""
+
+
 class SweepNotFound(HsmError):
     pass
 

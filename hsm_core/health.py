@@ -9,6 +9,9 @@ Two rules disable a source:
   missing package), except that the last enabled source is never disabled this way:
   tasks failing everywhere are the task's own fault, not a host's.
 
+A source that has not started (or could not: its start is retried by the engine) is
+disabled and not checked; `started()` enables it.
+
 Every decision is logged to "hsm.health" (logs/health_status.log); utilisation samples
 to "hsm.utilization" (logs/source_utilization.log).
 """
@@ -55,6 +58,7 @@ class SourceHealth:
     last: HealthReport | None = None
     history: list[tuple[float, bool, str]] = field(default_factory=list)
     spared: bool = False  # said once that the last source is kept despite its failures
+    starting: bool = False  # not started yet: no checks (the engine retries its start)
 
 
 Disable = Callable[[str, str, bool], None]  # (source, reason, tasks_are_lost)
@@ -96,6 +100,43 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
+    # ----------------------------------------------------------- start-up
+    def starting(self, name: str) -> None:
+        """Not started yet: disabled, and not checked until `started()`."""
+        st = self.state[name]
+        st.starting, st.enabled = True, False
+
+    def start_failed(self, name: str, reason: str, tries: int, retry_in: float | None) -> None:
+        """A start failed: said at WARNING the first time, then at INFO (the terminal
+        shows warnings; a host down for an hour must not fill it)."""
+        st = self.state[name]
+        st.reason = f"could not start: {reason}"
+        if retry_in is None:
+            st.sticky = True
+            log.error("%s: disabled for this run: %s", name, reason)
+        elif tries == 1:
+            log.warning(
+                "%s: disabled: could not start: %s; the sweep goes on without it, "
+                "trying again in the background",
+                name,
+                reason,
+            )
+        else:
+            log.info(
+                "%s: still cannot start (try %d): %s; next try in %.0f s",
+                name,
+                tries,
+                reason,
+                retry_in,
+            )
+
+    def started(self, name: str, tries: int) -> None:
+        st = self.state[name]
+        st.starting, st.enabled, st.reason, st.failures_in_row = False, True, None, 0
+        if tries > 1:
+            log.warning("%s: re-enabled: started at try %d; it joins the sweep", name, tries)
+
+    # -------------------------------------------------------------- checks
     def check_soon(self, name: str) -> None:
         """A task was lost there: check now rather than at the next interval."""
         if name in self._wake:
@@ -148,6 +189,8 @@ class HealthMonitor:
     async def check(self, name: str) -> HealthReport:
         src = self.sources[name]
         st = self.state[name]
+        if st.starting:
+            return HealthReport(name, False, st.reason or "not started yet")
         t0 = time.monotonic()
         try:
             report = await asyncio.wait_for(src.health_check(), self.settings.timeout_s)

@@ -38,6 +38,8 @@ class RunOptions:
     keys: Collection[str] | None = None
     weights: dict[str, float] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)  # hsm.yaml `health:` keys
+    # A source that cannot start stops the run (default: the run goes on without it).
+    require_all_sources: bool = False
 
 
 @dataclass
@@ -45,6 +47,7 @@ class RunOutcome:
     counts: dict[TaskState, int]
     cancelled: bool
     seconds: float
+    not_started: dict[str, str] = field(default_factory=dict)  # source -> why
 
     @property
     def ok(self) -> bool:
@@ -72,12 +75,15 @@ async def run_sweep(
     sources: Sequence[ComputeSource] | None = None,
     progress: Progress | None = None,
     handle_signals: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the engine until every selected task is settled (or the run is cancelled).
 
     SIGINT/SIGTERM cancel the run cleanly: every source kills what it started and the
     store ends consistent. `sources` lets a caller pass ready-made sources (the Hydra
-    launcher's fork source); otherwise they are built from `specs`.
+    launcher's fork source); otherwise they are built from `specs`. `notify` gets the
+    lines to show at once about sources that could not start or joined late (they go to
+    logs/health_status.log anyway, and so to the terminal of a CLI run).
     """
     _fast_child_watcher()
     built = list(sources) if sources is not None else [make_source(s, ctx) for s in specs]
@@ -91,6 +97,8 @@ async def run_sweep(
         max_parallel=opts.max_parallel,
         weights=opts.weights,
         health=HealthSettings.from_mapping(opts.health),
+        require_all=opts.require_all_sources,
+        notify=notify,
     )
     store.set_meta(
         "orchestrator",
@@ -130,6 +138,8 @@ async def run_sweep(
         for sig in installed:
             loop.remove_signal_handler(sig)
         store.set_meta("orchestrator", None)
+        # Sources of this run that never started, and why (the summaries name them).
+        store.set_meta("not_started", dict(engine.not_started))
         found = {s.name: getattr(s, "metadata", None) for s in built}
         for name, meta in found.items():  # what a source learned starting (ssh: sync report)
             if meta:
@@ -140,7 +150,7 @@ async def run_sweep(
         logs.close()
     if progress:
         progress(engine)
-    return RunOutcome(counts, cancelled, time.monotonic() - start)
+    return RunOutcome(counts, cancelled, time.monotonic() - start, dict(engine.not_started))
 
 
 def _fast_child_watcher() -> None:

@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import posixpath
+import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from hsm_core.errors import CommandError, HsmError
+from hsm_core.errors import CommandError, HsmError, SourceUnavailable
 from hsm_core.sources.base import SourceError
 from hsm_core.transport.ssh import SshTransport
 
@@ -284,7 +285,7 @@ async def remote_state(
     try:
         result = await transport.run(argv, input=payload, timeout=300.0)
     except CommandError as exc:
-        raise HsmError(
+        raise SourceUnavailable(
             f"ssh {transport.name}: cannot inspect the project with `{python}`: "
             f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc.exit_code}",
             "check `python:` and `setup:` of this source in hsm.yaml",
@@ -292,7 +293,7 @@ async def remote_state(
     try:
         data = json.loads(result.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise HsmError(
+        raise SourceUnavailable(
             f"ssh {transport.name}: unreadable answer while inspecting {remote_dir}",
             "a login or setup script printing to stdout may be the cause",
         ) from None
@@ -437,22 +438,48 @@ def _local_full(root: Path, skip: tuple[Path, ...]) -> LocalState:
     return side, files, hash_files(root, files)
 
 
-# Checks of several hosts that start together share one look at the local project.
-_AHEAD: dict[tuple[object, ...], asyncio.Future[LocalState]] = {}
+# Checks of several hosts that start together share one look at the local project. Many
+# sources start a few at a time: a look stays shared this long after it is done.
+SHARE_S = 15.0
+
+
+@dataclass
+class _Look:
+    loop: asyncio.AbstractEventLoop
+    fut: asyncio.Future[LocalState]
+    done_at: float | None = None
+
+    def finished(self, _: object) -> None:
+        self.done_at = time.monotonic()
+
+    def fresh(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self.loop is not loop:
+            return False
+        if self.done_at is None:
+            return True
+        if self.fut.cancelled() or self.fut.exception() is not None:
+            return False  # a failed look is never shared
+        return time.monotonic() - self.done_at <= SHARE_S
+
+
+_AHEAD: dict[tuple[str, ...], _Look] = {}
 
 
 async def local_state_ahead(root: Path, skip: tuple[Path, ...] = ()) -> LocalState:
     """The local half of the check (git state, or file hashes without git), in a thread.
 
-    Callers at the same time share one computation; a later call looks again (the tree
-    may have changed since)."""
-    key = (id(asyncio.get_running_loop()), str(root), tuple(map(str, skip)))
-    fut = _AHEAD.get(key)
-    if fut is None:
-        fut = asyncio.ensure_future(asyncio.to_thread(_local_full, root, skip))
-        _AHEAD[key] = fut
-        fut.add_done_callback(lambda _: _AHEAD.pop(key, None))
-    return await asyncio.shield(fut)  # one caller giving up must not cancel the others
+    Callers within SHARE_S of each other share one computation; a later call looks
+    again (the tree may have changed since: a source retried minutes later)."""
+    loop = asyncio.get_running_loop()
+    key = (str(root), *map(str, skip))
+    look = _AHEAD.get(key)
+    if look is None or not look.fresh(loop):
+        for old in [k for k, v in _AHEAD.items() if not v.fresh(loop)]:
+            del _AHEAD[old]
+        look = _Look(loop, asyncio.ensure_future(asyncio.to_thread(_local_full, root, skip)))
+        look.fut.add_done_callback(look.finished)
+        _AHEAD[key] = look
+    return await asyncio.shield(look.fut)  # one caller giving up must not cancel the others
 
 
 async def _differing(

@@ -21,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, help="cap on running tasks over all sources")
     p.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--require-all-sources",
+        action="store_true",
+        help="stop if any source cannot start (default: run on those that can, and keep "
+        "trying the others)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             keys=plan.keys,
             health=dict(config.health),
+            require_all_sources=args.require_all_sources or config.require_all_sources,
         )
         ctx = context_for(store)
         show = not args.no_progress and sys.stdout.isatty()

@@ -157,6 +157,7 @@ def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
         con.print(
             f"... and {len(bad) - limit} more: `hsm status {store.sweep_dir}`", soft_wrap=True
         )
+    not_started(con, store, outcome.not_started, finished=not bad)
     con.print(f"sweep folder: {escape(str(store.sweep_dir))}", soft_wrap=True)
 
 
@@ -174,3 +175,18 @@ def task_log(task_dir: Path) -> Path | None:
     if not sizes.get("stderr.log") and sizes.get("stdout.log"):
         return task_dir / "stdout.log"
     return task_dir / next(iter(sizes))
+
+
+def not_started(con: Any, store: SweepStore, reasons: dict[str, str], finished: bool) -> None:
+    """Sources that never started in this run, why, and how to use them once back."""
+    from rich.markup import escape
+
+    for name, why in sorted(reasons.items()):
+        con.print(f"[yellow]never started[/] {escape(name)}: {escape(why)}", soft_wrap=True)
+    if reasons and not finished:
+        names = ",".join(sorted(reasons))
+        con.print(
+            "once they are back: "
+            + escape(f"hsm complete {shlex.quote(str(store.sweep_dir))} --sources {names}"),
+            soft_wrap=True,
+        )

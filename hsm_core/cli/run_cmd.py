@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the checks before the first task (script, interpreter, Hydra keys)",
     )
+    p.add_argument(
+        "--require-all-sources",
+        action="store_true",
+        help="stop if any source cannot start (default: run on those that can, and keep "
+        "trying the others)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not tasks:
         raise HsmError(f"{args.config}: the sweep has no points", "add values under grid:")
+    if config.require_all_sources:
+        args.require_all_sources = True
     return _execute(args, root, definition, tasks, specs, strategy, retries, dict(config.health))
 
 
@@ -123,6 +131,7 @@ def _execute(
             max_retries=retries,
             max_parallel=args.max_parallel,
             health=health,
+            require_all_sources=args.require_all_sources,
         )
         show = not args.no_progress and sys.stdout.isatty()
         print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")

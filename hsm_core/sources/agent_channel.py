@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hsm_core import remote_agent
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceUnavailable
 from hsm_core.sources.base import SourceError
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,13 @@ class AgentChannel:
                 err = await asyncio.wait_for(proc.stderr.read(), 2.0)
             last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
             how = f" with `{self._python}`" if self._python else ""
-            raise HsmError(
+            raise SourceUnavailable(
                 f"{self.name}: cannot start the hsm agent{how}: {last[0]}", self._python_hint
             )
         try:
             hello = json.loads(line)
         except ValueError:
-            raise HsmError(
+            raise SourceUnavailable(
                 f"{self.name}: the hsm agent printed {line[:80]!r} instead of its greeting",
                 "a login script that prints to stdout confuses the agent; make it quiet "
                 "for non-interactive shells",

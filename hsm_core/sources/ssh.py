@@ -50,7 +50,6 @@ from hsm_core.transport.ssh import SshTransport
 
 # Payloads up to this size travel inside the launch message; larger ones by SFTP first.
 INLINE_PAYLOAD_MAX = 4 * 1024 * 1024
-AGENT_START_TIMEOUT_S = 30.0
 # How long closing waits for a report-only sync check still running.
 SYNC_REPORT_WAIT_S = 30.0
 
@@ -92,6 +91,8 @@ class SSHSource(ComputeSource):
         self.home = ""
         self.project_dir = self.opts.project_dir
         self.sweep_dir = ""
+        self._starts = 0  # start() calls: a source that could not start is started again
+        self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
 
     # ------------------------------------------------------------------ slots
     @property
@@ -115,13 +116,16 @@ class SSHSource(ComputeSource):
         await super().start(report)
         from hsm_core import sync  # needs gitpython: imported only when an ssh source runs
 
+        self._state = "new"  # also after a failed start, which the engine closed
+        self._starts += 1
         # The local half of the sync check (git, or hashes) runs while we connect.
         local = asyncio.create_task(
             sync.local_state_ahead(self.ctx.project_root, (self.ctx.sweep_dir,))
         )
         try:
-            self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
-            await self.transport.ensure(window=min(self.opts.reconnect_window, 10.0))
+            # One try: a host that refuses is retried by the engine in the background,
+            # while the sweep runs on the others.
+            await self.transport.connect()
         except BaseException:
             local.cancel()  # the thread may finish anyway; nobody waits for it
             raise
@@ -135,7 +139,12 @@ class SSHSource(ComputeSource):
             # Only a report then (no pickle to unpickle there, nothing to stop or push):
             # tasks need not wait for it; close() does, so the sweep metadata has it.
             self._check = asyncio.create_task(self._report_only(check()))
-            await self._start_agent()
+            try:
+                await self._start_agent()
+            except BaseException:
+                self._check.cancel()  # this start failed: its report is of no use
+                self._check = None
+                raise
             self._state = "up"
             return
         # Both are one exec on the same connection: run them side by side (and let both
@@ -162,7 +171,9 @@ class SSHSource(ComputeSource):
             "exclude": list(self.opts.exclude),
             "grace": self.opts.kill_grace,
         }
-        hello = await agent.start(config, AGENT_START_TIMEOUT_S)
+        # A host too busy to start Python in time gets more time at each start again.
+        timeout = self.opts.agent_timeout * min(max(self._starts, 1), 4)
+        hello = await agent.start(config, timeout)
         self._agent = agent
         self._shipping = {}  # a new agent: ship the shared payload parts again, to be safe
         self.home = str(hello.get("home") or "/")

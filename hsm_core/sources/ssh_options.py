@@ -40,6 +40,7 @@ KNOWN_KEYS = (
     "reconnect_window",
     "down_timeout",
     "kill_grace",
+    "agent_timeout",
 )
 
 
@@ -59,6 +60,7 @@ class SshOptions:
     reconnect_window: float = 20.0
     down_timeout: float = 120.0
     kill_grace: float = 5.0
+    agent_timeout: float = 60.0
 
     @classmethod
     def parse(cls, name: str, options: Mapping[str, Any]) -> SshOptions:
@@ -108,8 +110,11 @@ class SshOptions:
                 ("reconnect_window", cls.reconnect_window),
                 ("down_timeout", cls.down_timeout),
                 ("kill_grace", cls.kill_grace),
+                ("agent_timeout", cls.agent_timeout),
             )
         }
+        if numbers["agent_timeout"] <= 0:
+            raise fail("agent_timeout", "must be a number of seconds > 0")
         return cls(
             target=target,
             project_dir=project_dir.rstrip("/") or "/",
@@ -125,6 +130,7 @@ class SshOptions:
             reconnect_window=numbers["reconnect_window"],
             down_timeout=numbers["down_timeout"],
             kill_grace=numbers["kill_grace"],
+            agent_timeout=numbers["agent_timeout"],
         )
 
 

@@ -5,10 +5,11 @@ that crosses the remote shell is built from argv with shlex quoting; host keys a
 against known_hosts (the user's, or the one named by the ssh config / the caller). A dead
 connection is noticed by keepalives; `ensure()` reconnects with backoff.
 
-Errors: a user mistake that retrying cannot fix (unknown or changed host key, refused
-authentication, bad config) is an HsmError with the fix; a transient failure (refused,
-timed out, connection lost) is a SourceError; a remote command that fails is a
-CommandError(argv, exit code, stderr).
+Errors: a mistake on this side that retrying cannot fix (unknown or changed host key, an
+unusable private key, a bad ssh config) is an HsmError with the fix; a refused login is
+a SourceUnavailable (an HsmError with the fix, but a problem of that host: a sweep goes
+on without it); a transient failure (refused, timed out, connection lost) is a
+SourceError; a remote command that fails is a CommandError(argv, exit code, stderr).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, cast
 
 import asyncssh
 
-from hsm_core.errors import CommandError, ConfigError, HsmError
+from hsm_core.errors import CommandError, ConfigError, HsmError, SourceUnavailable
 from hsm_core.sources.base import SourceError
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class SshTransport:
         except asyncssh.HostKeyNotVerifiable:
             raise await self._host_key_error() from None
         except asyncssh.PermissionDenied as exc:
-            raise HsmError(
+            raise SourceUnavailable(
                 f"ssh {self.name}: authentication refused by {t.label} ({exc.reason})",
                 "check `user`/`key` in hsm.yaml or your ~/.ssh/config, and that the public "
                 "key is in the remote ~/.ssh/authorized_keys",

@@ -234,6 +234,7 @@ class _Launch:
                 max_parallel=s.settings.max_parallel,
                 keys=[t.key for t in tasks],
                 health=s.resolved.health,
+                require_all_sources=s.resolved.require_all_sources,
             )
             progress = _results.progress_bar(len(tasks)) if s.settings.progress else None
             # The engine's records go to the sweep's log files, not to the app's console.
@@ -244,7 +245,15 @@ class _Launch:
             try:
                 if write_parts is not None:
                     writer.start()
-                run = run_sweep(store, ctx, s.specs, opts, sources=sources, progress=progress)
+                run = run_sweep(
+                    store,
+                    ctx,
+                    s.specs,
+                    opts,
+                    sources=sources,
+                    progress=progress,
+                    notify=log.warning,
+                )
                 outcome = asyncio.run(run)
             finally:
                 if writer.is_alive():
@@ -253,6 +262,8 @@ class _Launch:
                 if progress is not None:
                     progress.close()
             self._mark("engine done")
+            for name, why in sorted(outcome.not_started.items()):
+                log.warning(f"source {name} never started: {why}")
             results = _results.collect(store, self.jobs, tasks, returns)
             self._mark("read the JobReturns")
         finally:

@@ -41,6 +41,7 @@ class Settings:
     sync: str | None = None
     ahead: int = 2
     progress: bool = True
+    require_all_sources: bool | None = None  # None: hsm.yaml's
 
 
 def _plain(value: Any) -> Any:
@@ -82,6 +83,11 @@ def settings_from(params: Mapping[str, Any], pool_choice: str | None = None) -> 
             key=f"{WHERE}.sync",
             hint=f"valid: {', '.join(SYNC_POLICIES)}",
         )
+    require_all = params.get("require_all_sources")
+    if require_all is not None and not isinstance(require_all, bool):
+        raise ConfigError(
+            f"must be true or false, got {require_all!r}", key=f"{WHERE}.require_all_sources"
+        )
     sources = params.get("sources")
     if sources is not None and not isinstance(sources, str):
         raise ConfigError(
@@ -99,6 +105,7 @@ def settings_from(params: Mapping[str, Any], pool_choice: str | None = None) -> 
         sync=sync,
         ahead=_int(params, "ahead", 0, 2) or 0,
         progress=bool(params.get("progress", True)),
+        require_all_sources=require_all,
     )
 
 
@@ -114,6 +121,7 @@ class Resolved:
     strategy: str
     max_retries: int
     health: dict[str, Any]
+    require_all_sources: bool = False
 
 
 def resolve(settings: Settings, project_root: Path) -> Resolved:
@@ -123,6 +131,9 @@ def resolve(settings: Settings, project_root: Path) -> Resolved:
         strategy=settings.strategy or base.strategy,
         max_retries=base.max_retries if settings.max_retries is None else settings.max_retries,
         health={**base.health, **settings.health},
+        require_all_sources=base.require_all_sources
+        if settings.require_all_sources is None
+        else settings.require_all_sources,
     )
 
 

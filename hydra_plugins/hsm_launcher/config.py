@@ -50,6 +50,9 @@ class HsmLauncherConf:
     timeout_s: float | None = None  # per job
     health: HealthConf = field(default_factory=HealthConf)
     sync: str | None = None  # warn | fail | push, for every remote source of the run
+    # true: a source that cannot start stops the launch; false: the jobs run on the
+    # sources that started and the others are tried again; null: hsm.yaml's (false)
+    require_all_sources: bool | None = None
     # Local jobs prepared (forked, composed) ahead of a free slot, waiting at the gate.
     ahead: int = 2
     progress: bool = True

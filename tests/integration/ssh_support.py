@@ -89,6 +89,22 @@ def ssh_spec(
     return SourceSpec(alias, "ssh", slots, options=opts)
 
 
+def ssh_entry(ssh_env: SshEnv, alias: str, slots: int = 2, **extra: Any) -> dict[str, Any]:
+    """An hsm.yaml `sources:` entry for a loopback host (own remote project dir, quick to
+    notice a dead host)."""
+    return {
+        "type": "ssh",
+        "host": alias,
+        "ssh_config": str(ssh_env.ssh_config),
+        "project_dir": remote_project(ssh_env, alias),
+        "python": ssh_env.host(alias).python,
+        "sync": "push",
+        "max_parallel": slots,
+        **FAST_SSH,
+        **extra,
+    }
+
+
 def command_tasks(argvs: Sequence[Sequence[str]], params: Sequence[dict[str, Any]] | None = None):
     out = []
     for i, argv in enumerate(argvs):

@@ -22,7 +22,7 @@ import yaml
 
 from hsm_core.model import TaskState
 from hsm_core.store import SweepStore
-from tests.integration.ssh_support import FAST_SSH, make_project, remote_project
+from tests.integration.ssh_support import FAST_SSH, make_project, ssh_entry
 from tests.services import SlurmEnv, SshEnv
 from tests.sweep_utils import PY, hsm, wait_for
 
@@ -34,19 +34,6 @@ def shared_dir() -> Iterator[Path]:
     d.chmod(0o777)
     yield d
     subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def _ssh_source(ssh_env: SshEnv, alias: str, slots: int = 2) -> dict[str, Any]:
-    return {
-        "type": "ssh",
-        "host": alias,
-        "ssh_config": str(ssh_env.ssh_config),
-        "project_dir": remote_project(ssh_env, alias),
-        "python": ssh_env.host(alias).python,
-        "sync": "push",
-        "max_parallel": slots,
-        **FAST_SSH,
-    }
 
 
 def _project(tmp_path: Path, shared: Path, n: int, seconds: float, extra: dict[str, Any]) -> Path:
@@ -84,8 +71,8 @@ def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
     ssh_env: SshEnv, slurm_env: SlurmEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     sources = {
-        "h1": _ssh_source(ssh_env, "h1"),
-        "h2": _ssh_source(ssh_env, "h2"),
+        "h1": ssh_entry(ssh_env, "h1"),
+        "h2": ssh_entry(ssh_env, "h2"),
         "cluster": {
             "type": "hpc",
             "scheduler": "slurm",
@@ -123,7 +110,7 @@ def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
 def test_sweep_started_on_ssh_is_completed_on_local(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
-    project = _project(tmp_path, shared_dir, 10, 0.8, {"h1": _ssh_source(ssh_env, "h1")})
+    project = _project(tmp_path, shared_dir, 10, 0.8, {"h1": ssh_entry(ssh_env, "h1")})
     proc = subprocess.Popen(
         [PY, "-m", "hsm_core.cli.main", "run", "-c", "sweep.yaml", "-s", "ssh:h1:2",
          "--sweep-id", "move"],
@@ -160,7 +147,7 @@ def test_orchestrator_sigkilled_at_random_moments_then_completed(
         shared_dir,
         n,
         0.6,
-        {"h1": _ssh_source(ssh_env, "h1"), "h2": _ssh_source(ssh_env, "h2")},
+        {"h1": ssh_entry(ssh_env, "h1"), "h2": ssh_entry(ssh_env, "h2")},
     )
     rng = random.Random(seed)
     sources = "local:2,ssh:h1:2,ssh:h2:2"

@@ -55,3 +55,9 @@ def test_remote_paths_resolve_against_home() -> None:
 def test_command_line_quotes_every_word() -> None:
     assert command_line(["echo", "it's", "$(x)", "a b"]) == b"echo 'it'\"'\"'s' '$(x)' 'a b'"
     assert command_line(["printf", "\udcff"]) == b"printf '\xff'"  # raw byte, not UTF-8
+
+
+def test_agent_timeout_defaults_to_a_minute_and_must_be_positive() -> None:
+    assert SshOptions.parse("s", {"host": "x", "project_dir": "p"}).agent_timeout == 60.0
+    with pytest.raises(ConfigError, match="agent_timeout"):
+        SshOptions.parse("s", {"host": "x", "project_dir": "p", "agent_timeout": 0})

@@ -1,0 +1,369 @@
+"""A source that cannot start is a dead host, not the end of the sweep: the sweep runs on
+the sources that started and keeps trying the others. Real loopback sshd hosts; a "dead"
+source is an ssh source pointed at a port where nothing listens (refused at once), or a
+host whose sshd was killed (SshHostControl)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hsm_core.model import TaskEvent, TaskState
+from hsm_core.store import SweepStore
+from tests.helpers import async_wait_for
+from tests.hydra.util import APPS, job_return, jobs, run_app
+from tests.integration.ssh_support import (
+    FAST_SSH,
+    command_tasks,
+    make_project,
+    new_store,
+    run,
+    ssh_entry,
+    ssh_spec,
+)
+from tests.services import SshEnv
+from tests.sweep_utils import hsm
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder every host's login user can write to (pytest's tmp is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="hsm-down-", dir="/tmp"))
+    d.chmod(0o777)
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def _closed_port(address: str) -> int:
+    """A port on `address` where nothing listens: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def _dead_entry(ssh_env: SshEnv, alias: str) -> dict[str, Any]:
+    """An ssh source whose host refuses every connection."""
+    return ssh_entry(ssh_env, alias, port=_closed_port(ssh_env.host(alias).address))
+
+
+def _project(
+    tmp_path: Path, shared: Path, sources: dict[str, Any], n: int = 12, **top: Any
+) -> Path:
+    ran = shared / "ran.txt"
+    ran.touch()
+    ran.chmod(0o666)
+    project = make_project(tmp_path / "proj")
+    (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": sources, **top}))
+    (project / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"i": list(range(n))},
+                "command": ["sh", "-c", f'echo "$0" >> {ran}; sleep 0.2', "{i}"],
+            }
+        )
+    )
+    git = ["git", "-c", "user.email=t@e", "-c", "user.name=t"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "cfg"], cwd=project, check=True)
+    return project
+
+
+def _runs(shared: Path) -> Counter[str]:
+    return Counter((shared / "ran.txt").read_text().split())
+
+
+def _store(project: Path, sweep_id: str) -> SweepStore:
+    return SweepStore.open(project / "sweeps" / "outputs" / sweep_id, readonly=True)
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def test_one_refused_source_of_three_the_sweep_runs_on_the_other_two(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    sources = {
+        "h1": ssh_entry(ssh_env, "h1"),
+        "h2": ssh_entry(ssh_env, "h2"),
+        "dead": _dead_entry(ssh_env, "h3"),
+    }
+    project = _project(tmp_path, shared_dir, sources)
+    res = hsm("run", "-c", "sweep.yaml", "-s", "h1,h2,dead", "--sweep-id", "s", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # One warning line, with the reason, while the sweep goes on.
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1, res.stderr
+    assert "dead: disabled: could not start" in lines[0] and "Connect call failed" in lines[0]
+    # The summary names it and why.
+    assert "never started dead: " in res.stdout and "Connect call failed" in res.stdout
+    store = _store(project, "s")
+    latest = store.latest_attempts()
+    assert {a.state for a in latest.values()} == {TaskState.COMPLETED}
+    assert {a.source for a in latest.values()} == {"h1", "h2"}
+    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(12)})
+    assert "dead" in (store.meta("not_started") or {})
+    # Disabled in the health log, so `hsm monitor` shows it.
+    health = (store.sweep_dir / "logs" / "health_status.log").read_text()
+    assert "dead: disabled: could not start" in health
+    watch = hsm("monitor", "watch", "--once", "s", cwd=project)
+    row = next(line for line in watch.stdout.splitlines() if line.startswith("dead "))
+    assert "disabled" in row, watch.stdout
+
+
+def test_all_sources_down_is_one_line_and_exit_2(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    sources = {"dead1": _dead_entry(ssh_env, "h2"), "dead2": _dead_entry(ssh_env, "h3")}
+    project = _project(tmp_path, shared_dir, sources)
+    res = hsm("run", "-c", "sweep.yaml", "-s", "dead1,dead2", "--sweep-id", "s", cwd=project)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("hsm: error: no source could start"), lines
+    assert "dead1: " in lines[0] and "dead2: " in lines[0] and "Traceback" not in res.stderr
+    assert not (project / "sweeps" / "outputs" / "s").exists()  # nothing began: nothing left
+    assert _runs(shared_dir) == Counter()
+
+
+@pytest.mark.parametrize("where", ["flag", "hsm.yaml"])
+def test_require_all_sources_fails_fast(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, where: str
+) -> None:
+    sources = {"h1": ssh_entry(ssh_env, "h1"), "dead": _dead_entry(ssh_env, "h3")}
+    top = {"require_all_sources": True} if where == "hsm.yaml" else {}
+    project = _project(tmp_path, shared_dir, sources, **top)
+    flag = ["--require-all-sources"] if where == "flag" else []
+    t0 = time.monotonic()
+    res = hsm("run", "-c", "sweep.yaml", "-s", "h1,dead", "--sweep-id", "s", *flag, cwd=project)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("hsm: error: source dead could not start")
+    assert "--require-all-sources" in lines[0]
+    assert time.monotonic() - t0 < 30
+    assert _runs(shared_dir) == Counter()  # no task ran, not even on h1
+    assert not (project / "sweeps" / "outputs" / "s").exists()
+
+
+def test_a_mistake_on_one_source_stays_fatal(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    """An unknown host key is a decision for the user, not an outage: the run stops
+    before any task, even though h1 could run them."""
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    sources = {"h1": ssh_entry(ssh_env, "h1"), "h2": ssh_entry(ssh_env, "h2")}
+    sources["h2"]["known_hosts"] = str(empty)
+    project = _project(tmp_path, shared_dir, sources)
+    res = hsm("run", "-c", "sweep.yaml", "-s", "h1,h2", "--sweep-id", "s", cwd=project)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1 and "is not in" in lines[0] and "ssh-keyscan" in lines[0], lines
+    assert _runs(shared_dir) == Counter()
+
+
+def test_complete_runs_on_the_sources_that_start(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    """`hsm complete` degrades the same way (and --require-all-sources keeps it strict)."""
+    gate = shared_dir / "go"
+    sources = {"h1": ssh_entry(ssh_env, "h1"), "dead": _dead_entry(ssh_env, "h3")}
+    project = _project(tmp_path, shared_dir, sources, n=6)
+    sweep = yaml.safe_load((project / "sweep.yaml").read_text())
+    sweep["command"] = ["sh", "-c", f'test -f {gate} && echo "$0" >> {shared_dir}/ran.txt', "{i}"]
+    (project / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    first = hsm("run", "-c", "sweep.yaml", "-s", "local:2", "--sweep-id", "s", cwd=project)
+    assert first.returncode == 1, first.stdout + first.stderr  # every task FAILED: no gate
+    gate.touch()
+    gate.chmod(0o666)
+
+    strict = hsm("complete", "s", "--retry-failed", "-s", "h1,dead", "--require-all-sources",
+                 cwd=project)  # fmt: skip
+    assert strict.returncode == 2, strict.stdout + strict.stderr
+    lines = _warnings(strict.stderr)
+    assert len(lines) == 1 and lines[0].startswith("hsm: error: source dead could not start")
+    assert _runs(shared_dir) == Counter()
+
+    res = hsm("complete", "s", "--retry-failed", "-s", "h1,dead", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1 and "dead: disabled: could not start" in lines[0], lines
+    assert "never started dead: " in res.stdout
+    store = _store(project, "s")
+    latest = store.latest_attempts()
+    assert {(a.source, a.state) for a in latest.values()} == {("h1", TaskState.COMPLETED)}
+    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(6)})
+    store.close()
+
+
+def test_a_source_that_comes_up_mid_sweep_receives_tasks(
+    ssh_env: SshEnv, ssh_host_control: Any, tmp_path: Path
+) -> None:
+    """h3's sshd is down when the sweep starts (refused); it comes back a few seconds
+    later, is started in the background and takes tasks."""
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["sh", "-c", "sleep 0.5", str(i)] for i in range(30)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = [ssh_spec(ssh_env, "h1", 1, **FAST_SSH), ssh_spec(ssh_env, "h3", 2, **FAST_SSH)]
+    ssh_host_control.kill("h3")
+    on_h3: set[str] = set()
+    engine_ref: list[Any] = []
+    lines: list[str] = []
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.RUNNING and ev.source == "h3":
+            on_h3.add(ev.key)
+
+    def hook(engine: Any) -> None:
+        engine.notify = lines.append
+        engine_ref.append(engine)
+
+    async def scenario() -> Any:
+        job = asyncio.create_task(run(store, specs, listener=listener, engine_hook=hook))
+        await async_wait_for(
+            lambda: engine_ref and "h3" in engine_ref[0].not_started,
+            timeout=30,
+            message="h3 not started",
+        )
+        assert not on_h3
+        await asyncio.to_thread(ssh_host_control.revive, "h3")
+        await async_wait_for(lambda: on_h3, timeout=60, message="a task on h3")
+        return await asyncio.wait_for(job, 180)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.counts[TaskState.COMPLETED] == 30, outcome.counts
+    assert outcome.not_started == {}  # it did start, in the end
+    latest = store.latest_attempts()
+    assert {a.source for a in latest.values()} == {"h1", "h3"}
+    health = (store.sweep_dir / "logs" / "health_status.log").read_text()
+    assert "h3: disabled: could not start" in health and "h3: re-enabled" in health
+    assert any("joins the sweep" in line for line in lines), lines
+    store.close()
+
+
+def test_hydra_launcher_runs_on_the_sources_that_start(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "hsm.yaml").write_text(
+        yaml.safe_dump({"sources": {"dead": _dead_entry(ssh_env, "h3")}})
+    )
+    sweep = project / "sweep"
+    args = [
+        "hydra/launcher=hsm",
+        "hydra.launcher.sources='local:2,dead:2'",
+        "hydra.launcher.progress=false",
+        "x=1,2,3",
+    ]
+    res = run_app(APPS / "tiny.py", args, sweep_dir=sweep)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "source dead could not start" in out and "Connect call failed" in out, out
+    assert "source dead never started" in out, out
+    found = jobs(sweep)
+    assert [job_return(found[n]["dir"]).return_value["x"] for n in range(3)] == [2, 4, 6]
+    assert {j["state"] for j in found.values()} == {"COMPLETED"}
+
+    strict = project / "strict"
+    res = run_app(
+        APPS / "tiny.py", [*args, "hydra.launcher.require_all_sources=true"], sweep_dir=strict
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "source dead could not start" in res.stderr and "Traceback" not in res.stderr
+    assert not any(
+        j["state"] == "COMPLETED" for j in (jobs(strict).values() if strict.exists() else [])
+    )
+
+
+def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "hsm.yaml").write_text(
+        yaml.safe_dump({"sources": {"dead": _dead_entry(ssh_env, "h3")}})
+    )
+    args = ["hydra/launcher=hsm", "hydra.launcher.sources=dead:2", "x=1,2"]
+    res = run_app(APPS / "tiny.py", args, sweep_dir=project / "sweep")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "no source could start: dead: " in res.stderr and "Traceback" not in res.stderr
+
+
+def test_many_sources_start_a_few_at_a_time_and_all_take_work(
+    ssh_env: SshEnv, tmp_path: Path
+) -> None:
+    """12 ssh sources (aliases over the three hosts) x 1 slot: every one starts and runs
+    tasks; never more than the engine's bound start at once."""
+    from hsm_core.engine import START_AT_ONCE
+    from hsm_core.orchestrate import context_for
+    from hsm_core.sources import make_source
+
+    n_sources = 12
+    assert n_sources > START_AT_ONCE
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["sh", "-c", "sleep 0.3", str(i)] for i in range(48)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = []
+    for i in range(n_sources):
+        alias = f"h{i % 3 + 1}"
+        base = ssh_spec(ssh_env, alias, 1, **FAST_SSH)
+        specs.append(type(base)(f"s{i:02d}", "ssh", 1, options=dict(base.options)))
+    ctx = context_for(store, sys.executable)
+    sources = [make_source(spec, ctx) for spec in specs]
+    starting = 0
+    most = 0
+
+    def counted(src: Any) -> None:
+        real = src.start
+
+        async def start(report: Any) -> None:
+            nonlocal starting, most
+            starting += 1
+            most = max(most, starting)
+            try:
+                await real(report)
+            finally:
+                starting -= 1
+
+        src.start = start
+
+    for src in sources:
+        counted(src)
+    outcome = asyncio.run(run(store, specs, sources=sources))
+    assert outcome.counts[TaskState.COMPLETED] == 48, outcome.counts
+    assert 1 < most <= START_AT_ONCE, most
+    per_source = Counter(a.source for a in store.latest_attempts().values())
+    assert set(per_source) == {s.name for s in specs}, per_source
+    store.close()
+
+
+def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
+    ssh_env: SshEnv, tmp_path: Path
+) -> None:
+    """A previous orchestrator died while two tasks ran on `dead`; now `dead` refuses:
+    they cannot be asked after, so they are LOST there and run on h1 (as when a host dies
+    mid-sweep), instead of the whole completion being refused."""
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["true", str(i)] for i in range(4)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    left = [t.key for t in tasks[:2]]
+    store.apply_many(
+        [TaskEvent(k, 1, s, "dead") for k in left for s in (TaskState.ASSIGNED, TaskState.RUNNING)]
+    )
+    dead = ssh_spec(ssh_env, "h3", 2, **FAST_SSH, port=_closed_port(ssh_env.host("h3").address))
+    specs = [ssh_spec(ssh_env, "h1", 2, **FAST_SSH), type(dead)("dead", "ssh", 2, dead.options)]
+    outcome = asyncio.run(run(store, specs))
+    assert outcome.counts[TaskState.COMPLETED] == 4, outcome.counts
+    for key in left:
+        first, second = store.attempts(key)
+        assert (first.state, first.source) == (TaskState.LOST, "dead")
+        assert "dead could not start" in (first.error or "")
+        assert (second.state, second.source) == (TaskState.COMPLETED, "h1")
+    store.close()
