@@ -211,11 +211,7 @@ def check(root: Path, tool: str, round_no: int, tasks: int) -> None:
     """Every job ran: Hydra's per-job dirs (both launchers) or hsm's COMPLETED count."""
     if tool == "hsm run":
         store = root / "sweeps" / "outputs" / f"bench_{round_no}" / "tasks"
-        done = sum(
-            1
-            for p in store.glob("*/result.json")
-            if json.loads(p.read_text()).get("exit_code") == 0
-        )
+        done = sum(1 for p in store.glob("*/status.yaml") if "state: COMPLETED" in p.read_text())
     else:
         name = "submitit" if tool == "submitit" else "hsm"
         sweep = root / "multirun" / f"{name}_{round_no}"

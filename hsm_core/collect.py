@@ -3,8 +3,9 @@
 A remote task folder arrives in two ways: small files inline in the agent's exit event
 (no extra round trip), the rest by SFTP. Either way the pull is incremental (a file
 already here with the same size and content/mtime is skipped) and idempotent (pulling a
-folder twice changes nothing), and `result.json` is written last: its presence locally
-is the proof that the whole folder arrived, so a task counts COMPLETED only then.
+folder twice changes nothing). The source reports a task COMPLETED only once its
+folder is here: the journal saying so is the proof, no file in the folder is (a task's
+own `result.json` is collected like any other file of it).
 
 Files the local side owns (`params.yaml`, `status.yaml`) are never overwritten, and
 paths that would leave the task folder are refused.
@@ -28,15 +29,14 @@ from typing import Any
 
 import asyncssh
 
-from hsm_core.remote_agent import OWN_FILES, RESULT_FILE
 from hsm_core.sources.base import SourceError
+from hsm_core.taskdir import LEGACY_AGENT_FILES, LOCAL_OWNED, RESULTS
 from hsm_core.yamlio import write_fd
 
 log = logging.getLogger(__name__)
 
-LOCAL_OWNED = frozenset({"params.yaml", "status.yaml"})
-# Bookkeeping files of (older) agents in a task folder: never copied back.
-REMOTE_ONLY = frozenset(OWN_FILES)
+# Bookkeeping files of older agents in a task folder: never copied back.
+REMOTE_ONLY = frozenset(LEGACY_AGENT_FILES)
 
 
 @dataclass
@@ -115,11 +115,15 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def _same_content(path: str, data: bytes) -> bool:
-    # One open + read, no stat first: a missing file (the usual case) costs one failed
-    # open. Reading one byte more than expected tells a longer file apart.
+def _same_content(path: str, data: bytes) -> bool | None:
+    """True: the file holds `data`; False: it differs; None: there is no such file.
+
+    One open + read, no stat first: a missing file (the usual case) costs one failed
+    open. Reading one byte more than expected tells a longer file apart."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
     except OSError:
         return False
     try:
@@ -141,7 +145,7 @@ def _same_content(path: str, data: bytes) -> bool:
 def _ensure_results(local_dir: Path) -> None:
     # The seed layout has tasks/task_NNN/results/ in every folder; one mkdir that
     # usually fails with EEXIST (cheap) also proves the task folder exists.
-    results = local_dir / "results"
+    results = local_dir / RESULTS
     try:
         os.mkdir(results)
     except FileExistsError:
@@ -161,33 +165,29 @@ def _same_meta(path: Path, size: int, mtime: float) -> bool:
 def write_inline(
     local_dir: Path, files: Mapping[str, str], exclude: Sequence[str] = ()
 ) -> CollectStats:
-    """Write the base64 files of an exit event (result.json last). Blocking: use a thread.
+    """Write the base64 files of an exit event. Blocking: use a thread.
 
-    Only result.json goes through a temp file and a rename: until it is here nobody
-    trusts the folder, so the other files are written in place (file-system metadata
-    calls, renames above all, are most of the CPU of a pull). Once a result.json is
-    here, though, every file is replaced atomically, as a reader may be looking."""
+    A new file is written in place: nobody trusts the folder before the journal says
+    the attempt is over, and file-system metadata calls (renames above all) are most of
+    the CPU of a pull. A file that is already here is replaced atomically, as a reader
+    may be looking at it."""
     stats = CollectStats()
     _ensure_results(local_dir)
     root = os.fspath(local_dir)
-    proof_here: bool | None = None
-    ordered = sorted(files, key=lambda rel: (posixpath.normpath(rel) == RESULT_FILE, rel))
-    for rel in ordered:
+    for rel in sorted(files):
         norm = _safe_rel(rel)
         if norm is None or excluded(rel, exclude):
             continue
         path = os.path.join(root, norm)
         data = base64.b64decode(files[rel])
-        if _same_content(path, data):
+        same = _same_content(path, data)
+        if same:
             stats.skipped += 1
             continue
-        is_result = norm == RESULT_FILE
-        if not is_result and proof_here is None:
-            proof_here = os.path.lexists(os.path.join(root, RESULT_FILE))
-        if is_result or proof_here:
-            _write_atomic(path, data)
-        else:
+        if same is None:
             _write_direct(path, data)
+        else:
+            _write_atomic(path, data)
         stats.written += 1
         stats.bytes += len(data)
     return stats
@@ -223,42 +223,13 @@ async def collect_folder(
     large: Sequence[Sequence[Any]],
     sftp: Callable[[], Awaitable[asyncssh.SFTPClient]],
     exclude: Sequence[str] = (),
-    before_result: Callable[[bytes | None], Awaitable[None]] | None = None,
-) -> tuple[CollectStats, bytes | None]:
-    """One finished folder from an exit event: inline files, then SFTP for the large
-    ones, then `before_result(result bytes)` (more to pull, e.g. a Hydra job's output
-    dir), and result.json strictly last. Returns the stats and result.json's bytes."""
-
-    def is_result(rel: str) -> bool:
-        return posixpath.normpath(rel) == RESULT_FILE
-
-    result = {k: v for k, v in inline.items() if is_result(k)}
-    data = base64.b64decode(next(iter(result.values()))) if result else None
-    if not large and before_result is None:
-        # The usual case: everything came inline; one trip to a thread (result.json last).
-        return await asyncio.to_thread(write_inline, local_dir, inline, exclude), data
-    stats = await asyncio.to_thread(
-        write_inline, local_dir, {k: v for k, v in inline.items() if not is_result(k)}, exclude
-    )
-    rest = [e for e in large if not is_result(str(e[0]))]
-    if rest:
-        stats.add(await pull_files(await sftp(), remote_dir, local_dir, rest, exclude))
-    if before_result is not None:
-        await before_result(data)
-    if result:
-        stats.add(await asyncio.to_thread(write_inline, local_dir, result, exclude))
-    last = [e for e in large if is_result(str(e[0]))]
-    if last:
-        stats.add(await pull_files(await sftp(), remote_dir, local_dir, last, exclude))
-        data = await asyncio.to_thread(_read_or_none, local_dir / RESULT_FILE)
-    return stats, data
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+) -> CollectStats:
+    """One finished folder from an exit event: the inline files (one trip to a thread),
+    then SFTP for the large ones."""
+    stats = await asyncio.to_thread(write_inline, local_dir, inline, exclude)
+    if large:
+        stats.add(await pull_files(await sftp(), remote_dir, local_dir, large, exclude))
+    return stats
 
 
 async def _get(sftp: asyncssh.SFTPClient, remote: str, target: Path, mtime: float) -> None:
@@ -290,7 +261,7 @@ async def pull_tree(
     local_dir: Path,
     exclude: Sequence[str] = (),
 ) -> CollectStats:
-    """Mirror a whole remote folder by SFTP (no agent needed), result.json last.
+    """Mirror a whole remote folder by SFTP (no agent needed).
 
     Used where no exit event carries the listing (a source without the agent, a late
     collection); incremental by size and mtime."""
@@ -319,6 +290,6 @@ async def pull_tree(
                 pending.append(rel)
             elif stat.S_ISREG(mode) and ".tmp" not in name:
                 entries.append((rel, int(attrs.size or 0), float(attrs.mtime or 0)))
-    entries.sort(key=lambda e: (e[0] == RESULT_FILE, e[0]))
+    entries.sort()
     await asyncio.to_thread(local_dir.mkdir, parents=True, exist_ok=True)
     return await pull_files(sftp, remote_dir, local_dir, entries, exclude)

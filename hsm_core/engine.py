@@ -26,6 +26,7 @@ from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
 from hsm_core.store import SweepStore
 from hsm_core.strategies import Load, Placer
+from hsm_core.taskdir import ATTEMPT_FILES, TaskPaths
 
 log = logging.getLogger("hsm.engine")
 assign_log = logging.getLogger("hsm.assign")
@@ -44,14 +45,6 @@ START_DEADLINE_S = 180.0
 # A source that could not start is tried again after this, then at doubling intervals.
 RESTART_FIRST_S = 2.0
 RESTART_MAX_S = 60.0
-# Files of an attempt that a new attempt would overwrite; they move to attempt_N/.
-_ATTEMPT_FILES = (
-    "stdout.log",
-    "stderr.log",
-    "result.json",
-    "results",
-    "job_return.pkl",
-)
 
 
 @dataclass(frozen=True)
@@ -643,10 +636,11 @@ class SweepEngine:
 
 
 def _archive_attempt(tdir: Path, attempt: int) -> None:
-    present = [n for n in _ATTEMPT_FILES if (tdir / n).exists()]
+    """Files of an attempt that a new attempt would overwrite move to attempt_N/."""
+    present = [n for n in ATTEMPT_FILES if (tdir / n).exists()]
     if not present:
         return
-    dest = tdir / f"attempt_{attempt}"
+    dest = TaskPaths(tdir).attempt(attempt)
     dest.mkdir(exist_ok=True)
     for n in present:
         shutil.move(str(tdir / n), str(dest / n))

@@ -1,12 +1,16 @@
 """Run one Hydra job in the current process and record its outcome in its task folder.
 
 Shared by the fork source's children (warm, forked from the launcher) and by
-`python -m hsm_core.worker` (cold, from the pickled payload). Either way the job leaves:
+`python -m hsm_core.worker` (cold, from the pickled payload). Either way the job leaves
+(names in hsm_core.taskdir):
 
 - `hydra_job.json`: where Hydra writes the job (output dir, job log), written before the
   task function starts, so that a job dying hard can still get its reason appended;
 - `job_return.pkl`: the cloudpickled JobReturn;
-- `result.json`: `{"exit_code": 0|1, ...}`, written last; it is what proves the outcome.
+- `.hsm_result.json`: hsm's worker record `{"exit_code": 0|1, "status", "error", ...}`,
+  written last. The job's process exit status, as its parent saw it, decides the outcome
+  (taskdir.settle); this record tells a COMPLETED job from one that left early with 0,
+  and carries the error. A `result.json` the job writes is its own.
 
 Both result files are written atomically (temp file + rename).
 """
@@ -25,13 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.model import task_key
+from hsm_core.taskdir import JOB_INFO, JOB_RETURN, STDERR, WORKER_RECORD
 from hsm_core.yamlio import write_atomic, write_json_atomic
 
 log = logging.getLogger("hsm.hydra.job")
-
-JOB_INFO = "hydra_job.json"
-JOB_RETURN = "job_return.pkl"
-RESULT = "result.json"
 
 Gate = Callable[[], None]
 
@@ -176,7 +177,7 @@ def write_result(
         "ended": time.time(),
         "job_return": JOB_RETURN,
     }
-    write_json_atomic(task_dir / RESULT, record)
+    write_json_atomic(task_dir / WORKER_RECORD, record)
 
 
 def _plain_copy(ret: Any, exc: Exception) -> Any:
@@ -228,7 +229,7 @@ def read_job_return(task_dir: Path) -> Any | None:
 def note_hard_death(task_dir: Path, task: Any, reason: str) -> None:
     """Append why a job process died to its job log and stderr.log (it could not)."""
     line = f"[hsm] {getattr(task, 'name', 'job')} {reason}\n"
-    targets = [task_dir / "stderr.log"]
+    targets = [task_dir / STDERR]
     info = read_info(task_dir)
     if info and info.get("log"):
         targets.append(Path(str(info["log"])))

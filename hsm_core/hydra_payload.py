@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError
+from hsm_core.taskdir import JOB_PAYLOAD as JOB_FILE
 from hsm_core.yamlio import write_atomic
 
 PAYLOAD_DIR = "payload"
-JOB_FILE = "hydra_job.pkl"
 FORMAT = 1
 
 

@@ -16,7 +16,6 @@ by os.fsencode here).
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
    "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute; written
    as the message arrives, before it is queued),
-   "result": "always"|"if_missing",
    "skip": [NAMES]}
   {"op": "kill", "ids": [ID..]}
   {"op": "scan", "tasks": [{"id": ID, "attempt": N, "dir": ABS, "skip": [..]}]}
@@ -34,7 +33,9 @@ by os.fsencode here).
   {"ev": "error", "id": ID|null, "msg"}
 
 The agent is the parent of every task it starts: each runs in its own session (so its
-whole process group can be signalled), the agent waits for it and writes `result.json`.
+whole process group can be signalled), the agent waits for it and journals its exit
+record. Nothing the agent writes lives in the task folder: a task cannot forge its
+outcome, and a `result.json` of its own is just one of its files.
 Starting a task costs one spawn, not a monitor process per task. Losing the
 orchestrator (EOF on stdin: the connection dropped, hsm was killed) does not stop the
 agent: it stops taking work, waits for the tasks it started, records them and only then
@@ -65,9 +66,17 @@ import time
 from typing import Any
 
 PROTOCOL = 2  # 2: journals instead of per-task pid and exit files
-RESULT_FILE = "result.json"
 JOURNAL_DIR = ".agents"  # where orchestrators put the journals, relative to a sweep dir
-# Per-task records of earlier versions: never copied back, removed before a launch.
+# Copies of hsm_core.taskdir's names (this file needs the standard library only; a unit
+# test pins them equal).
+LAYOUT = 2  # exit records carry it: hsm's records are not in result.json any more
+STDOUT = "stdout.log"
+STDERR = "stderr.log"
+RESULTS = "results"
+WORKER_RECORD = ".hsm_result.json"
+# hsm's records of an attempt: removed before the next one starts in the same folder.
+HSM_RECORDS = (WORKER_RECORD, "job_return.pkl", "hydra_job.json", ".hsm_job.json", ".hsm_exit.json")
+# Per-task records of agents before protocol 2: never copied back, removed before a launch.
 OWN_FILES = (".hsm_pid.json", ".hsm_exit.json")
 # How long a new agent waits for another (live) agent to write the exit record of a task
 # it watched end, and how often it looks.
@@ -467,16 +476,16 @@ class Agent:
     def launch(self, spec):
         d = spec["dir"]
         try:
-            os.mkdir(os.path.join(d, "results"))
+            os.mkdir(os.path.join(d, RESULTS))
         except FileExistsError:
             pass
         except FileNotFoundError:
-            os.makedirs(os.path.join(d, "results"), exist_ok=True)
+            os.makedirs(os.path.join(d, RESULTS), exist_ok=True)
         if self.journal_dir is None:
             raise RuntimeError("no journal: send config with `journal` first")
         if spec["attempt"] > 1:
             self.stop_earlier(d, spec["attempt"])
-        for name in (*OWN_FILES, RESULT_FILE):
+        for name in (*OWN_FILES, *HSM_RECORDS):
             try:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:
@@ -490,8 +499,8 @@ class Agent:
         job.start = time.time()
         self.running[job.id] = job
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out = os.open(os.path.join(d, "stdout.log"), flags, 0o644)
-        err = os.open(os.path.join(d, "stderr.log"), flags, 0o644)
+        out = os.open(os.path.join(d, STDOUT), flags, 0o644)
+        err = os.open(os.path.join(d, STDERR), flags, 0o644)
         try:
             job.proc = subprocess.Popen(
                 [os.fsencode(a) for a in spec["argv"]],
@@ -575,23 +584,9 @@ class Agent:
             "host": self.host,
             "cancelled": job.cancelled,
             "timed_out": job.timed_out,
+            "layout": LAYOUT,
         }
         d = spec["dir"]
-        try:
-            # Written in place: nobody trusts it before the journal's exit line, and a
-            # relaunch removes it first.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            if spec.get("result", "always") != "always":
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            fd = os.open(os.path.join(d, RESULT_FILE), flags, 0o644)
-            try:
-                os.write(fd, json.dumps(record).encode())
-            finally:
-                os.close(fd)
-        except FileExistsError:
-            pass  # the Hydra worker wrote its own
-        except OSError as exc:
-            self.emit(ev="error", id=job.id, msg=f"cannot write result.json: {exc}")
         try:
             self.note(e="exit", dir=d, attempt=spec["attempt"], record=record)
         except OSError as exc:
@@ -642,7 +637,7 @@ class Agent:
         self.emit(ev="exit", id=spec["id"], record=record, error=error, files=files, large=large)
 
     def listing(self, d, skip):
-        """Small files inline (result.json first), the rest named for SFTP."""
+        """Small files inline (hsm's worker record first), the rest named for SFTP."""
         entries = []
         for root, dirs, names in os.walk(d):
             rel_root = os.path.relpath(root, d)
@@ -657,7 +652,7 @@ class Agent:
                     st = os.stat(os.path.join(root, n))
                 except OSError:
                     continue
-                entries.append((rel != RESULT_FILE, st.st_size, rel, st.st_mtime))
+                entries.append((rel != WORKER_RECORD, st.st_size, rel, st.st_mtime))
         entries.sort()
         files, large, budget = {}, [], self.inline_max
         for _, size, rel, mtime in entries:

@@ -4,7 +4,8 @@ TASK_DIR defaults to $HSM_TASK_DIR and PAYLOAD to TASK_DIR/hydra_job.pkl. Used b
 sources and by `hsm complete`; local jobs of a live launcher are forked instead (warm).
 The sweep folder is TASK_DIR/../.. : when it is not the folder the job was launched in (a
 remote copy), the job's outputs go to this folder's copy of `hydra.sweep.dir`.
-Writes job_return.pkl and result.json atomically; exits 0 (COMPLETED) or 1 (FAILED).
+Writes job_return.pkl and hsm's worker record atomically (hsm_core.taskdir); exits 0
+(COMPLETED) or 1 (FAILED).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+from hsm_core.taskdir import JOB_PAYLOAD
 
 
 def _add_import_paths(job: object) -> None:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stderr.write("hsm worker: no TASK_DIR given and $HSM_TASK_DIR is not set\n")
         return 2
-    payload = Path(args[0]) if args else task_dir / "hydra_job.pkl"
+    payload = Path(args[0]) if args else task_dir / JOB_PAYLOAD
     if not payload.is_file():
         sys.stderr.write(f"hsm worker: payload {payload} not found\n")
         return 2

@@ -89,3 +89,37 @@ def hsm_popen(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# Tasks that write a `result.json` of their own (issue 11 item 5): each source must decide
+# by the exit status its parent saw and keep the file as the task's output.
+_OWN_RESULT = (
+    "import json, os, signal, sys\n"
+    "what = sys.argv[1]\n"
+    "path = os.path.join(os.environ['HSM_TASK_DIR'], 'result.json')\n"
+    "if what != 'none':\n"
+    "    json.dump({'acc': 0.9} if what == 'ok' else {'exit_code': 0}, open(path, 'w'))\n"
+    "if what == 'exit7': sys.exit(7)\n"
+    "if what == 'segv': os.kill(os.getpid(), signal.SIGSEGV)\n"
+)
+OWN_RESULT_CASES = ("exit7", "segv", "ok", "none")
+
+
+def own_result_tasks(python: str = PY) -> list[TaskSpec]:
+    return command_tasks([[python, "-c", _OWN_RESULT, what] for what in OWN_RESULT_CASES])
+
+
+def check_own_results(store: SweepStore) -> None:
+    """A forged `{"exit_code": 0}` fails with the real status; an ordinary result.json of
+    the task's own completes and stays in its folder, as written."""
+    import json
+
+    latest = store.latest_attempts()
+    tasks = store.tasks()
+    got = [(latest[t.key].state, latest[t.key].exit_code) for t in tasks]
+    assert got[0] == (TaskState.FAILED, 7), got
+    assert got[1][0] is TaskState.FAILED and "SIGSEGV" in str(latest[tasks[1].key].error), got
+    assert got[2:] == [(TaskState.COMPLETED, 0), (TaskState.COMPLETED, 0)], got
+    own = [json.loads((store.task_dir(t) / "result.json").read_text()) for t in tasks[:3]]
+    assert own == [{"exit_code": 0}, {"exit_code": 0}, {"acc": 0.9}]
+    assert not (store.task_dir(tasks[3]) / "result.json").exists()

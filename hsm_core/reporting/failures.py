@@ -2,13 +2,13 @@
 
 A task counts here when its newest attempt is FAILED or LOST (a task retried into success
 is not a failure; `recovered` counts those). Logs are read from the attempt's folder:
-stderr.log first, then scheduler files (`*.err`), then the worker's result.json; stdout.log
-only when none of those names an exception (some programs print errors there).
+stderr.log first, then scheduler files (`*.err`), then hsm's worker record of a Hydra job
+(hsm_core.taskdir; a task's own `result.json` is never read as hsm's); stdout.log only
+when none of those names an exception (some programs print errors there).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 from hsm_core.model import TaskState
 from hsm_core.reporting.errors_analysis import Cause, classify, exception_line, traceback_tail
 from hsm_core.reporting.sweepdata import SweepData
+from hsm_core.taskdir import STDERR, STDOUT, read_worker_record
 
 READ_BYTES = 64 * 1024  # the end of a log holds the traceback; huge logs are not read whole
 _LOG_SUFFIXES = (".log", ".err", ".out")
@@ -96,25 +97,23 @@ def attempt_logs(folder: Path) -> tuple[str, list[Path]]:
     except OSError:
         return "", []
     paths = [folder / n for n in names if n.endswith(_LOG_SUFFIXES) and not n.startswith(".")]
-    first = [p for p in paths if p.name == "stderr.log"]
+    first = [p for p in paths if p.name == STDERR]
     errs = [p for p in paths if p.name.endswith(".err")]
     text = "\n".join(t for t in (read_tail(p) for p in first + errs) if t)
-    if "result.json" in names and not exception_line(text):
-        # The worker's own record of the error: only when the logs do not already say it.
-        text = "\n".join(t for t in (text, _result_text(folder / "result.json")) if t)
     if not exception_line(text):
-        stdout = [p for p in paths if p.name in ("stdout.log",) or p.name.endswith(".out")]
+        # The worker's own record of the error: only when the logs do not already say it.
+        text = "\n".join(t for t in (text, _worker_text(folder)) if t)
+    if not exception_line(text):
+        stdout = [p for p in paths if p.name == STDOUT or p.name.endswith(".out")]
         text = "\n".join([text, *(read_tail(p) for p in stdout)]).strip("\n")
     ordered = first + errs + [p for p in paths if p not in first and p not in errs]
     return text, ordered
 
 
-def _result_text(path: Path) -> str:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(data, dict):
+def _worker_text(folder: Path) -> str:
+    # An older hsm's record was result.json: read only in the worker's shape.
+    data = read_worker_record(folder, legacy=True)
+    if data is None:
         return ""
     parts = [str(data[k]) for k in ("traceback", "error") if data.get(k)]
     return "\n".join(parts)

@@ -15,6 +15,7 @@ from typing import Any
 
 from hsm_core.model import Attempt, TaskSpec, TaskState
 from hsm_core.store import SweepStore
+from hsm_core.taskdir import TaskPaths
 
 FINISHED = (TaskState.COMPLETED, TaskState.FAILED, TaskState.LOST)
 
@@ -45,7 +46,7 @@ class SweepData:
         tdir = self.task_dir(task)
         if attempt == self.latest(task.key).attempt:
             return tdir
-        return tdir / f"attempt_{attempt}"
+        return TaskPaths(tdir).attempt(attempt)
 
     def queue_wait(self, att: Attempt) -> float | None:
         """Seconds from ASSIGNED to RUNNING (scheduler queue, connection, process start)."""

@@ -9,9 +9,10 @@ forked and set up (compose, output dir, logging) while every slot is busy; they 
 gate and start the moment a slot frees, with that slot's GPUs in CUDA_VISIBLE_DEVICES.
 Every job runs in its own process group: timeout and cancel kill the whole group.
 
-Outcome: result.json with exit_code 0 is COMPLETED, 1 is FAILED (the job raised); a
-process that died without a result (os._exit, a signal, the OOM killer) is FAILED and the
-reason is appended to its job log and its stderr.log.
+Outcome (hsm_core.taskdir.settle): the job process's wait status, as the fork server saw
+it, with hsm's worker record: exit 0 and a COMPLETED record is COMPLETED, a raised
+exception FAILED; a process that died without a record (os._exit, a signal, the OOM
+killer) is FAILED and the reason is appended to its job log and its stderr.log.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import os
 import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from hsm_core import taskdir
 from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SourceError, SweepContext
 from hsm_core.sources.forkserver import EXIT_CANCELLED, ForkServer, ForkServerError
@@ -236,19 +237,23 @@ class ForkSource(ComputeSource):
         if job.stopping is not None:
             self._settle(job, job.stopping, job.reason, code)
             return
-        record = _read_result(task_dir)
-        if record is not None and record.get("exit_code") == 0:
-            self._settle(job, TaskState.COMPLETED, None, 0)
-        elif record is not None:
-            self._settle(job, TaskState.FAILED, record.get("error") or "job failed", 1)
-        elif code == EXIT_CANCELLED:
+        worker = taskdir.read_worker_record(task_dir)
+        if worker is None and code == EXIT_CANCELLED:
             self._settle(job, TaskState.CANCELLED, "cancelled before it started", code)
-        else:
-            reason = f"job process {describe_status(status)} before writing its result"
+            return
+        # The wait status is the job's exit record: this process is its parent's parent,
+        # and nothing the job writes can change it.
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        record = {"exit_code": 128 + sig if sig else code, "signal": sig, "layout": taskdir.LAYOUT}
+        verdict = taskdir.settle(record, hydra=True, worker=worker)
+        reason = verdict.error
+        if verdict.state is TaskState.FAILED and worker is None:
+            if code != 0:
+                reason = f"job process {describe_status(status)} before writing its result"
             from hsm_core.hydra_job import note_hard_death
 
-            note_hard_death(task_dir, job.task, reason)
-            self._settle(job, TaskState.FAILED, reason, code)
+            note_hard_death(task_dir, job.task, reason or "failed")
+        self._settle(job, verdict.state, reason, verdict.exit_code)
 
     def _settle(self, job: _Job, state: TaskState, error: str | None, code: int | None) -> None:
         self._jobs.pop(job.jid, None)
@@ -279,20 +284,12 @@ class ForkSource(ComputeSource):
                     os.killpg(job.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            record = _read_result(self.ctx.task_dir(job.task))
-            if record is not None:
-                ok = record.get("exit_code") == 0
-                state = TaskState.COMPLETED if ok else TaskState.FAILED
-                self._settle(job, state, record.get("error"), 0 if ok else 1)
+            # Its wait status is gone with the server: hsm's worker record is all there is.
+            worker = taskdir.read_worker_record(self.ctx.task_dir(job.task))
+            if worker is not None:
+                verdict = taskdir.settle(worker, hydra=True, worker=worker)
+                self._settle(job, verdict.state, verdict.error, verdict.exit_code)
             elif job.stopping is not None:
                 self._settle(job, job.stopping, job.reason, None)
             else:
                 self._settle(job, TaskState.LOST, self._broken, None)
-
-
-def _read_result(task_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((task_dir / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "exit_code" in data else None

@@ -11,10 +11,11 @@ How it works, in the order of an attempt's life:
 - Every ``poll()`` reads the records the jobs left in their task folders (no scheduler
   call) and, paced with backoff (``poll_min`` after a submission, doubling up to
   ``poll_interval``; ``poll_min`` again when a record needs the scheduler's verdict),
-  asks the scheduler ONE question about every job of the sweep. ``hpc_states.decide`` turns
-  records + scheduler state into the outcome: COMPLETED only with result.json; the
-  task's own failures FAILED; node failures, preemption, outside cancels and vanished
-  jobs LOST (the engine places them again).
+  asks the scheduler ONE question about every job of the sweep. ``hpc_states.decide``
+  turns records + scheduler state into the outcome: COMPLETED only with the job
+  wrapper's exit record (hsm_core.taskdir.settle); the task's own failures FAILED; node
+  failures, preemption, outside cancels and vanished jobs LOST (the engine places them
+  again).
 - ``cancel`` is one ``scancel``/``qdel`` of exactly this sweep's jobs.
 """
 
@@ -52,7 +53,7 @@ from hsm_core.sources.base import (
 )
 from hsm_core.sources.hpc_client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc_options import HpcOptions, parse_options
-from hsm_core.sources.hpc_states import Phase, Verdict, decide, phase_of
+from hsm_core.sources.hpc_states import Phase, Verdict, decide, phase_of, worker_of
 
 LEDGER = "jobs.jsonl"
 SCAN_INTERVAL_S = 0.5  # reading records on the login node itself: cheap
@@ -357,7 +358,7 @@ class HPCSource(ComputeSource):
                     handle=job.job_id,
                 )
             )
-        job.ended_at = _when(rec.get("result") or rec.get("exit"), "ended")
+        job.ended_at = _when(rec.get("exit"), "ended")
         state = job.state
         if (
             job.missing_since is not None
@@ -367,12 +368,13 @@ class HPCSource(ComputeSource):
             state = "VANISHED"
         verdict = decide(
             state,
-            rec.get("result"),
             rec.get("exit"),
+            worker_of(rec),
+            hydra=job.task.kind is TaskKind.HYDRA,
             cancelled_by_us=job.cancelled,
             stderr_tail=rec.get("stderr") or "",
         )
-        if verdict is None and (rec.get("exit") or rec.get("result")):
+        if verdict is None and rec.get("exit"):
             # The process is over but only the scheduler can say why: ask soon.
             self._next_query = min(self._next_query, now + self.opts.poll_min_s)
         return verdict
@@ -446,7 +448,8 @@ class HPCSource(ComputeSource):
         outcome: list[tuple[_Job, Verdict]] = []
         for job in targets:
             rec = records.get(job.task_dir) or {}
-            done = decide("COMPLETED", rec.get("result"), None)
+            hydra = job.task.kind is TaskKind.HYDRA
+            done = decide("COMPLETED", rec.get("exit"), worker_of(rec), hydra=hydra)
             if done is not None and done.state is TaskState.COMPLETED:
                 outcome.append((job, done))
             else:

@@ -26,25 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError
-from hsm_core.sources.hpc_job import EXIT_FILE, RESULT_FILE, START_FILE, run_task
+from hsm_core.sources.hpc_job import run_task
 from hsm_core.sources.hpc_options import HpcOptions, slurm_directive
+from hsm_core.taskdir import (
+    ATTEMPT_FILES,
+    HPC_EXIT,
+    HPC_START,
+    LEGACY_RESULT,
+    RESULTS,
+    STDERR,
+    WORKER_RECORD,
+    TaskPaths,
+)
 
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 60.0
 WARN_BEFORE_END_S = 60
 STDERR_TAIL_BYTES = 4096
-# Files of one attempt in a task folder; a new attempt moves them to attempt_N/ (the
-# engine does the same locally; on a remote cluster this is the only place that can).
-ATTEMPT_FILES = (
-    "stdout.log",
-    "stderr.log",
-    RESULT_FILE,
-    EXIT_FILE,
-    START_FILE,
-    "job_return.pkl",
-    "results",
-)
 
 
 class SchedulerError(Exception):
@@ -363,17 +362,19 @@ def _user() -> str:
 
 
 def prepare_task_dir(task_dir: str, attempt: int) -> None:
-    """Make the folder; move an earlier attempt's files to attempt_N/ (never overwrite)."""
+    """Make the folder; move an earlier attempt's files to attempt_N/ (never overwrite).
+    (The engine does the same locally; on a remote cluster this is the only place that
+    can.)"""
     tdir = Path(task_dir)
     tdir.mkdir(parents=True, exist_ok=True)
     present = [n for n in ATTEMPT_FILES if (tdir / n).exists()]
     if present and attempt > 1:
-        dest = tdir / f"attempt_{attempt - 1}"
+        dest = TaskPaths(tdir).attempt(attempt - 1)
         dest.mkdir(exist_ok=True)
         for n in present:
             if not (dest / n).exists():
                 shutil.move(str(tdir / n), str(dest / n))
-    (tdir / "results").mkdir(exist_ok=True)
+    (tdir / RESULTS).mkdir(exist_ok=True)
 
 
 def submit(
@@ -430,13 +431,15 @@ def read_records(task_dir: str, attempt: int) -> dict[str, Any]:
         return rec
 
     out: dict[str, Any] = {
-        "started": mine(read_json(tdir / START_FILE)),
-        "exit": mine(read_json(tdir / EXIT_FILE)),
-        "result": mine(read_json(tdir / RESULT_FILE)),
+        "started": mine(read_json(tdir / HPC_START)),
+        "exit": mine(read_json(tdir / HPC_EXIT)),
+        "worker": mine(read_json(tdir / WORKER_RECORD)),
     }
-    result = out["result"]
-    if out["exit"] is not None or (result is not None and result.get("exit_code") != 0):
-        out["stderr"] = _tail(tdir / "stderr.log")
+    if out["exit"] is not None and "layout" not in out["exit"]:
+        # An attempt an older hsm ran: its worker record was result.json.
+        out["legacy_result"] = mine(read_json(tdir / LEGACY_RESULT))
+    if out["exit"] is not None:
+        out["stderr"] = _tail(tdir / STDERR)
     return out
 
 

@@ -3,16 +3,19 @@
 submitit pickles :func:`run_task` (by reference: hsm must be importable where the jobs
 run) with one job request, and its ``python -m submitit.core._submit`` calls it there.
 The task itself runs as a child process in its own session, so that the wrapper
-survives the task's crash and can write the records the orchestrator reads:
+survives the task's crash and can write the records the orchestrator reads (names in
+hsm_core.taskdir):
 
 - ``.hsm_job.json`` when it starts (job id, host, attempt): "running" without asking
   the scheduler;
 - ``.hsm_exit.json`` when the task process ends (exit code, signal, whether the
-  scheduler signalled us): FAILED-by-itself versus killed-around-it;
-- ``result.json`` for command tasks (the same record, the proof of the outcome). A Hydra
-  task's result.json is written by hsm's worker itself: the job calls the worker's entry
-  point in its own process (``sources.base.task_argv`` says `python -m hsm_core.worker`;
-  the job's interpreter is already up, a second one would double the cost per job).
+  scheduler signalled us), written after it ended: the proof of the outcome, and
+  FAILED-by-itself versus killed-around-it. A Hydra job's worker record comes from
+  hsm's worker itself: the job calls the worker's entry point in its own process
+  (``sources.base.task_argv`` says `python -m hsm_core.worker`; the job's interpreter is
+  already up, a second one would double the cost per job).
+
+A `result.json` the task writes is its own output; hsm writes none.
 
 A non-zero exit leaves the job with that exit code, so ``sacct`` agrees with hsm.
 """
@@ -37,11 +40,11 @@ from typing import Any
 
 from hsm_core.model import PYTHON
 from hsm_core.sources.hpc_states import signal_name
+from hsm_core.taskdir import HPC_EXIT, HPC_START, LAYOUT, RESULTS, STDERR, STDOUT, TaskPaths
 from hsm_core.yamlio import write_json_atomic
 
-START_FILE = ".hsm_job.json"
-EXIT_FILE = ".hsm_exit.json"
-RESULT_FILE = "result.json"
+START_FILE = HPC_START
+EXIT_FILE = HPC_EXIT
 KILL_GRACE_S = 3.0
 WORKER = ("-m", "hsm_core.worker")  # how sources.base.task_argv runs a Hydra job
 
@@ -98,7 +101,7 @@ class _Watch:
 
 
 def _note(task_dir: Path, text: str) -> None:
-    with contextlib.suppress(OSError), open(task_dir / "stderr.log", "a") as f:
+    with contextlib.suppress(OSError), open(task_dir / STDERR, "a") as f:
         f.write(f"[hsm] {text}\n")
 
 
@@ -127,11 +130,16 @@ def run_task(job: Mapping[str, Any]) -> int:
     """Run one attempt of one task (a job request made by hpc_backend.job_request)."""
     tdir = Path(job["task_dir"])
     tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / "results").mkdir(exist_ok=True)
+    (tdir / RESULTS).mkdir(exist_ok=True)
     attempt = int(job["attempt"])
     with contextlib.suppress(FileNotFoundError):
         (tdir / EXIT_FILE).unlink()  # an earlier attempt's: it must never speak for this one
-    base = {"attempt": attempt, "job_id": job_id_from_env(), "host": socket.gethostname()}
+    base = {
+        "attempt": attempt,
+        "job_id": job_id_from_env(),
+        "host": socket.gethostname(),
+        "layout": LAYOUT,
+    }
     started = time.time()
     write_json_atomic(tdir / START_FILE, {**base, "pid": os.getpid(), "started": started})
     env = dict(os.environ)
@@ -143,7 +151,7 @@ def run_task(job: Mapping[str, Any]) -> int:
     if job.get("kind") == "hydra" and argv[1:3] == list(WORKER):
         return _run_worker_here(job, tdir, argv[3:], env, watch, base, started)
     timed_out = False
-    with open(tdir / "stdout.log", "wb") as out, open(tdir / "stderr.log", "wb") as err:
+    with open(tdir / STDOUT, "wb") as out, open(tdir / STDERR, "wb") as err:
         try:
             proc = subprocess.Popen(
                 argv,
@@ -190,7 +198,7 @@ def _run_worker_here(
 ) -> int:
     """A Hydra job: call the worker's entry point in this process instead of starting a
     second interpreter (the job's python is already up, with submitit and hsm loaded).
-    The worker writes result.json; this writes the exit record around it."""
+    The worker writes its record; this writes the exit record around it."""
     from hsm_core import worker
 
     timeout = job.get("timeout_s")
@@ -219,8 +227,8 @@ def _run_worker_here(
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    out = os.open(tdir / "stdout.log", flags, 0o644)
-    err = os.open(tdir / "stderr.log", flags, 0o644)
+    out = os.open(tdir / STDOUT, flags, 0o644)
+    err = os.open(tdir / STDERR, flags, 0o644)
     os.dup2(out, 1)
     os.dup2(err, 2)
     root = logging.getLogger()
@@ -265,11 +273,9 @@ def _owned(tdir: Path, attempt: int) -> bool:
 def _write_records(job: Mapping[str, Any], tdir: Path, record: dict[str, Any]) -> None:
     attempt = int(job["attempt"])
     if not _owned(tdir, attempt):
-        tdir = tdir / f"attempt_{attempt}"
+        tdir = TaskPaths(tdir).attempt(attempt)
         tdir.mkdir(exist_ok=True)
     write_json_atomic(tdir / EXIT_FILE, record)
-    if job.get("kind") != "hydra":
-        write_json_atomic(tdir / RESULT_FILE, record)
 
 
 def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started: float) -> int:

@@ -2,13 +2,16 @@
 
 No I/O here. The hpc source feeds :func:`decide` with the scheduler's word about a job
 (Slurm's state names; the PBS executor reports the same names, see
-``hsm_core.sources.pbs.status``) and with the records the job left in its task folder:
+``hsm_core.sources.pbs.status``) and with the records the job left in its task folder
+(names in hsm_core.taskdir):
 
-- ``result.json``: written by the task's wrapper (command tasks) or by the Hydra worker,
-  atomically and last. It is the ONLY proof of COMPLETED; "the job left the queue" or
-  "the scheduler says COMPLETED" never is (the original tool's failure, see the docs).
-- ``.hsm_exit.json``: the wrapper's own exit record (exit code, signal, whether the
-  scheduler signalled it). It tells the task's own failure from a job killed around it.
+- ``.hsm_exit.json``: the job wrapper's exit record (exit code, signal, whether the
+  scheduler signalled it), written after the task process ended, so the task cannot
+  forge it. It is the ONLY proof of COMPLETED (through ``taskdir.settle``, the rule all
+  sources share); "the job left the queue" or "the scheduler says COMPLETED" never is
+  (the original tool's failure, see the docs). It also tells the task's own failure from
+  a job killed around it.
+- ``.hsm_result.json``: hsm's worker record of a Hydra job (COMPLETED or the error).
 
 Slurm state names: https://slurm.schedmd.com/sacct.html#SECTION_JOB-STATE-CODES
 """
@@ -17,11 +20,20 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from hsm_core.model import TaskState
+from hsm_core.taskdir import (
+    Verdict,
+    exit_code_of,
+    is_legacy,
+    legacy_worker_record,
+    settle,
+    worker_error,
+)
+
+__all__ = ["Phase", "Verdict", "decide", "describe", "phase_of", "signal_name", "worker_of"]
 
 
 class Phase(Enum):
@@ -90,22 +102,6 @@ def phase_of(state: str | None) -> Phase:
     return SCHEDULER_STATES.get(word, Phase.UNKNOWN)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    state: TaskState
-    exit_code: int | None = None
-    error: str | None = None
-
-
-def exit_code_of(record: Mapping[str, Any] | None) -> int | None:
-    if not record:
-        return None
-    try:
-        return int(record["exit_code"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 # Signals that come from outside the task (scancel, time limit, node shutdown, OOM
 # killer); SIGSEGV, SIGABRT and the like are the task's own crash.
 _OUTSIDE_SIGNALS = frozenset({"SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGCONT"})
@@ -151,37 +147,46 @@ def signal_name(returncode: int) -> str | None:
         return f"signal {-returncode}"
 
 
+def worker_of(records: Mapping[str, Any]) -> dict[str, Any] | None:
+    """hsm's worker record among an attempt's records (hpc_backend.read_records): the
+    current one, or for an attempt an older hsm ran, its `result.json` (an older
+    backend on the login node answers with `result`)."""
+    worker = records.get("worker")
+    if worker is not None:
+        return dict(worker)
+    if is_legacy(records.get("exit")):
+        return legacy_worker_record(records.get("legacy_result") or records.get("result"))
+    return None
+
+
 def decide(
     state: str | None,
-    result: Mapping[str, Any] | None,
     exit_record: Mapping[str, Any] | None,
+    worker: Mapping[str, Any] | None = None,
     *,
+    hydra: bool = False,
     cancelled_by_us: bool = False,
     stderr_tail: str = "",
 ) -> Verdict | None:
     """The attempt's outcome, or None while it is not settled yet.
 
-    `result` is result.json, `exit_record` the wrapper's .hsm_exit.json (both of the
-    current attempt), `state` the scheduler's latest word (None: not asked / not known).
+    `exit_record` is the wrapper's .hsm_exit.json and `worker` hsm's worker record of a
+    Hydra job (both of the current attempt), `state` the scheduler's latest word (None:
+    not asked / not known).
     """
     phase = phase_of(state)
-    code = exit_code_of(result)
-    if code == 0:
-        return Verdict(TaskState.COMPLETED, 0)
-    if result is not None and code is not None and not _killed(result) and not _killed(exit_record):
-        return Verdict(TaskState.FAILED, code, describe(result, stderr_tail))
-    if exit_record is not None and not _killed(exit_record) and result is None:
-        # The wrapper saw its process end on its own, and no result record came: a
-        # Hydra worker that crashed before writing one (bad environment, import error).
-        rc = exit_code_of(exit_record)
-        what = describe(exit_record, stderr_tail)
-        return Verdict(TaskState.FAILED, rc, f"ended without a result record ({what})")
+    code = exit_code_of(exit_record)
+    if exit_record is not None and (code == 0 or not _killed(exit_record)):
+        # The task's process ended on its own (or succeeded): its exit record decides.
+        verdict = settle(exit_record, hydra=hydra, worker=worker)
+        if verdict.state is TaskState.FAILED and code != 0 and not worker_error(worker):
+            return Verdict(TaskState.FAILED, code, describe(exit_record, stderr_tail))
+        return verdict
     if not phase.over:
         return None
     # From here the job is over and its own records do not settle it: the scheduler's
     # word says whose fault it was.
-    record = result or exit_record
-    rc = exit_code_of(record)
+    rc = code
     raw = state.split()[0] if state else "?"
     if phase is Phase.CANCELLED:
         if cancelled_by_us:
@@ -191,20 +196,20 @@ def decide(
         return Verdict(TaskState.LOST, rc, f"{_PHASE_TEXT[phase]} ({raw})")
     if phase in (Phase.TIMEOUT, Phase.OUT_OF_MEMORY):
         return Verdict(TaskState.FAILED, rc, f"{_PHASE_TEXT[phase]} ({raw})")
-    if record is not None:
+    if exit_record is not None:
         # The job ended normally or failed, and the process was killed by a signal:
         # the task's own doing (it killed itself, the kernel's OOM killer, ...).
-        return Verdict(TaskState.FAILED, rc, describe(record, stderr_tail))
+        return Verdict(TaskState.FAILED, rc, describe(exit_record, stderr_tail))
     if phase is Phase.FAILED:
         tail = last_line(stderr_tail)
         extra = f": {tail}" if tail else ""
         return Verdict(
             TaskState.FAILED, None, f"{_PHASE_TEXT[phase]} before the task ran ({raw}){extra}"
         )
-    # Phase.ENDED without any record: never COMPLETED without result.json.
+    # Phase.ENDED without any record: never COMPLETED without the wrapper's exit record.
     return Verdict(
         TaskState.FAILED,
         None,
-        f"the scheduler says {raw} but the task left no result record "
+        f"the scheduler says {raw} but the task left no exit record "
         "(is the sweep folder shared with the compute nodes?)",
     )

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
+from hsm_core import taskdir
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.agent_channel import AgentChannel, Event
 from hsm_core.sources.base import (
@@ -36,41 +34,6 @@ from hsm_core.sources.base import (
 
 KILL_GRACE_S = 3.0
 AGENT_START_TIMEOUT_S = 30.0
-
-
-def describe_exit(code: int) -> str:
-    """A signal death is reported as 128+N, as a shell would."""
-    if code > 128:
-        try:
-            return f"killed by {signal.Signals(code - 128).name}"
-        except ValueError:
-            pass
-    if code == 127:
-        return "exit code 127 (command not found; see stderr.log)"
-    return f"exit code {code}"
-
-
-def read_result(task_dir: Path) -> dict[str, Any] | None:
-    """result.json: the agent's record (`exit_code`, ...), or the Hydra worker's own
-    (which adds `error`, a one-line reason). None if absent or unreadable."""
-    try:
-        data = json.loads((task_dir / "result.json").read_text())
-        data["exit_code"] = int(data["exit_code"])
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def settle(
-    data: dict[str, Any] | None, code: int | None
-) -> tuple[TaskState, int | None, str | None]:
-    """What a finished attempt's exit record means: (state, exit code, error)."""
-    if data is None:
-        return TaskState.FAILED, code, f"ended without an exit record ({describe_exit(code or 0)})"
-    rc = int(data["exit_code"])
-    if rc == 0:
-        return TaskState.COMPLETED, 0, None
-    return TaskState.FAILED, rc, str(data.get("error") or describe_exit(rc))
 
 
 @dataclass
@@ -192,8 +155,6 @@ class LocalSource(ComputeSource):
             "argv": argv,
             "env": env,
             "timeout": task.timeout_s,
-            # A Hydra worker writes its own, richer result.json; a command gets the agent's.
-            "result": "if_missing",
         }
 
     # ----------------------------------------------------------------- events
@@ -221,15 +182,13 @@ class LocalSource(ComputeSource):
             state = TaskState.FAILED if ev.get("launch_error") else TaskState.LOST
             self._done(run, state, error=error)
             return
-        code = record.get("exit_code")
-        if record.get("cancelled"):
-            self._done(run, TaskState.CANCELLED, code, "cancelled")
-        elif record.get("timed_out"):
-            timeout = run.task.timeout_s or 0
-            self._done(run, TaskState.FAILED, code, f"timed out after {timeout:g} s")
-        else:
-            state, exit_code, why = settle(read_result(self.ctx.task_dir(run.task)), code)
-            self._done(run, state, exit_code, why)
+        hydra = run.task.kind is TaskKind.HYDRA
+        worker = None
+        if hydra:
+            legacy = taskdir.is_legacy(record)
+            worker = taskdir.read_worker_record(self.ctx.task_dir(run.task), legacy=legacy)
+        verdict = taskdir.settle(record, hydra=hydra, worker=worker, timeout_s=run.task.timeout_s)
+        self._done(run, verdict.state, verdict.exit_code, verdict.error)
 
     def _done(
         self, run: _Run, state: TaskState, code: int | None = None, error: str | None = None

@@ -7,14 +7,15 @@ starts and exits as events, with the task folder's small files inline, so a slot
 over without any polling. The agent holds `max_parallel` slots and we keep `prefetch`
 more attempts queued there, so a freed slot refills without a round trip.
 
-Remote layout: `<project_dir>/.hsm/sweeps/<sweep_id>/tasks/task_NNN/` holds stdout.log,
-stderr.log, results/, result.json and the agent's records (.hsm_pid.json,
-.hsm_exit.json); Hydra payloads go to the same relative path as in the local sweep dir.
+Remote layout: `<project_dir>/.hsm/sweeps/<sweep_id>/tasks/task_NNN/`, the task folder
+of hsm_core.taskdir; the agents' journals are in `.agents/` beside `tasks/`; Hydra
+payloads go to the same relative path as in the local sweep dir.
 
 Failures: a dropped connection is noticed by keepalives; we reconnect with backoff for
 `reconnect_window` seconds and re-attach (the agent's `scan`); if the host stays
 unreachable, every attempt it held is reported LOST (never FAILED) and the engine runs
-it elsewhere. A task is COMPLETED only once its folder, result.json last, is here.
+it elsewhere. A task is COMPLETED only once its exit record says so (taskdir.settle)
+and its folder is here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import logging
 import posixpath
 import time
@@ -31,7 +31,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from hsm_core import collect
+from hsm_core import collect, taskdir
 from hsm_core.errors import HsmError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
@@ -43,7 +43,6 @@ from hsm_core.sources.base import (
     task_argv,
     task_env,
 )
-from hsm_core.sources.local import describe_exit
 from hsm_core.sources.ssh_agent import AgentChannel, Event, ssh_agent_channel
 from hsm_core.sources.ssh_options import SshOptions, remote_path
 from hsm_core.transport.ssh import SshTransport
@@ -294,7 +293,6 @@ class SSHSource(ComputeSource):
             "timeout": task.timeout_s,
             "files": files,
             "skip": skip,
-            "result": "if_missing" if task.kind is TaskKind.HYDRA else "always",
         }
 
     def _shared_payload(self) -> list[str]:
@@ -361,17 +359,22 @@ class SSHSource(ComputeSource):
             else:
                 self._done(att, TaskState.LOST, error=f"{error} on {self.name}")
             return
-        before = self._job_dir_puller(att) if att.task.kind is TaskKind.HYDRA else None
+        hydra = att.task.kind is TaskKind.HYDRA
+        local = self.ctx.task_dir(att.task)
+        worker = None
         try:
-            stats, result = await collect.collect_folder(
-                self.ctx.task_dir(att.task),
+            stats = await collect.collect_folder(
+                local,
                 att.remote_dir,
                 ev.get("files") or {},
                 ev.get("large") or [],
                 self.transport.sftp,
                 self.opts.exclude,
-                before,
             )
+            if hydra:
+                legacy = taskdir.is_legacy(record)
+                worker = await asyncio.to_thread(taskdir.read_worker_record, local, legacy=legacy)
+                await self._pull_job_dir(worker)
         except SourceError as exc:
             # Never COMPLETED without the folder. Connection gone: the exit record stays
             # on the host and the re-attach after reconnecting (or LOST) decides.
@@ -386,38 +389,18 @@ class SSHSource(ComputeSource):
                     self._scan([att])
             return
         self.log.debug("%s: collected %s", att.task.name, stats)
-        code = record.get("exit_code")
-        if record.get("cancelled"):
-            self._done(att, TaskState.CANCELLED, code, "cancelled")
-        elif record.get("timed_out"):
-            self._done(att, TaskState.FAILED, code, f"timed out after {att.task.timeout_s:g} s")
-        elif code != 0:
-            self._done(att, TaskState.FAILED, code, describe_exit(int(code)))
-        else:
-            recorded = _exit_code(result)
-            if recorded == 0:
-                self._done(att, TaskState.COMPLETED, 0)
-            elif recorded is None:
-                self._done(att, TaskState.FAILED, 0, "result.json did not arrive")
-            else:
-                self._done(att, TaskState.FAILED, recorded, describe_exit(recorded))
+        verdict = taskdir.settle(record, hydra=hydra, worker=worker, timeout_s=att.task.timeout_s)
+        self._done(att, verdict.state, verdict.exit_code, verdict.error)
 
-    def _job_dir_puller(self, att: _Att) -> Any:
+    async def _pull_job_dir(self, worker: dict[str, Any] | None) -> None:
         """A Hydra job writes its output dir under the remote sweep dir (the worker puts
         hydra.sweep.dir there): mirror it to the same place under the local sweep dir."""
-
-        async def pull(result: bytes | None) -> None:
-            try:
-                out = str(json.loads(result or b"{}").get("output_dir") or "")
-            except ValueError:
-                return
-            rel = posixpath.relpath(out, self.sweep_dir) if out else ".."
-            if rel == "." or rel.startswith("../") or rel == "..":
-                return
-            sftp = await self.transport.sftp()
-            await collect.pull_tree(sftp, out, self.ctx.sweep_dir / rel, self.opts.exclude)
-
-        return pull
+        out = str((worker or {}).get("output_dir") or "")
+        rel = posixpath.relpath(out, self.sweep_dir) if out else ".."
+        if rel == "." or rel.startswith("../") or rel == "..":
+            return
+        sftp = await self.transport.sftp()
+        await collect.pull_tree(sftp, out, self.ctx.sweep_dir / rel, self.opts.exclude)
 
     def _done(
         self, att: _Att, state: TaskState, code: int | None = None, error: str | None = None
@@ -553,10 +536,3 @@ class SSHSource(ComputeSource):
             disk_free_gb=disk / 1e9 if disk is not None else None,
             gpus=self.opts.gpus,
         )
-
-
-def _exit_code(result: bytes | None) -> int | None:
-    try:
-        return int(json.loads(result or b"")["exit_code"])
-    except (ValueError, KeyError, TypeError):
-        return None

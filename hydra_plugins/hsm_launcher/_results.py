@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from hsm_core.hydra_job import RESULT, note_hard_death, read_info, read_job_return
+from hsm_core.hydra_job import note_hard_death, read_info, read_job_return
 from hsm_core.model import SourceSpec, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, SweepContext
 
@@ -92,7 +92,7 @@ class ErrorLog:
             return
         self.reported.add(task.key)
         task_dir = sweep_dir / "tasks" / task.name
-        info = read_info(task_dir, RESULT) or read_info(task_dir) or {}
+        info = _worker_info(task_dir) or read_info(task_dir) or {}
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         params = " ".join(f"{k}={v}" if v is not None else k for k, v in task.params.items())
         lines = [f"=== {when} {task.name} FAILED ({params}): {error}"]
@@ -188,7 +188,7 @@ def collect(
             out.append(ret)
             continue
         error = (att.error if att else None) or state.value.lower()
-        hard_death = state is TaskState.FAILED and not (task_dir / RESULT).exists()
+        hard_death = state is TaskState.FAILED and _worker_info(task_dir) is None
         if hard_death and task.key not in errors.reported:  # the fork source noted its own
             note_hard_death(task_dir, task, error)
         if state is TaskState.FAILED:
@@ -207,9 +207,17 @@ def collect(
     return out
 
 
+def _worker_info(task_dir: Path) -> dict[str, Any] | None:
+    """hsm's worker record of the job (an older hsm's `result.json` in its shape, for a
+    sweep it started)."""
+    from hsm_core.taskdir import read_worker_record
+
+    return read_worker_record(task_dir, legacy=True)
+
+
 def _relocate(ret: JobReturn, task_dir: Path) -> None:
     """A job run on another host reports that host's paths: point them at the local copy."""
-    info = read_info(task_dir, RESULT) or {}
+    info = _worker_info(task_dir) or {}
     wd = ret.working_dir
     remote_sweep = info.get("sweep_dir")
     local_sweep = str(task_dir.parent.parent)

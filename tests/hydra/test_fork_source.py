@@ -20,6 +20,7 @@ from hsm_core.orchestrate import context_for
 from hsm_core.sources.fork import ForkSource, gpu_sets
 from hsm_core.sources.forkserver import ForkServer, ForkServerError
 from hsm_core.store import SweepStore
+from hsm_core.taskdir import WORKER_RECORD
 from tests.helpers import async_wait_for, wait_for
 from tests.hydra.util import pid_alive
 
@@ -27,7 +28,7 @@ from tests.hydra.util import pid_alive
 def _write_result(task_dir: Path, code: int, **extra: Any) -> None:
     tmp = task_dir / ".result.tmp"
     tmp.write_text(json.dumps({"exit_code": code, **extra}))
-    os.replace(tmp, task_dir / "result.json")
+    os.replace(tmp, task_dir / WORKER_RECORD)
 
 
 def runner(job: Mapping[str, Any], gate: Any) -> int:
@@ -128,7 +129,7 @@ def test_outcomes_and_hard_deaths(tmp_path: Path) -> None:
 def test_slots_gpus_and_fresh_processes(tmp_path: Path) -> None:
     options = {"gpus": [0, 1, 2, 3], "gpus_per_slot": 2}
     store, tasks = run(tmp_path, ["busy"] * 6, slots=2, ahead=1, options=options)
-    results = [json.loads((store.task_dir(t) / "result.json").read_text()) for t in tasks]
+    results = [json.loads((store.task_dir(t) / WORKER_RECORD).read_text()) for t in tasks]
     assert {r["cuda"] for r in results} <= {"0,1", "2,3"}
     assert len({r["pid"] for r in results}) == 6
     for r in results:  # never more than two task functions at once

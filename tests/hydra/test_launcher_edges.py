@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hsm_core.taskdir import JOB_RETURN, WORKER_RECORD
 from tests.hydra.util import APPS, EXAMPLE, HSM, job_return, jobs, run_app
 
 NO_PROGRESS = "hydra.launcher.progress=false"
@@ -74,7 +75,7 @@ def test_cold_worker_reruns_a_job_from_its_payload(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     task = jobs(sweep)[1]["dir"]
     expected = job_return(task).return_value
-    for name in ("result.json", "job_return.pkl"):
+    for name in (WORKER_RECORD, JOB_RETURN):
         (task / name).unlink()
     shutil.rmtree(sweep / "1")
     run = subprocess.run(
@@ -85,7 +86,7 @@ def test_cold_worker_reruns_a_job_from_its_payload(tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    assert json.loads((task / "result.json").read_text())["exit_code"] == 0
+    assert json.loads((task / WORKER_RECORD).read_text())["exit_code"] == 0
     assert job_return(task).return_value == expected
     assert (sweep / "1" / "metrics.json").is_file()
     assert (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
@@ -110,3 +111,16 @@ def test_plugin_import_adds_under_50_ms() -> None:
     best = min(r["ours"] for r in runs)
     assert best < 0.050, runs
     assert runs[0]["heavy"] == [], runs[0]  # nothing heavy is imported by the scan
+
+
+def test_a_jobs_own_result_json_neither_forges_nor_fails_it(tmp_path: Path) -> None:
+    """The fork server's wait status and hsm's worker record decide; a `result.json` the
+    job writes in its task folder is its own and stays (issue 11, item 5)."""
+    sweep = tmp_path / "sweep"
+    res = run_app(APPS / "own_result.py", [*HSM, NO_PROGRESS, "x=0,1,2,3"], sweep_dir=sweep)
+    assert res.returncode == 1  # two jobs failed
+    found = jobs(sweep)
+    assert [found[n]["state"] for n in range(4)] == ["FAILED", "FAILED", "COMPLETED", "COMPLETED"]
+    own = [json.loads((found[n]["dir"] / "result.json").read_text()) for n in range(3)]
+    assert own == [{"exit_code": 0}, {"exit_code": 0}, {"acc": 0.9}]
+    assert job_return(found[2]["dir"]).return_value == 2

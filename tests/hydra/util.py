@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hsm_core.taskdir import WORKER_RECORD
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "example_app" / "train.py"
 APPS = Path(__file__).resolve().parent / "apps"
@@ -70,7 +72,7 @@ def jobs(sweep_dir: Path) -> dict[int, dict[str, Any]]:
                 continue
             tdir = sweep_dir / "tasks" / task.name
             try:
-                result = json.loads((tdir / "result.json").read_text())
+                result = json.loads((tdir / WORKER_RECORD).read_text())
             except OSError:
                 result = None
             out[int(nums[task.key])] = {

@@ -103,8 +103,8 @@ def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
     assert set(per_source) == {"local", "h1", "h2", "cluster"}, per_source
     assert store.counts() == {TaskState.COMPLETED: 16}
     assert _runs(shared_dir) == Counter({str(i): 1 for i in range(16)})
-    for t in store.tasks():  # every result and log is here, whoever ran it
-        assert (store.task_dir(t) / "result.json").is_file(), t.name
+    for t in store.tasks():  # every log is here, whoever ran it
+        assert (store.task_dir(t) / "stdout.log").is_file(), t.name
 
 
 def test_sweep_started_on_ssh_is_completed_on_local(
@@ -182,7 +182,7 @@ def test_orchestrator_sigkilled_at_random_moments_then_completed(
     assert store.counts() == {TaskState.COMPLETED: n}
     assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)})
     for t in store.tasks():
-        assert (store.task_dir(t) / "result.json").is_file(), t.name
+        assert (store.task_dir(t) / "stdout.log").is_file(), t.name
 
 
 def _health_test_store(tmp_path: Path, n: int, seconds: float) -> SweepStore:

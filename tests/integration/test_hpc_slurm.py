@@ -26,10 +26,20 @@ import yaml
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
 from hsm_core.sources.hpc import HPCSource
-from hsm_core.sources.hpc_job import START_FILE
+from hsm_core.sources.hpc_job import EXIT_FILE, START_FILE
 from hsm_core.store import SweepStore
 from tests.services import SlurmEnv, SshEnv
-from tests.sweep_utils import PY, command_tasks, hsm, hsm_popen, make_sweep, states, wait_for
+from tests.sweep_utils import (
+    PY,
+    check_own_results,
+    command_tasks,
+    hsm,
+    hsm_popen,
+    make_sweep,
+    own_result_tasks,
+    states,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -154,7 +164,8 @@ def test_sweep_is_one_array_job(tmp_path: Path, slurm_env: SlurmEnv, sched: Sche
         tdir = store.task_dir(task)
         assert (tdir / "stdout.log").read_text().split() == [task.name, "t", f"v{i}"]
         assert (tdir / "results" / "r.txt").read_text() == "ok"
-        assert json.loads((tdir / "result.json").read_text())["exit_code"] == 0
+        assert json.loads((tdir / EXIT_FILE).read_text())["exit_code"] == 0
+        assert not (tdir / "result.json").exists()  # hsm writes none: the name is the task's
     settles_as(next(iter(arrays)), "COMPLETED")
 
 
@@ -210,6 +221,16 @@ def test_failing_tasks_are_failed_with_their_errors(
     # sacct agrees with hsm: the failed tasks' jobs failed (the original said COMPLETED).
     settles_as(raised.handle or "", "FAILED")
     settles_as(latest[tasks[0].key].handle or "", "COMPLETED")
+
+
+def test_a_tasks_own_result_json_neither_forges_nor_fails_it(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    """The job wrapper's exit record decides; the task's own result.json stays as it
+    wrote it (the wrapper used to overwrite it, and to trust it; issue 11, item 5)."""
+    store = make_sweep(tmp_path, own_result_tasks())
+    run_hpc(store, hpc_spec(slurm_env))
+    check_own_results(store)
 
 
 @pytest.mark.timeout(240)

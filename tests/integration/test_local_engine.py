@@ -13,7 +13,16 @@ import yaml
 from hsm_core.model import TaskState
 from hsm_core.procs import pid_alive
 from hsm_core.store import SweepStore
-from tests.sweep_utils import PY, command_tasks, make_sweep, run_local, states, wait_for
+from tests.sweep_utils import (
+    PY,
+    check_own_results,
+    command_tasks,
+    make_sweep,
+    own_result_tasks,
+    run_local,
+    states,
+    wait_for,
+)
 
 # A task that records when it started and ended (monotonic clock shared by all processes).
 TIMED = (
@@ -251,8 +260,7 @@ def test_sigkill_mid_sweep_leaves_a_consistent_journal(tmp_path: Path) -> None:
         att = latest[t.key]
         assert att.state in TaskState
         if att.state is TaskState.COMPLETED:
-            rec = json.loads((store.task_dir(t) / "result.json").read_text())
-            assert rec["exit_code"] == 0
+            assert att.exit_code == 0
     # And the sweep can be finished without running anything twice.
     done_before = {k for k, a in latest.items() if a.state is TaskState.COMPLETED}
     res = hsm("complete", "k", cwd=tmp_path)
@@ -274,3 +282,11 @@ def test_submit_handle_is_journaled_without_overwriting_a_reported_one(tmp_path:
     n = store.new_attempt(second.key)
     store.set_handle(second.key, n, "job_7")
     assert store.attempts(second.key)[-1].handle == "job_7"
+
+
+def test_a_tasks_own_result_json_neither_forges_nor_fails_it(tmp_path: Path) -> None:
+    """The exit status the agent saw decides: a task's `{"exit_code": 0}` with exit 7 or
+    a segfault is FAILED, its own `{"acc": 0.9}` with exit 0 COMPLETED (issue 11, item 5)."""
+    store = make_sweep(tmp_path, own_result_tasks())
+    run_local(store, slots=4)
+    check_own_results(store)

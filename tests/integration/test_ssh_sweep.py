@@ -17,6 +17,7 @@ from hsm_core.sources.ssh import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
 from tests.services import SshEnv
+from tests.sweep_utils import check_own_results, own_result_tasks
 
 HOSTILE = [
     "it's",
@@ -64,7 +65,7 @@ def test_sweep_over_two_hosts(ssh_env: SshEnv, tmp_path: Path) -> None:
     for task in store.tasks():
         tdir = store.sweep_dir / "tasks" / task.name
         assert (tdir / "stdout.log").read_bytes() == task.argv[2].encode()
-        assert json.loads((tdir / "result.json").read_text())["exit_code"] == 0
+        assert not (tdir / "result.json").exists()  # hsm's record is in the agent's journal
         env = json.loads((tdir / "results" / "env.json").read_text())
         host = latest[task.key].source
         project_dir = next(s for s in specs if s.name == host).options["project_dir"]
@@ -112,7 +113,7 @@ def test_results_are_local_before_the_sweep_ends(ssh_env: SshEnv, tmp_path: Path
     def listener(ev: TaskEvent) -> None:
         if ev.state is TaskState.COMPLETED:
             tdir = store.sweep_dir / "tasks" / names[ev.key]
-            here = (tdir / "result.json").is_file() and (tdir / "stdout.log").is_file()
+            here = (tdir / "stdout.log").is_file()
             seen[names[ev.key]] = (time.monotonic(), here)
 
     outcome = asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=4)], listener=listener))
@@ -214,16 +215,30 @@ def test_setup_lines_and_one_gpu_per_running_task(ssh_env: SshEnv, tmp_path: Pat
     outcome = asyncio.run(run(store, [spec]))
 
     assert outcome.counts[TaskState.COMPLETED] == 4
+    remote_sweep = f"{spec.options['project_dir']}/.hsm/sweeps/{store.sweep_id}"
+    journal = Journal(posixpath.join(remote_sweep, JOURNAL_DIR)).refresh()  # same filesystem
     spans: list[tuple[float, float, str]] = []
     for task in store.tasks():
         tdir = store.sweep_dir / "tasks" / task.name
         mark, arg, gpu = (tdir / "stdout.log").read_text().strip().split("|")
         assert (mark, arg) == ("set up", task.argv[3])
-        record = json.loads((tdir / "result.json").read_text())
+        record = journal.exits[(f"{remote_sweep}/tasks/{task.name}", 1)]
         spans.append((record["start"], record["end"], gpu))
     assert sorted(g for _, _, g in spans) == ["3", "3", "5", "5"]
     for a in spans:  # tasks sharing a GPU never overlap: 2 GPUs, 2 at a time
         for b in spans:
             if a is not b and a[2] == b[2]:
                 assert a[1] <= b[0] or b[1] <= a[0], (a, b)
+    store.close()
+
+
+def test_a_tasks_own_result_json_is_collected_and_decides_nothing(
+    ssh_env: SshEnv, tmp_path: Path
+) -> None:
+    """On a host too, the exit status the agent saw decides, and the task's own
+    result.json comes back as one of its files (issue 11, item 5)."""
+    project = make_project(tmp_path / "proj")
+    store = new_store(tmp_path / "sweep", project, own_result_tasks("python3"))
+    asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=4)]))
+    check_own_results(store)
     store.close()

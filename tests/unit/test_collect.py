@@ -1,4 +1,4 @@
-"""Result collection: incremental, idempotent, result.json last, never outside the folder."""
+"""Result collection: incremental, idempotent, never outside the folder."""
 
 from __future__ import annotations
 
@@ -43,22 +43,13 @@ def test_paths_that_are_not_ours_are_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in local.iterdir()) == ["results", "status.yaml"]
 
 
-def test_result_json_is_written_last(tmp_path: Path) -> None:
-    seen: list[tuple[bool, bool]] = []
-
-    async def before(result: bytes | None) -> None:
-        assert result is not None and json.loads(result)["exit_code"] == 0
-        seen.append(((tmp_path / "stdout.log").exists(), (tmp_path / "result.json").exists()))
-
+def test_a_tasks_own_result_json_is_collected_as_one_of_its_files(tmp_path: Path) -> None:
     async def no_sftp() -> object:
         raise AssertionError("nothing large to pull")
 
-    files = {"result.json": b64(b'{"exit_code": 0}'), "stdout.log": b64(b"out")}
-    stats, result = asyncio.run(
-        collect_folder(tmp_path, "/remote", files, [], no_sftp, before_result=before)  # type: ignore[arg-type]
-    )
-    assert seen == [(True, False)]  # the folder was there, its proof not yet
-    assert (tmp_path / "result.json").read_bytes() == result == b'{"exit_code": 0}'
+    files = {"result.json": b64(b'{"acc": 0.9}'), "stdout.log": b64(b"out")}
+    stats = asyncio.run(collect_folder(tmp_path, "/remote", files, [], no_sftp))  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "result.json").read_bytes()) == {"acc": 0.9}
     assert stats.written == 2
 
 
@@ -107,16 +98,15 @@ def test_a_symlink_in_the_folder_is_replaced_not_written_through(tmp_path: Path)
     assert (local / "stdout.log").read_bytes() == b"new"
 
 
-def test_files_are_replaced_atomically_once_result_json_is_here(tmp_path: Path) -> None:
-    # Before result.json nobody trusts the folder, so files are written in place; after,
-    # a reader may be looking, so a changed file is swapped in whole (a new inode).
-    first = {"stdout.log": b64(b"one"), "result.json": b64(b'{"exit_code": 0}')}
-    write_inline(tmp_path, {"stdout.log": first["stdout.log"]})
-    inode = (tmp_path / "stdout.log").stat().st_ino
-    write_inline(tmp_path, {"stdout.log": b64(b"two")})
-    assert (tmp_path / "stdout.log").stat().st_ino == inode
-    write_inline(tmp_path, first)
+def test_new_files_are_written_in_place_and_existing_ones_replaced_whole(
+    tmp_path: Path,
+) -> None:
+    # A new file: nobody trusts the folder before the journal says so, so it is written
+    # in place (no rename). A file already here may be open in a reader: a changed one is
+    # swapped in whole (a new inode), never rewritten under the reader.
+    write_inline(tmp_path, {"stdout.log": b64(b"one")})
+    assert not list(tmp_path.glob(".*.part"))
     with open(tmp_path / "stdout.log", "rb") as reader:
-        write_inline(tmp_path, {"stdout.log": b64(b"three")})
+        write_inline(tmp_path, {"stdout.log": b64(b"two")})
         assert reader.read() == b"one"
-    assert (tmp_path / "stdout.log").read_bytes() == b"three"
+    assert (tmp_path / "stdout.log").read_bytes() == b"two"

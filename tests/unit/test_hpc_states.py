@@ -9,7 +9,7 @@ import pytest
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.sources.hpc_options import parse_options, parse_time
-from hsm_core.sources.hpc_states import Phase, decide, phase_of
+from hsm_core.sources.hpc_states import Phase, decide, phase_of, worker_of
 
 OK = {"attempt": 1, "exit_code": 0}
 TERM = {"attempt": 1, "exit_code": 143, "signal": "SIGTERM", "terminated": "SIGTERM"}
@@ -39,13 +39,14 @@ def test_scheduler_words_map_through_one_table(state: str | None, phase: Phase) 
     assert phase_of(state) is phase
 
 
-def test_completed_only_with_a_result_record() -> None:
-    assert decide("COMPLETED", OK, OK) == decide(None, OK, None)
-    assert decide(None, OK, None).state is TaskState.COMPLETED  # type: ignore[union-attr]
-    # The scheduler's COMPLETED (or "left the queue") without result.json is not success.
+def test_completed_only_with_an_exit_record() -> None:
+    assert decide("COMPLETED", OK) == decide(None, OK)
+    assert decide(None, OK).state is TaskState.COMPLETED  # type: ignore[union-attr]
+    # The scheduler's COMPLETED (or "left the queue") without the wrapper's exit record
+    # is not success.
     verdict = decide("COMPLETED", None, None)
     assert verdict is not None and verdict.state is TaskState.FAILED
-    assert "no result record" in (verdict.error or "")
+    assert "no exit record" in (verdict.error or "")
     vanished = decide("VANISHED", None, None)
     assert vanished is not None and vanished.state is TaskState.LOST
 
@@ -92,10 +93,30 @@ def test_jobs_that_never_ran_the_task() -> None:
 
 def test_worker_that_exits_without_a_result_is_failed() -> None:
     rec = {"attempt": 1, "exit_code": 1}
-    verdict = decide("RUNNING", None, rec, stderr_tail="ModuleNotFoundError: No module named x")
+    tail = "ModuleNotFoundError: No module named x"
+    verdict = decide("RUNNING", rec, None, hydra=True, stderr_tail=tail)
     assert verdict is not None and verdict.state is TaskState.FAILED
-    assert "without a result record" in (verdict.error or "")
     assert "ModuleNotFoundError" in (verdict.error or "")
+    # Exit 0 and no worker record: the job left before hsm's worker recorded it.
+    early = decide("RUNNING", OK, None, hydra=True)
+    assert early is not None and early.state is TaskState.FAILED
+    done = decide("RUNNING", OK, {"exit_code": 0, "status": "COMPLETED"}, hydra=True)
+    assert done is not None and done.state is TaskState.COMPLETED
+
+
+def test_a_tasks_own_result_json_decides_nothing() -> None:
+    """The wrapper's exit record decides; a result.json the task wrote is its output,
+    read as hsm's only for an attempt an older hsm ran (no `layout` in its records)."""
+    forged = {"exit_code": 0, "status": "COMPLETED", "job_return": "job_return.pkl"}
+    seven = {"attempt": 1, "exit_code": 7, "layout": 2}
+    assert worker_of({"exit": seven, "legacy_result": forged}) is None
+    failed = decide("RUNNING", seven, None)
+    assert failed is not None and failed.state is TaskState.FAILED and failed.exit_code == 7
+    old_worker = {"exit_code": 0, "status": "COMPLETED", "job_return": "job_return.pkl"}
+    old = {"exit": {"attempt": 1, "exit_code": 0}, "result": old_worker}
+    assert worker_of(old) == old_worker
+    verdict = decide("RUNNING", old["exit"], worker_of(old), hydra=True)
+    assert verdict is not None and verdict.state is TaskState.COMPLETED
 
 
 def test_hsm_timeout_is_the_tasks_fault() -> None:
