@@ -94,7 +94,7 @@ def run_here(
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-    except BaseException as exc:  # a compose error, or SystemExit from the task itself
+    except BaseException as exc:  # a compose error, a KeyboardInterrupt
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
         if cfg is not None:
             ret.working_dir = info.get("output_dir")
@@ -125,9 +125,24 @@ def _wrapped(
         write_json_atomic(task_dir / JOB_INFO, info)  # for a note if the job dies hard
         if gate is not None:
             gate()  # set-up done; wait for a free slot (and its GPUs) before the real work
-        return fn(cfg)
+        try:
+            return fn(cfg)
+        except SystemExit as exc:
+            # run_job catches Exception only: a SystemExit would skip its bookkeeping (the
+            # task name, on_job_end callbacks). Exit status 0 is success, as for a process.
+            if exc.code is None or exc.code == 0:
+                return None
+            raise JobExit(exc.code) from None
 
     return job
+
+
+class JobExit(RuntimeError):
+    """The task function called sys.exit() with a failure status."""
+
+    def __init__(self, code: object) -> None:
+        self.code = code
+        super().__init__(f"the job called sys.exit({code!r})")
 
 
 def _job_paths() -> dict[str, str]:

@@ -354,6 +354,7 @@ def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, g
             except OSError:
                 pass
         _redirect(job)
+        fresh_random_state()
         os.environ.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
         # Handlers inherited from the launcher (console, sweep logs) are not this job's.
         logging.getLogger().handlers.clear()
@@ -370,6 +371,29 @@ def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, g
             _flush_all()
         finally:
             os._exit(code)
+
+
+def fresh_random_state() -> None:
+    """Give the global generators the entropy a fresh interpreter would have: a fork
+    copies the launcher's state, so every job that does not seed would draw the numbers
+    the launcher drew next. CPython reseeds `random` at fork itself; NumPy's global
+    RandomState and torch's CPU generator are reseeded here, if the app imported them
+    (an app that seeds in its task function does so after this, and keeps its numbers).
+    torch's CUDA generators are left alone: CUDA cannot be used in a forked process
+    that inherited it, and a child that initialises it gets fresh generators anyway."""
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        try:
+            np_random.seed()  # no argument: from the OS's entropy, as at numpy's import
+        except Exception:
+            pass
+    torch = sys.modules.get("torch")
+    generator = getattr(torch, "default_generator", None)
+    if generator is not None:
+        try:
+            generator.seed()  # non-deterministic, as torch seeds it at start-up
+        except Exception:
+            pass
 
 
 def _redirect(job: Mapping[str, Any]) -> None:
