@@ -180,6 +180,28 @@ def describe_exit(code: int | None, record: Mapping[str, Any] | None = None) -> 
     return f"exit code {code}"
 
 
+STDERR_TAIL_BYTES = 16 * 1024  # the end of stderr.log holds the traceback
+
+
+def failure_reason(code: int, record: Mapping[str, Any] | None, folder: Path | None) -> str:
+    """`exit code 1`, led by the exception a Python task died of when its stderr.log ends
+    with one: `ValueError: boom (exit code 1)`. (A signal death leaves no traceback.)"""
+    reason = describe_exit(code, record)
+    if folder is None or code == 127 or signal_of(code, record):
+        return reason
+    from hsm_core.reporting.errors_analysis import final_exception
+
+    try:
+        with open(folder / STDERR, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - STDERR_TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return reason
+    exc = final_exception(tail)
+    return f"{exc} ({reason})" if exc else reason
+
+
 def worker_error(worker: Mapping[str, Any] | None) -> str | None:
     error = (worker or {}).get("error")
     return str(error).strip().splitlines()[0] if isinstance(error, str) and error.strip() else None
@@ -191,11 +213,14 @@ def settle(
     hydra: bool = False,
     worker: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
+    folder: Path | None = None,
 ) -> Verdict:
     """The one rule: what an attempt's exit record (from the task's parent) means.
 
     `worker` is hsm's worker record of a Hydra job (read_worker_record). No record at
-    all: nobody saw the task end (its parent died with it), so LOST: it runs again."""
+    all: nobody saw the task end (its parent died with it), so LOST: it runs again.
+    `folder`, the task folder: a failed exit names the exception its stderr.log ends
+    with (read only then)."""
     if record is None:
         return Verdict(TaskState.LOST, None, "ended without an exit record")
     code = exit_code_of(record)
@@ -208,7 +233,8 @@ def settle(
     if code is None:
         return Verdict(TaskState.LOST, None, "the exit record has no exit code")
     if code != 0:
-        return Verdict(TaskState.FAILED, code, worker_error(worker) or describe_exit(code, record))
+        why = worker_error(worker) or failure_reason(code, record, folder)
+        return Verdict(TaskState.FAILED, code, why)
     if not hydra:
         return Verdict(TaskState.COMPLETED, 0)
     recorded = exit_code_of(worker)

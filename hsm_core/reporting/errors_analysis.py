@@ -166,6 +166,27 @@ def exception_line(text: str) -> tuple[str, str] | None:
     return None
 
 
+def final_exception(text: str, max_len: int = 200) -> str | None:
+    """`ValueError: boom` when `text` (the end of a task's stderr) ends the way a Python
+    program that died of an exception ends: the exception line of its last traceback,
+    or a last line like one (a SyntaxError has no traceback header). None otherwise: a
+    line that only looks like one, further up, names no cause."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    found = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(_TRACEBACK):
+            found = next((ln for ln in lines[i + 1 :] if not ln[0].isspace()), None)
+            break
+    candidates = [found] if found else lines[-1:]
+    for line in candidates:
+        m = _EXC_LINE.match(line or "")
+        if m:
+            cls, msg = _short(m.group("cls")), (m.group("msg") or "").strip()
+            one = f"{cls}: {msg}" if msg else cls
+            return one if len(one) <= max_len else one[: max_len - 3] + "..."
+    return None
+
+
 def _short(cls: str) -> str:
     # `torch.cuda.OutOfMemoryError` and `builtins.ValueError` group with their short names
     # only when the prefix is a module path; keep the dotted name for user classes.

@@ -24,6 +24,7 @@ from enum import Enum
 from typing import Any
 
 from hsm_core.model import TaskState
+from hsm_core.reporting.errors_analysis import final_exception
 from hsm_core.taskdir import (
     Verdict,
     exit_code_of,
@@ -126,6 +127,11 @@ def describe(record: Mapping[str, Any], stderr_tail: str = "") -> str:
         text = f"killed by {record['signal']}"
     else:
         text = f"exit code {exit_code_of(record)}"
+    # The exception a Python task died of says more than the line after it (Hydra's
+    # "Set the environment variable HYDRA_FULL_ERROR=1 ...").
+    exc = final_exception(stderr_tail) if stderr_tail else None
+    if exc:
+        return text if exc in text else f"{exc} ({text})"
     last = last_line(stderr_tail)
     if last and last not in text:
         text = f"{text}: {last}"

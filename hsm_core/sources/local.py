@@ -187,7 +187,13 @@ class LocalSource(ComputeSource):
         if hydra:
             legacy = taskdir.is_legacy(record)
             worker = taskdir.read_worker_record(self.ctx.task_dir(run.task), legacy=legacy)
-        verdict = taskdir.settle(record, hydra=hydra, worker=worker, timeout_s=run.task.timeout_s)
+        verdict = taskdir.settle(
+            record,
+            hydra=hydra,
+            worker=worker,
+            timeout_s=run.task.timeout_s,
+            folder=self.ctx.task_dir(run.task),
+        )
         self._done(run, verdict.state, verdict.exit_code, verdict.error)
 
     def _done(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import logging
 import posixpath
@@ -389,7 +390,16 @@ class SSHSource(ComputeSource):
                     self._scan([att])
             return
         self.log.debug("%s: collected %s", att.task.name, stats)
-        verdict = taskdir.settle(record, hydra=hydra, worker=worker, timeout_s=att.task.timeout_s)
+        verdict = await asyncio.to_thread(  # a failed task's stderr.log is read
+            functools.partial(
+                taskdir.settle,
+                record,
+                hydra=hydra,
+                worker=worker,
+                timeout_s=att.task.timeout_s,
+                folder=self.ctx.task_dir(att.task),
+            )
+        )
         self._done(att, verdict.state, verdict.exit_code, verdict.error)
 
     async def _pull_job_dir(self, worker: dict[str, Any] | None) -> None:

@@ -56,7 +56,14 @@ def test_the_tasks_own_failure_is_failed_at_once_with_its_error() -> None:
     verdict = decide("RUNNING", rec, rec, stderr_tail="Traceback...\nValueError: boom\n")
     assert verdict is not None
     assert (verdict.state, verdict.exit_code) == (TaskState.FAILED, 3)
-    assert verdict.error == "exit code 3: ValueError: boom"
+    assert verdict.error == "ValueError: boom (exit code 3)"
+    hydra = "Traceback (most recent call last):\n  File x\nKeyError: 'a'\n\nSet the " + (
+        "environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    )
+    verdict = decide("RUNNING", rec, rec, stderr_tail=hydra)
+    assert verdict is not None and verdict.error == "KeyError: 'a' (exit code 3)"
+    plain = decide("RUNNING", rec, rec, stderr_tail="loading\nno data, giving up\n")
+    assert plain is not None and plain.error == "exit code 3: no data, giving up"
     segv = {"attempt": 1, "exit_code": 139, "signal": "SIGSEGV"}
     crashed = decide("RUNNING", segv, segv)
     assert crashed is not None and crashed.error == "killed by SIGSEGV"

@@ -22,6 +22,7 @@ from hsm_core.reporting.errors_analysis import (
     Category,
     classify,
     exception_line,
+    final_exception,
     signal_name,
     traceback_tail,
 )
@@ -471,3 +472,15 @@ def test_health_lines_follow_disable_and_re_enable(tmp_path: Path) -> None:
     assert got["h1"].state == "disabled" and "unreachable" in got["h1"].message
     assert got["h1"].when == "10:00:09"
     assert got["h10"].state == "ok" and got["h2"].state == "ok"
+
+
+def test_final_exception_only_when_the_text_ends_with_one() -> None:
+    hydra = trace("KeyError: 'a'") + (
+        "\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    )
+    assert final_exception(hydra) == "KeyError: 'a'"
+    syntax = '  File "x.py", line 1\n    a b\n      ^\nSyntaxError: invalid syntax\n'
+    assert final_exception(syntax) == "SyntaxError: invalid syntax"
+    assert final_exception("ValueError: only logged\nthen exit 3\n") is None
+    assert final_exception("all good\n") is None
+    assert final_exception(trace("ValueError: " + "x" * 500)).endswith("...")
