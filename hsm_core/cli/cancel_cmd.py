@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from hsm_core.store import SweepStore
     from hsm_core.sweeps import find_sweep
 
-    store = SweepStore.open(find_sweep(args.sweep))
+    folder = find_sweep(args.sweep)
+    store = SweepStore.open(folder)
     sweep_id = store.sweep_id
     try:
         res = cancel_sweep(store, args.timeout)
@@ -24,4 +26,6 @@ def run(args: argparse.Namespace) -> int:
     how = "the running orchestrator stopped" if res.via_orchestrator else "settled the journal"
     extra = f", killed {res.killed} task process groups" if res.killed else ""
     print(f"cancelled {sweep_id}: {how}; {res.cancelled} tasks cancelled{extra}")
+    if res.cancelled:
+        print(f"to finish it later: hsm complete {shlex.quote(str(folder))}")
     return 0

@@ -159,6 +159,8 @@ def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
         )
     not_started(con, store, outcome.not_started, finished=not bad)
     con.print(f"sweep folder: {escape(str(store.sweep_dir))}", soft_wrap=True)
+    if bad and not outcome.not_started:  # else not_started() said how to finish
+        con.print(escape(finish_hint(store.sweep_dir, [a.state for _, a in bad])), soft_wrap=True)
 
 
 def task_log(task_dir: Path) -> Path | None:
@@ -190,3 +192,13 @@ def not_started(con: Any, store: SweepStore, reasons: dict[str, str], finished: 
             + escape(f"hsm complete {shlex.quote(str(store.sweep_dir))} --sources {names}"),
             soft_wrap=True,
         )
+
+
+def finish_hint(sweep_dir: Path, states: Sequence[TaskState]) -> str:
+    """The `hsm complete` line that finishes a cancelled or partly failed sweep."""
+    folder = shlex.quote(str(sweep_dir))
+    if any(s is TaskState.FAILED for s in states):
+        rest = len(states) - sum(s is TaskState.FAILED for s in states)
+        other = f" (and the {rest} that did not run)" if rest else ""
+        return f"to run the failed tasks again{other}: hsm complete {folder} --retry-failed"
+    return f"to finish the sweep: hsm complete {folder}"

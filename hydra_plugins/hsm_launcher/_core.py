@@ -269,7 +269,11 @@ class _Launch:
         finally:
             store.close()
         if outcome.cancelled:
-            raise SweepInterrupted(f"cancelled; finished jobs are kept in {s.sweep_dir}")
+            from hydra_plugins.hsm_launcher._summary import launch_interrupted_hint
+
+            sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
+            hint = launch_interrupted_hint(s.sweep_dir, sweeper, s.sweep_file is not None)
+            raise SweepInterrupted(hint)
         return results
 
     def _payload_writer(self, s: _Setup, store: Any, tasks: Sequence[Any]) -> Any:

@@ -3,6 +3,7 @@ failed job with its log."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -120,12 +121,73 @@ def report(
             con.print(f"      log: {escape(log)}")
         if len(bad) > MAX_LISTED:
             con.print(f"  ... and {len(bad) - MAX_LISTED} more (hsm status {sweep_dir})")
-    if interrupted:
-        con.print(
-            "interrupted: run the same command again to finish the other jobs "
-            "(completed ones are kept)"
-        )
+    if bad:
+        # soft_wrap: a command cut across lines cannot be pasted
+        con.print(escape(resume_hint(sweep_dir, len(bad), interrupted)), soft_wrap=True)
     return len(bad)
+
+
+def rerun_command(sweep_dir: Path, sweeper: str | None = None) -> str:
+    """The command this process was started with, pointed at `sweep_dir`: the hsm sweeper
+    then keeps the completed jobs and runs the others (with Hydra's default timestamped
+    dirs the same command alone would start a new sweep in a new dir)."""
+    import shlex
+
+    from hsm_core.overrides import format_override
+
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    keys: tuple[str, ...] = ("hydra.sweep.dir=", "+hydra.sweep.dir=", "++hydra.sweep.dir=")
+    if sweeper is not None:
+        keys += ("hydra/sweeper=",)
+    argv = [a for a in argv if not a.startswith(keys)]
+    if sweeper is not None:
+        argv.append(f"hydra/sweeper={sweeper}")
+    path = str(sweep_dir)
+    # A plain path needs no quotes in Hydra's grammar: one quoting layer (the shell's) less.
+    plain = re.fullmatch(r"[\w/.+@%-]+", path)
+    argv.append(f"hydra.sweep.dir={path}" if plain else format_override("hydra.sweep.dir", path))
+    return shlex.join(argv)
+
+
+def launch_interrupted_hint(sweep_dir: Path, sweeper_target: str, payload: bool) -> str:
+    """After Ctrl-C under another sweeper than hsm's: the same command would run every
+    job again (a launcher runs what it is given), so point at what finishes the sweep."""
+    import shlex
+
+    folder = shlex.quote(str(sweep_dir))
+    head = f"cancelled: completed jobs are kept in {folder}."
+    basic = sweeper_target.endswith("BasicSweeper")
+    with_hydra = rerun_command(sweep_dir, sweeper="hsm") if basic else ""
+    if payload and with_hydra:
+        return (
+            f"{head} To finish the others: hsm complete {folder} (without Hydra), "
+            f"or with Hydra: {with_hydra}"
+        )
+    if payload:
+        return f"{head} To finish the others: hsm complete {folder}"
+    if with_hydra:
+        return f"{head} To finish the others: {with_hydra}"
+    return head
+
+
+def resume_hint(sweep_dir: Path, left: int, interrupted: bool) -> str:
+    """What to run to finish the sweep, ready to paste: the Hydra command (hsm sweeper),
+    or `hsm complete` (without Hydra, from the stored payloads)."""
+    import shlex
+
+    folder = shlex.quote(str(sweep_dir))
+    if interrupted:
+        return (
+            f"interrupted: {left} jobs did not complete (completed ones are kept). "
+            f"To finish them:\n  {rerun_command(sweep_dir)}\n"
+            f"or without Hydra: hsm complete {folder}"
+        )
+    return (
+        f"to run the {left} jobs that did not complete again (completed ones are kept):\n"
+        f"  {rerun_command(sweep_dir)}\n"
+        f"(after editing the app, add hydra.sweeper.resume=true to keep the completed jobs; "
+        f"or without Hydra: hsm complete {folder} --retry-failed)"
+    )
 
 
 def _error_of(ret: JobReturn | None) -> str:

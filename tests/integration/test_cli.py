@@ -180,8 +180,11 @@ def test_status_reads_while_the_sweep_runs_then_cancel_stops_it(tmp_path: Path) 
         res = hsm("cancel", "live", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         assert "orchestrator stopped" in res.stdout
-        proc.wait(timeout=30)
+        folder = _sweep_dir(tmp_path, "live")
+        assert f"to finish it later: hsm complete {folder}" in res.stdout
+        out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 130
+        assert f"to finish the sweep: hsm complete {folder}" in out
     finally:
         if proc.poll() is None:
             proc.kill()
