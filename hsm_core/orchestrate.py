@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hsm_core.engine import SweepEngine
 from hsm_core.health import HealthSettings
@@ -27,6 +27,18 @@ from hsm_core.sources.base import ComputeSource, SweepContext
 from hsm_core.store import SweepStore
 
 Progress = Callable[[SweepEngine], None]
+
+
+class Observer(Protocol):
+    """Something that follows a run from inside (job output on the terminal, jobs run in
+    the launcher's own thread): attached once the engine exists, closed when it is done.
+    `cancel` does what Ctrl-C does."""
+
+    def attach(
+        self, engine: SweepEngine, sources: Sequence[ComputeSource], cancel: Callable[[], None]
+    ) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -76,6 +88,7 @@ async def run_sweep(
     progress: Progress | None = None,
     handle_signals: bool = True,
     notify: Callable[[str], None] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> RunOutcome:
     """Run the engine until every selected task is settled (or the run is cancelled).
 
@@ -126,11 +139,15 @@ async def run_sweep(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, on_signal)
                 installed.append(sig)
+    for observer in observers:
+        observer.attach(engine, built, on_signal)
     ticker = asyncio.create_task(_tick(engine, progress)) if progress else None
     start = time.monotonic()
     try:
         counts = await engine.run(opts.keys, retry_failed=opts.retry_failed)
     finally:
+        for observer in observers:
+            await observer.close()
         if ticker:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -80,6 +80,8 @@ class _Setup:
     composer: JobComposer
     sweep_file: str | None  # the shared payload, or None if it cannot be pickled
     server: Any  # the fork server, or None (no local source, or threads: cold workers)
+    payload_error: str | None = None  # why the payload cannot be pickled
+    inprocess: bool = False  # neither fork nor payload: jobs run in this process
 
     @property
     def specs(self) -> list[SourceSpec]:
@@ -161,7 +163,9 @@ class _Launch:
         except PayloadError as exc:
             if s.remote:  # remote hosts cannot run the jobs without it
                 raise
-            log.warning(unpicklable_warning(exc))
+            s.payload_error = exc.message
+            if threading.active_count() == 1:  # else _fork_server says it all, once
+                log.warning(unpicklable_warning(exc))
             return None
         return write_sweep_part(s.sweep_dir, data)
 
@@ -193,13 +197,22 @@ class _Launch:
             server = ForkServer(runner, prefork)
             server.start()
             return server
-        names = ", ".join(t.name for t in threading.enumerate())
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
         if s.sweep_file is None:
-            raise HsmError(
-                f"cannot run the jobs: this process runs threads ({names}), so jobs cannot be "
-                "forked from it, and the job payload cannot be pickled (see the warning above)",
-                "start no threads before the Hydra app's main function",
+            log.warning(
+                "this process runs threads (%s), so jobs cannot be forked from it, and they "
+                "cannot start in fresh interpreters either: %s. The %d jobs run one after "
+                "another inside this process, as Hydra's basic launcher runs them: no jobs "
+                "in parallel, no per-job timeout, a job that crashes the process ends the "
+                "sweep, job output goes to this terminal only (not to tasks/*/stdout.log), "
+                "and `hsm complete` cannot finish the sweep. To run them in parallel, start "
+                "the threads inside the task function, or make that object picklable",
+                names,
+                s.payload_error,
+                len(self.jobs),
             )
+            s.inprocess = True
+            return None
         log.warning(
             "this process runs threads (%s): local jobs start as fresh interpreters "
             "(slower) instead of forks",
@@ -227,7 +240,18 @@ class _Launch:
             ctx = context_for(store)
             returns = _results.Returns(s.sweep_dir, _results.ErrorLog(s.sweep_dir))
             job_nums = {j.key: j.num for j in self.jobs}
-            sources = _results.make_sources(s.specs, ctx, s.server, s.settings, returns, job_nums)
+            inprocess = None
+            if s.inprocess:
+                from hydra_plugins.hsm_launcher._inprocess import InProcessSource
+
+                rt = JobRuntime(self.task_function, self.hydra_context, s.composer)
+                by_key = {j.key: j for j in self.jobs}
+                inprocess = InProcessSource(s.specs[0], ctx, rt, by_key, returns.settled)
+                sources: list[Any] = [inprocess]
+            else:
+                sources = _results.make_sources(
+                    s.specs, ctx, s.server, s.settings, returns, job_nums
+                )
             opts = RunOptions(
                 strategy=s.resolved.strategy,
                 max_retries=s.resolved.max_retries,
@@ -245,16 +269,35 @@ class _Launch:
             try:
                 if write_parts is not None:
                     writer.start()
-                run = run_sweep(
-                    store,
-                    ctx,
-                    s.specs,
-                    opts,
-                    sources=sources,
-                    progress=progress,
-                    notify=log.warning,
-                )
-                outcome = asyncio.run(run)
+                if inprocess is not None:
+                    from hydra_plugins.hsm_launcher._inprocess import run_in_main_thread
+
+                    def engine() -> Any:
+                        run = run_sweep(
+                            store,
+                            ctx,
+                            s.specs[:1],
+                            opts,
+                            sources=sources,
+                            progress=progress,
+                            handle_signals=False,  # the main thread takes Ctrl-C
+                            observers=[inprocess],
+                            notify=log.warning,
+                        )
+                        return asyncio.run(run)
+
+                    outcome = run_in_main_thread(inprocess, engine)
+                else:
+                    run = run_sweep(
+                        store,
+                        ctx,
+                        s.specs,
+                        opts,
+                        sources=sources,
+                        progress=progress,
+                        notify=log.warning,
+                    )
+                    outcome = asyncio.run(run)
             finally:
                 if writer.is_alive():
                     writer.join()

@@ -176,17 +176,21 @@ def resume_hint(sweep_dir: Path, left: int, interrupted: bool) -> str:
     import shlex
 
     folder = shlex.quote(str(sweep_dir))
+    jobs = "1 job" if left == 1 else f"{left} jobs"
+    # Without a stored payload (it could not be pickled) hsm complete cannot run them.
+    payload = any((sweep_dir / "payload").glob("*.pkl"))
     if interrupted:
+        alone = f"\nor without Hydra: hsm complete {folder}" if payload else ""
         return (
-            f"interrupted: {left} jobs did not complete (completed ones are kept). "
-            f"To finish them:\n  {rerun_command(sweep_dir)}\n"
-            f"or without Hydra: hsm complete {folder}"
+            f"interrupted: {jobs} did not complete (completed ones are kept). "
+            f"To finish them:\n  {rerun_command(sweep_dir)}{alone}"
         )
+    alone = f"; or without Hydra: hsm complete {folder} --retry-failed" if payload else ""
     return (
-        f"to run the {left} jobs that did not complete again (completed ones are kept):\n"
+        f"to run the {jobs} that did not complete again (completed ones are kept):\n"
         f"  {rerun_command(sweep_dir)}\n"
-        f"(after editing the app, add hydra.sweeper.resume=true to keep the completed jobs; "
-        f"or without Hydra: hsm complete {folder} --retry-failed)"
+        f"(after editing the app, add hydra.sweeper.resume=true to keep the completed jobs"
+        f"{alone})"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hydra.util import APPS, HSM, job_return, jobs, run_app
+from tests.hydra.util import APPS, HSM, ctrl_c_when, job_return, jobs, run_app, start_app
 
 
 def _values(sweep: Path) -> list[dict]:
@@ -81,3 +81,33 @@ def test_a_job_that_seeds_keeps_its_numbers(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     first, second = _values(sweep)
     assert first == second
+
+
+# ------------------------------------------ threads + an unpicklable global
+def test_threads_and_unpicklable_global_run_in_process_like_basic(tmp_path: Path) -> None:
+    """Neither a fork nor a fresh interpreter can run these jobs: they run one after
+    another in the launcher's process, as under the basic launcher, after one warning."""
+    sweep = tmp_path / "sweep"
+    res = run_app(APPS / "threaded_locked.py", [*HSM, "x=1,2,3,4"], sweep_dir=sweep)
+    assert res.returncode == 1, res.stderr  # x=3 raises
+    log = res.stdout + res.stderr
+    assert log.count("one after another inside this process") == 1
+    assert "background-poller" in log and "cannot pickle the global 'LOCK'" in log
+    found = jobs(sweep)
+    assert [found[n]["state"] for n in range(4)] == ["COMPLETED"] * 2 + ["FAILED", "COMPLETED"]
+    assert found[2]["result"]["error"] == "ValueError: three"
+    values = [job_return(found[n]["dir"]).return_value for n in (0, 1, 3)]
+    assert [v["x"] for v in values] == [2, 4, 8]
+    assert len({v["pid"] for v in values}) == 1  # the launcher's own process
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").is_file()
+    assert "#2 FAILED x=3 ValueError: three" in res.stdout
+
+
+def test_ctrl_c_interrupts_the_in_process_job_and_cancels_the_rest(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = start_app(APPS / "threaded_locked.py", [*HSM, "x=1,2,3", "+sleep=30"], sweep_dir=sweep)
+    out, err = ctrl_c_when(proc, lambda: jobs(sweep)[0]["state"] == "RUNNING", "job #0 runs")
+    assert proc.returncode == 130, err
+    assert {j["state"] for j in jobs(sweep).values()} == {"CANCELLED"}
+    assert "interrupted: 3 jobs did not complete" in out
+    assert "without Hydra: hsm complete" not in out  # no payload: it could not finish them

@@ -5,13 +5,11 @@ again" would start over in a new dir."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import wait_for
-from tests.hydra.util import APPS, EXAMPLE, HSM, jobs, run_app
+from tests.hydra.util import APPS, EXAMPLE, HSM, ctrl_c_when, jobs, run_app
 
 
 def _hint(out: str, marker: str) -> str:
@@ -37,19 +35,12 @@ def test_ctrl_c_prints_the_command_that_resumes_the_timestamped_sweep(tmp_path: 
         text=True,
         start_new_session=True,
     )
-    try:
 
-        def two_running() -> bool:
-            dirs = _sweep_dirs(tmp_path)
-            return bool(dirs) and sum(j["state"] == "RUNNING" for j in jobs(dirs[0]).values()) == 2
+    def two_running() -> bool:
+        dirs = _sweep_dirs(tmp_path)
+        return bool(dirs) and sum(j["state"] == "RUNNING" for j in jobs(dirs[0]).values()) == 2
 
-        wait_for(two_running, timeout=30, retry_on=(Exception,), message="two running jobs")
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    out, err = ctrl_c_when(proc, two_running, "two running jobs")
     assert proc.returncode == 130, err
     (sweep,) = _sweep_dirs(tmp_path)
     command = _hint(out, "To finish them:")
@@ -69,7 +60,7 @@ def test_failed_jobs_print_the_rerun_command_and_hsm_complete(tmp_path: Path) ->
     sweep = tmp_path / "my sweep"  # a space: the command must still paste
     res = run_app(APPS / "noisy.py", [*HSM, "x=1,2"], sweep_dir=sweep)
     assert res.returncode == 1
-    command = _hint(res.stdout, "jobs that did not complete again")
+    command = _hint(res.stdout, "that did not complete again")
     assert "hsm complete" in res.stdout and "--retry-failed" in res.stdout
     again = subprocess.run(
         ["bash", "-c", command],
@@ -102,18 +93,10 @@ def test_basic_sweeper_ctrl_c_names_hsm_complete(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    try:
-        wait_for(
-            lambda: sum(j["state"] == "RUNNING" for j in jobs(sweep).values()) == 2,
-            timeout=30,
-            retry_on=(Exception,),
-            message="two running jobs",
-        )
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    def running() -> bool:
+        return sum(j["state"] == "RUNNING" for j in jobs(sweep).values()) == 2
+
+    _, err = ctrl_c_when(proc, running, "two running jobs")
     assert f"To finish the others: hsm complete {sweep} (without Hydra)" in err, err
     assert f"hydra/sweeper=hsm hydra.sweep.dir={sweep}" in err

@@ -99,3 +99,22 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def ctrl_c_when(
+    proc: subprocess.Popen[str], ready: Any, message: str, timeout: float = 30
+) -> tuple[str, str]:
+    """Once `ready()` holds, press Ctrl-C (SIGINT to the app's process group, as a
+    terminal does) and return its (stdout, stderr); kill it if it does not end."""
+    import signal
+
+    from tests.helpers import wait_for
+
+    try:
+        wait_for(ready, timeout=timeout, message=message, retry_on=(Exception,))
+        os.killpg(proc.pid, signal.SIGINT)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
