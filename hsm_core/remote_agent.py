@@ -12,7 +12,8 @@ stdout (ASCII JSON; non-UTF-8 bytes in argv travel as surrogate escapes and are 
 by os.fsencode here).
 
   {"op": "config", "journal": DIR, "slots": N, "gpus": [..]|null, "inline_max": BYTES,
-   "exclude": [globs], "grace": S, "listing": true|false}      (keys absent: unchanged)
+   "exclude": [globs], "grace": S, "listing": true|false,
+   "stream": true|false}                                        (keys absent: unchanged)
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
    "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute; written
    as the message arrives, before it is queued),
@@ -29,6 +30,11 @@ by os.fsencode here).
                                             record null: no exit record (lost), or
                                             launch_error: the task could not be started,
                                             never_started: scan found no trace of it
+  {"ev": "out", "id", "stream": "stdout"|"stderr", "text", "skipped": BYTES}
+                                            with `stream` on: new whole lines of a task's
+                                            stdout.log/stderr.log as it runs, the rest
+                                            before its exit; `skipped`: bytes passed over
+                                            when it wrote faster than they were sent
   {"ev": "pong", "seq", "load", "running", "queued", "disk_free"}
   {"ev": "error", "id": ID|null, "msg"}
 
@@ -83,6 +89,9 @@ OWN_FILES = (".hsm_pid.json", ".hsm_exit.json")
 RECORD_WAIT_S = 30.0
 RECORD_POLL_S = 0.05
 ORPHAN_POLL_S = 0.5
+# `stream`: how often a running task's logs are read, and how much of each per read.
+STREAM_S = 0.3
+STREAM_MAX = 64 * 1024
 
 
 def atomic_write(path, data):
@@ -225,6 +234,7 @@ class Job:
         self.kill_at = None  # SIGKILL once the grace period after SIGTERM is over
         self.cancelled = False
         self.timed_out = False
+        self.sent = {}  # stream -> bytes of its log sent as `out` events
 
 
 class Agent:
@@ -236,6 +246,8 @@ class Agent:
         self.exclude = []
         self.grace = 5.0
         self.send_files = True
+        self.stream = False  # send tasks' output lines as they come (`out` events)
+        self.next_stream = 0.0
         self.journal_dir = None
         self.journal_fd = None
         self.journal = Journal("")  # of the journal dir: for scans and adopted tasks
@@ -380,6 +392,8 @@ class Agent:
             self.grace = float(msg["grace"])
         if "listing" in msg:
             self.send_files = bool(msg["listing"])
+        if "stream" in msg:
+            self.stream = bool(msg["stream"])
         if msg.get("journal") and msg["journal"] != self.journal_dir:
             if self.journal_fd is not None:
                 os.close(self.journal_fd)
@@ -403,6 +417,8 @@ class Agent:
     # -- timers -----------------------------------------------------------------------
     def next_wakeup(self):
         times = [when for when, _ in self.strays]
+        if self.stream and self.own_running():
+            times.append(self.next_stream)
         for job in self.running.values():
             times += [t for t in (job.deadline, job.kill_at) if t is not None]
             if job.proc is None:
@@ -416,6 +432,11 @@ class Agent:
 
     def tick(self):
         now = time.monotonic()
+        if self.stream and now >= self.next_stream:
+            self.next_stream = now + STREAM_S
+            for job in list(self.running.values()):
+                if job.proc is not None and job.pid:
+                    self.send_output(job, final=False)
         if self.strays:
             due = [s for s in self.strays if s[0] <= now]
             self.strays = [s for s in self.strays if s[0] > now]
@@ -587,12 +608,35 @@ class Agent:
             "layout": LAYOUT,
         }
         d = spec["dir"]
+        if self.stream:
+            self.send_output(job, final=True)  # the last lines before the exit event
         try:
             self.note(e="exit", dir=d, attempt=spec["attempt"], record=record)
         except OSError as exc:
             self.emit(ev="error", id=job.id, msg=f"cannot journal the exit: {exc}")
         self.forget(job)
         self.report_exit(spec, record)
+
+    def send_output(self, job, final):
+        """New whole lines of the task's logs as `out` events (at the end: all of it)."""
+        for stream in ("stdout", "stderr"):
+            try:
+                with open(os.path.join(job.spec["dir"], f"{stream}.log"), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    start = job.sent.get(stream, 0)
+                    skipped = max(0, size - start - STREAM_MAX)  # behind: jump ahead
+                    f.seek(start + skipped)
+                    data = f.read(STREAM_MAX)
+            except OSError:
+                continue
+            cut = data.rfind(b"\n") + 1
+            if not final and (cut or len(data) < STREAM_MAX):
+                data = data[:cut]  # a line still being written waits for its end
+            if not data and not skipped:
+                continue
+            job.sent[stream] = start + skipped + len(data)
+            text = data.decode("utf-8", "replace")
+            self.emit(ev="out", id=job.id, stream=stream, text=text, skipped=skipped)
 
     def forget(self, job: Job) -> None:
         if self.running.get(job.id) is job:

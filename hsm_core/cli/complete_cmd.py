@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from hsm_core import job_output
 from hsm_core.cli import render
 from hsm_core.strategies import STRATEGIES
 
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop if any source cannot start (default: run on those that can, and keep "
         "trying the others)",
     )
+    job_output.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
         )
         ctx = context_for(store)
         show = not args.no_progress and sys.stdout.isatty()
+        wanted = set(plan.keys)
+        tasks = {t.key: t for t in store.tasks() if t.key in wanted}
+        output = job_output.JobOutput(args.output, store.sweep_dir, tasks, rate=args.output_rate)
         with render.LiveProgress(len(plan.keys), enabled=show) as live:
-            outcome = asyncio.run(run_sweep(store, ctx, plan.specs, opts, progress=live.update))
+            run = run_sweep(store, ctx, plan.specs, opts, progress=live.update, observers=[output])
+            outcome = asyncio.run(run)
         render.summary(store, outcome)
         return 0 if outcome.ok else (130 if outcome.cancelled else 1)
     finally:

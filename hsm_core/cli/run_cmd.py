@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hsm_core import job_output
 from hsm_core.cli import render
 from hsm_core.config import check_strategy, load_config, parse_sources
 from hsm_core.errors import ConfigError, HsmError
@@ -52,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop if any source cannot start (default: run on those that can, and keep "
         "trying the others)",
     )
+    job_output.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,8 +138,12 @@ def _execute(
         show = not args.no_progress and sys.stdout.isatty()
         print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")
         try:
+            output = job_output.JobOutput(
+                args.output, sweep_dir, {t.key: t for t in tasks}, rate=args.output_rate
+            )
             with render.LiveProgress(len(tasks), enabled=show) as live:
-                outcome = asyncio.run(run_sweep(store, ctx, specs, opts, progress=live.update))
+                run = run_sweep(store, ctx, specs, opts, progress=live.update, observers=[output])
+                outcome = asyncio.run(run)
         except HsmError:
             # A source could not start (unreachable host, wrong key, project out of sync)
             # before any task was placed: leave no sweep behind that never began.

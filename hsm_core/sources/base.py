@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from hsm_core.model import PYTHON, Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 
 Reporter = Callable[[TaskEvent], None]
+OutputSink = Callable[[str, str, str, int], None]
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,12 @@ class ComputeSource(abc.ABC):
 
     async def health_check(self) -> HealthReport:
         return HealthReport(self.name, True, "no checks for this source type")
+
+    def live_output(self) -> str:
+        """How a job's output can be shown while it runs: "files" (its task folder on this
+        machine fills as it runs), "push" (the source sends the lines: `output_to`), "end"
+        (its folder comes back when it ends) or "terminal" (it writes to ours)."""
+        return "files"
+
+    def output_to(self, sink: OutputSink) -> None:  # noqa: B027 - push sources only
+        """Send jobs' output as it comes: `sink(task_key, stream, text, skipped_bytes)`."""

@@ -413,6 +413,9 @@ class HPCSource(ComputeSource):
                 )
             )
 
+    def live_output(self) -> str:
+        return "end" if self.opts.remote else "files"
+
     # ---------------------------------------------------------------- cancel
     async def cancel(self, keys: Collection[str] | None = None) -> None:
         targets = [j for k, j in self._jobs.items() if keys is None or k in keys]

@@ -39,6 +39,7 @@ from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import (
     ComputeSource,
     HealthReport,
+    OutputSink,
     SourceError,
     SweepContext,
     task_argv,
@@ -93,6 +94,7 @@ class SSHSource(ComputeSource):
         self.sweep_dir = ""
         self._starts = 0  # start() calls: a source that could not start is started again
         self.transport.on_lost(lambda exc: self._channel_closed("connection lost"))
+        self._output: OutputSink | None = None  # jobs' lines, as the agent sends them
 
     # ------------------------------------------------------------------ slots
     @property
@@ -170,6 +172,7 @@ class SSHSource(ComputeSource):
             "inline_max": self.opts.inline_max,
             "exclude": list(self.opts.exclude),
             "grace": self.opts.kill_grace,
+            "stream": self._output is not None,
         }
         # A host too busy to start Python in time gets more time at each start again.
         timeout = self.opts.agent_timeout * min(max(self._starts, 1), 4)
@@ -328,6 +331,11 @@ class SSHSource(ComputeSource):
             return
         att = self._atts.get(str(ev.get("id")))
         if att is None:
+            return
+        if kind == "out":
+            if self._output is not None:
+                text, skipped = str(ev.get("text") or ""), int(ev.get("skipped") or 0)
+                self._output(att.task.key, str(ev.get("stream")), text, skipped)
             return
         if kind in ("started", "running"):
             att.started = True
@@ -521,6 +529,12 @@ class SSHSource(ComputeSource):
         for att in targets:
             note = "cancelled; host unreachable, it may still run there" if att.started else None
             self._done(att, TaskState.CANCELLED, error=note or "cancelled")
+
+    def live_output(self) -> str:
+        return "push"
+
+    def output_to(self, sink: OutputSink) -> None:
+        self._output = sink  # the agent streams once it starts (config `stream`)
 
     # ----------------------------------------------------------------- health
     async def health_check(self) -> HealthReport:

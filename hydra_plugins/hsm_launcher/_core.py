@@ -261,6 +261,15 @@ class _Launch:
                 require_all_sources=s.resolved.require_all_sources,
             )
             progress = _results.progress_bar(len(tasks)) if s.settings.progress else None
+            from hsm_core.job_output import JobOutput
+
+            output = JobOutput(
+                s.settings.output,
+                s.sweep_dir,
+                {t.key: t for t in tasks},
+                label=lambda t: f"#{job_nums[t.key]}",
+                rate=s.settings.output_rate,
+            )
             # The engine's records go to the sweep's log files, not to the app's console.
             hsm_logger = logging.getLogger("hsm")
             propagate, hsm_logger.propagate = hsm_logger.propagate, False
@@ -281,7 +290,7 @@ class _Launch:
                             sources=sources,
                             progress=progress,
                             handle_signals=False,  # the main thread takes Ctrl-C
-                            observers=[inprocess],
+                            observers=[inprocess, output],
                             notify=log.warning,
                         )
                         return asyncio.run(run)
@@ -295,6 +304,7 @@ class _Launch:
                         opts,
                         sources=sources,
                         progress=progress,
+                        observers=[output],
                         notify=log.warning,
                     )
                     outcome = asyncio.run(run)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from hsm_core.hydra_job import RESULT, JobRuntime, read_info, run_here
+from hsm_core.hydra_job import JobRuntime, read_info, run_here
 from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
+from hsm_core.taskdir import WORKER_RECORD
 
 Settled = Callable[[TaskSpec, TaskState, str | None], None]
 
@@ -83,6 +84,9 @@ class InProcessSource(ComputeSource):
     async def health_check(self) -> HealthReport:
         return HealthReport(self.name, True, "jobs run in the launcher's process")
 
+    def live_output(self) -> str:
+        return "terminal"  # the jobs print to it themselves, as under the basic launcher
+
     # ------------------------------------------------------------ main thread
     def _tell(self, event: TaskEvent) -> None:
         if self._loop is not None:
@@ -140,7 +144,7 @@ class InProcessSource(ComputeSource):
         elif code == 0:
             state, error = TaskState.COMPLETED, None
         else:
-            info = read_info(task_dir, RESULT) or {}
+            info = read_info(task_dir, WORKER_RECORD) or {}
             state, error = TaskState.FAILED, str(info.get("error") or "job failed")
         self._held.pop(task.key, None)
         if self.on_settled is not None:
@@ -155,7 +159,7 @@ def _as_interrupt(signum: int, frame: Any) -> None:
 
 
 def _ended_by_interrupt(task_dir: Path) -> bool:
-    info = read_info(task_dir, RESULT) or {}
+    info = read_info(task_dir, WORKER_RECORD) or {}
     return str(info.get("error") or "").startswith("KeyboardInterrupt")
 
 

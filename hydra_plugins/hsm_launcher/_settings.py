@@ -22,6 +22,7 @@ from hsm_core.config import (
     source_spec,
 )
 from hsm_core.errors import ConfigError
+from hsm_core.job_output import check_mode
 from hsm_core.model import SourceSpec
 
 SYNC_POLICIES = ("warn", "fail", "push")
@@ -42,6 +43,8 @@ class Settings:
     ahead: int = 2
     progress: bool = True
     require_all_sources: bool | None = None  # None: hsm.yaml's
+    output: str = "failed"
+    output_rate: float = 20.0
 
 
 def _plain(value: Any) -> Any:
@@ -106,7 +109,18 @@ def settings_from(params: Mapping[str, Any], pool_choice: str | None = None) -> 
         ahead=_int(params, "ahead", 0, 2) or 0,
         progress=bool(params.get("progress", True)),
         require_all_sources=require_all,
+        output=check_mode(params.get("output", "failed"), f"{WHERE}.output"),
+        output_rate=_rate(params.get("output_rate", 20.0)),
     )
+
+
+def _rate(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(
+            f"must be a number of lines per second > 0, got {value!r}",
+            key=f"{WHERE}.output_rate",
+        )
+    return float(value)
 
 
 def _strategy(value: Any) -> str | None:

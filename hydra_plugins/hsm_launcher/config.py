@@ -56,6 +56,10 @@ class HsmLauncherConf:
     # Local jobs prepared (forked, composed) ahead of a free slot, waiting at the gate.
     ahead: int = 2
     progress: bool = True
+    # Jobs' output on the terminal: failed (each failed job's last lines), all (every line,
+    # prefixed by the job: [#3] ...), none. At most output_rate lines a second.
+    output: str = "failed"
+    output_rate: float = 20.0
 
 
 @dataclass

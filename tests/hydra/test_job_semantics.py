@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hsm_core.taskdir import WORKER_RECORD
 from tests.hydra.util import APPS, HSM, ctrl_c_when, job_return, jobs, run_app, start_app
 
 
@@ -40,7 +41,7 @@ def test_sys_exit_zero_in_a_cold_worker(tmp_path: Path) -> None:
     codes = {}
     for num, job in jobs(sweep).items():
         task = job["dir"]
-        (task / "result.json").unlink()
+        (task / WORKER_RECORD).unlink()
         run = subprocess.run(
             [sys.executable, "-m", "hsm_core.worker", str(task / "hydra_job.pkl"), str(task)],
             cwd=APPS,
@@ -48,7 +49,7 @@ def test_sys_exit_zero_in_a_cold_worker(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-        codes[num] = (run.returncode, json.loads((task / "result.json").read_text())["status"])
+        codes[num] = (run.returncode, json.loads((task / WORKER_RECORD).read_text())["status"])
     assert codes == {0: (0, "COMPLETED"), 1: (1, "FAILED")}
 
 

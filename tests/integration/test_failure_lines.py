@@ -4,6 +4,7 @@ code 1": in `hsm run`'s summary, `hsm status --tasks` and the journal, on every 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_hsm_run_and_status_name_the_exception(tmp_path: Path) -> None:
     res = hsm("run", "-c", str(sweep_file), "-s", "local:2", "--sweep-id", "e", cwd=tmp_path)
     assert res.returncode == 1
     assert "task_001 on local: ValueError: boom x (exit code 1)" in res.stdout, res.stdout
-    assert "exit code 1  " not in res.stdout  # no bare exit code left
+    assert not re.search(r"exit code 1$", res.stdout, re.M)  # no bare exit code left
     status = hsm("status", "e", "--tasks", cwd=tmp_path)
     assert "ValueError: boom y (exit code 1)" in status.stdout, status.stdout
     store = SweepStore.open(tmp_path / "sweeps" / "outputs" / "e", readonly=True)
@@ -56,7 +57,7 @@ def test_exit_codes_without_a_traceback_stay_as_they_are(tmp_path: Path) -> None
     sweep_file.write_text(yaml.safe_dump({"grid": {"v": [1]}, "command": [PY, "-c", code]}))
     res = hsm("run", "-c", str(sweep_file), "-s", "local:1", "--sweep-id", "c", cwd=tmp_path)
     assert res.returncode == 1
-    assert "task_001 on local: exit code 3 " in res.stdout, res.stdout
+    assert re.search(r"task_001 on local: exit code 3$", res.stdout, re.M), res.stdout
 
 
 @pytest.mark.ssh

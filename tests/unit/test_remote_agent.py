@@ -242,3 +242,31 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_stream_sends_whole_lines_as_they_come_and_the_rest_before_exit(
+    agent: Agent, tmp_path: Path
+) -> None:
+    d = tmp_path / "t1"
+    go = tmp_path / "go"
+    script = f'echo one; echo two >&2; while [ ! -e {go} ]; do sleep 0.05; done; printf "tail"'
+    agent.send(op="config", stream=True)
+    launch(agent, "j1", d, ["sh", "-c", script])
+    events: list[dict[str, Any]] = []
+    while {e.get("stream") for e in events if e.get("ev") == "out"} != {"stdout", "stderr"}:
+        events.append(agent.recv())  # both lines arrive while the task waits for `go`
+    assert not any(e.get("ev") == "exit" for e in events)
+    go.touch()
+    while events[-1].get("ev") != "exit":
+        events.append(agent.recv())
+    out = [(e["stream"], e["text"]) for e in events if e.get("ev") == "out"]
+    assert out == [("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "tail")]
+
+
+def test_no_stream_unless_asked(agent: Agent, tmp_path: Path) -> None:
+    d = tmp_path / "t1"
+    launch(agent, "j1", d, ["sh", "-c", "echo one; sleep 0.5; echo two"])
+    events = [agent.recv()]
+    while events[-1].get("ev") != "exit":
+        events.append(agent.recv())
+    assert [e["ev"] for e in events] == ["started", "exit"]
