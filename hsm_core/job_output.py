@@ -248,6 +248,13 @@ class JobOutput:
 
     async def _cycle(self) -> None:
         ending, self._ending = self._ending, []
+        if (
+            not ending
+            and not self._pushed
+            and not any(w.kind == "files" for w in list(self._watches.values()))
+        ):
+            self._maybe_note()
+            return  # nothing to read: no thread trip (the `failed` mode, most of the time)
         running, ended = await asyncio.to_thread(self._read, ending)
         pushed, self._pushed = self._pushed, {}
         for key, lines in pushed.items():

@@ -97,6 +97,7 @@ def test_basic_sweeper_ctrl_c_names_hsm_complete(tmp_path: Path) -> None:
     def running() -> bool:
         return sum(j["state"] == "RUNNING" for j in jobs(sweep).values()) == 2
 
-    _, err = ctrl_c_when(proc, running, "two running jobs")
-    assert f"To finish the others: hsm complete {sweep} (without Hydra)" in err, err
-    assert f"hydra/sweeper=hsm hydra.sweep.dir={sweep}" in err
+    out, err = ctrl_c_when(proc, running, "two running jobs")
+    said = out + err
+    assert f"To finish the others: hsm complete {sweep} (without Hydra)" in said, said
+    assert f"hydra/sweeper=hsm hydra.sweep.dir={sweep}" in said
