@@ -81,6 +81,7 @@ def _settle_offline(store: SweepStore) -> CancelResult:
             TaskEvent(key, att.attempt, TaskState.CANCELLED, att.source, error="cancelled")
         )
     store.apply_many(events)
-    store.write_status_views(e.key for e in events)
-    store.write_views()
+    if store.meta("orchestrator"):
+        store.set_meta("orchestrator", None)  # it is dead (orchestrator_pid said so)
+    store.write_views()  # every view, not only these tasks': the dead one left some behind
     return CancelResult(False, len(events), killed)

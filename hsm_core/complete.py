@@ -8,6 +8,7 @@ into the run with no free slots, only to re-attach to them and collect their res
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -48,18 +49,44 @@ class CompletionPlan:
         return line
 
 
-def parse_task_numbers(text: str) -> set[int]:
-    nums: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+def parse_task_ranges(text: str) -> list[tuple[int, int]]:
+    """`3,7-9` as [(3, 3), (7, 9)]: ranges, never expanded (`1-99999999999` is two ints)."""
+    ranges: list[tuple[int, int]] = []
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise ConfigError(
+            f"{text!r} names no task", key="--tasks", hint="give numbers or ranges, e.g. 3,7-9"
+        )
+    for part in parts:
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:
-            raise ConfigError(f"{part!r} is not a number or a range like 7-9", key="--tasks")
+            raise ConfigError(
+                f"{part!r} is not a task number or a range like 7-9",
+                key="--tasks",
+                hint="give numbers or ranges separated by commas, e.g. 3,7-9",
+            )
         lo = int(m.group(1))
         hi = int(m.group(2) or lo)
         if hi < lo:
-            raise ConfigError(f"range {part!r} runs backwards", key="--tasks")
-        nums.update(range(lo, hi + 1))
-    return nums
+            raise ConfigError(f"range {part!r} runs backwards", key="--tasks", hint=f"{hi}-{lo}")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def check_task_ranges(ranges: list[tuple[int, int]], nums: list[int]) -> None:
+    """Every number the ranges name is a task of the sweep (`nums`, sorted)."""
+    span = f"tasks are numbered {nums[0]}-{nums[-1]}" if nums else "the sweep has no tasks"
+    for lo, hi in ranges:
+        have = bisect.bisect_right(nums, hi) - bisect.bisect_left(nums, lo)
+        if have == hi - lo + 1:
+            continue
+        if lo == hi:
+            what = f"no task number {lo} in this sweep"
+        elif have == 0:
+            what = f"no task in {lo}-{hi} in this sweep"
+        else:
+            what = f"{lo}-{hi} goes past the tasks of this sweep"
+        raise ConfigError(what, key="--tasks", hint=span)
 
 
 def plan_completion(
@@ -79,25 +106,18 @@ def plan_completion(
                 f"sweep {store.sweep_id} is still running (pid {pid})",
                 f"wait for it, or stop it with `hsm cancel {store.sweep_dir}`",
             )
+    ranges = None
+    if tasks is not None:  # `--tasks ''` is a mistake, not "all tasks"
+        ranges = parse_task_ranges(tasks)
+        check_task_ranges(ranges, store.task_numbers())
     all_tasks = store.tasks()
-    wanted = None
-    if tasks:
-        wanted = parse_task_numbers(tasks)
-        known = {t.num for t in all_tasks}
-        missing = sorted(wanted - known)
-        if missing:
-            raise ConfigError(
-                f"no task number {missing[0]} in this sweep",
-                key="--tasks",
-                hint=f"tasks are numbered {min(known)}-{max(known)}" if known else None,
-            )
     latest = store.latest_attempts()
     keys: list[str] = []
     by_state: Counter[str] = Counter()
     need_sources: set[str] = set()
     skipped_failed = 0
     for t in all_tasks:
-        if wanted is not None and t.num not in wanted:
+        if ranges is not None and not any(lo <= t.num <= hi for lo, hi in ranges):
             continue
         att = latest[t.key]
         if att.state is TaskState.COMPLETED:

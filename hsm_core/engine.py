@@ -27,12 +27,12 @@ from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
 from hsm_core.store import SweepStore
 from hsm_core.strategies import Load, Placer
 from hsm_core.taskdir import ATTEMPT_FILES, TaskPaths
+from hsm_core.views import ViewWriter
 
 log = logging.getLogger("hsm.engine")
 assign_log = logging.getLogger("hsm.assign")
 task_log = logging.getLogger("hsm.task")
 
-VIEW_INTERVAL_S = 2.0
 CANCEL_DEADLINE_S = 15.0
 # A task lost this many times in a row is not the hosts' fault any more.
 LOST_LIMIT = 5
@@ -109,13 +109,14 @@ class SweepEngine:
         self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self._writes: list[TaskEvent | tuple[str, int] | _Handle] = []
-        self._stale: dict[str, None] = {}  # tasks whose status.yaml is behind the journal
-        # One thread for all store I/O, so that journal writes and view writes never
-        # interleave on the one SQLite connection, and stay in order.
+        # One thread for the journal's writes, in order, on the store's connection. The
+        # views are another thread's business (ViewWriter): it reads the journal through
+        # its own connection, and the engine never waits for it while tasks are placed.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="hsm-store")
+        self.views = ViewWriter(store.sweep_dir)
+        self._tally: dict[TaskState, int] = {s: 0 for s in TaskState}
         self._submits: set[asyncio.Task[None]] = set()
         self._cancelling = False
-        self._last_views = 0.0
         self.listeners: list[Callable[[TaskEvent], None]] = []
         self.health = HealthMonitor(
             self.sources,
@@ -136,10 +137,13 @@ class SweepEngine:
                 job.cancel()
 
     def counts(self) -> dict[TaskState, int]:
-        out = {s: 0 for s in TaskState}
-        for live in self._live.values():
-            out[TaskState.COMPLETED if live.completed_attempt else live.state] += 1
-        return out
+        return dict(self._tally)  # kept as states change: a progress bar costs no scan
+
+    def _set_state(self, live: _Live, state: TaskState) -> None:
+        if not live.completed_attempt:
+            self._tally[live.state] -= 1
+            self._tally[state] += 1
+        live.state = state
 
     def inflight(self) -> dict[str, int]:
         return dict(self._inflight)
@@ -150,12 +154,12 @@ class SweepEngine:
         """Run every task of the store (or `keys`) that is not finished; return the counts."""
         await self._in_io(self._load, keys, retry_failed)
         pollers: list[asyncio.Task[None]] = []
-        # A file or two per task: written while the sources connect and start.
-        views = asyncio.ensure_future(self._in_io(self.store.write_missing_task_views))
+        # Task folders, status files, the mapping: made and kept up to date in the
+        # background from here on (the agents make a task's folder if it is not there yet).
+        self.views.start()
         try:
             # Inside the try: when one source cannot start, the ones that did are closed.
             await self._start_sources()
-            await views
             self.store.set_meta("started", time.time())
             self.health.start()
             pollers = [
@@ -165,8 +169,6 @@ class SweepEngine:
             ]
             await self._main_loop()
         finally:
-            # Before anything else ends: a failed start may remove the sweep folder next.
-            await asyncio.gather(views, return_exceptions=True)
             await self.health.stop()
             for job in self._restarts.values():
                 job.cancel()
@@ -178,15 +180,15 @@ class SweepEngine:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             await self._flush()
             self.store.set_meta("ended", time.time())
-            # The last views (a file per task) while the sources close their connections.
-            last_views, *_ = await asyncio.gather(
-                self._in_io(self._write_stale),
+            # The views catch up with the journal while the sources close their
+            # connections; before anything else ends (a failed start may remove the
+            # sweep folder next).
+            await asyncio.gather(
+                asyncio.to_thread(self.views.close),
                 *(s.close() for s in self.sources.values()),
                 return_exceptions=True,
             )
             self._io.shutdown(wait=False)
-            if isinstance(last_views, BaseException):
-                raise last_views
         return self.counts()
 
     async def _in_io(self, fn: Callable[..., object], *args: object) -> None:
@@ -204,6 +206,7 @@ class SweepEngine:
             self._tasks[task.key] = task
             live = _Live(att.attempt, att.state, att.source)
             self._live[task.key] = live
+            self._tally[att.state] += 1
             state = att.state
             if state is TaskState.PENDING:
                 self._queue.append(task.key)
@@ -374,18 +377,12 @@ class SweepEngine:
                     )
                     log.error("%d tasks left PENDING; %s", len(self._queue), self.stalled)
                     return
-            try:
-                first = await asyncio.wait_for(self._events.get(), VIEW_INTERVAL_S)
-            except asyncio.TimeoutError:
-                await self._maybe_views()
-                continue
-            batch = [first]
+            batch = [await self._events.get()]
             while not self._events.empty():
                 batch.append(self._events.get_nowait())
             for ev in batch:
                 if ev is not None:
                     self._handle(ev)
-            await self._maybe_views()
 
     def _report(self, event: TaskEvent) -> None:
         self._events.put_nowait(event)
@@ -449,7 +446,7 @@ class SweepEngine:
     # --------------------------------------------------------------- reports
     def _record(self, ev: TaskEvent) -> None:
         live = self._live[ev.key]
-        live.state = ev.state
+        self._set_state(live, ev.state)
         if ev.source:
             live.source = ev.source
         self._writes.append(ev)
@@ -512,6 +509,8 @@ class SweepEngine:
             return
         if live.state is TaskState.COMPLETED:
             return
+        self._tally[live.state] -= 1
+        self._tally[TaskState.COMPLETED] += 1
         live.completed_attempt = ev.attempt
         name = self._tasks[ev.key].name
         log.warning(
@@ -545,7 +544,7 @@ class SweepEngine:
     def _reopen(self, key: str) -> None:
         live = self._live[key]
         live.attempt += 1
-        live.state = TaskState.PENDING
+        self._set_state(live, TaskState.PENDING)
         self._writes.append((key, live.attempt))
         self._queue.append(key)
 
@@ -556,14 +555,12 @@ class SweepEngine:
         await self._in_io(self._write, writes)
 
     def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle]) -> None:
-        # Only the journal here: it must be on disk before anything starts. The status.yaml
-        # views follow with the periodic views (and at the end): each file written costs
-        # more than the journal, and a thread trip per settled task kept slots waiting.
+        # Only the journal here: it must be on disk before anything starts. The views
+        # follow it in their own thread (ViewWriter).
         events: list[TaskEvent] = []
         for w in writes:
             if isinstance(w, TaskEvent):
                 events.append(w)
-                self._stale[w.key] = None
                 continue
             if events:
                 self.store.apply_many(events)
@@ -575,21 +572,8 @@ class SweepEngine:
             got = self.store.new_attempt(key)
             if got != attempt:
                 log.error("attempt numbering diverged for %s: %d != %d", key, got, attempt)
-            self._stale[key] = None
         if events:
             self.store.apply_many(events)
-
-    def _write_stale(self) -> None:
-        stale, self._stale = self._stale, {}
-        self.store.write_status_views(stale)
-        self.store.write_views()
-
-    async def _maybe_views(self) -> None:
-        now = time.monotonic()
-        if now - self._last_views >= VIEW_INTERVAL_S:
-            self._last_views = now
-            await self._flush()
-            await self._in_io(self._write_stale)
 
     async def _poll_loop(self, src: ComputeSource) -> None:
         assert src.poll_interval

@@ -161,8 +161,8 @@ async def run_sweep(
         for name, meta in found.items():  # what a source learned starting (ssh: sync report)
             if meta:
                 store.set_meta(f"source:{name}", meta)
-        if any(found.values()):
-            await asyncio.to_thread(store.write_metadata_view)
+        # Always: the metadata view must not go on naming this process once it is gone.
+        await asyncio.to_thread(store.write_metadata_view)
         await asyncio.to_thread(write_reports_safely, store)  # logs its errors, never raises
         logs.close()
     if progress:

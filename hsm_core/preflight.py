@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +93,7 @@ def check_sweep(
     if not local or not tasks:
         return CheckReport(0, time.monotonic() - t0)
     path = os.environ.get("PATH", os.defpath)
-    for program in dict.fromkeys(t.argv[0] for t in tasks if t.argv):
+    for program in _programs(definition, tasks):
         if program != PYTHON and _find(program, cwd, path) is None:
             key = "python" if definition.script is not None else "command"
             raise ConfigError(
@@ -110,6 +110,19 @@ def check_sweep(
         points = len(chosen)
         _check_hydra(chosen, cwd, where)
     return CheckReport(points, time.monotonic() - t0)
+
+
+def _programs(definition: SweepDefinition, tasks: Sequence[TaskSpec]) -> Iterable[str]:
+    """The programs the tasks start: from the sweep file when its first word names no
+    parameter (a grid of a million points is not walked for one name), else each task's."""
+    from hsm_core import overrides as ov
+
+    if definition.script is not None:
+        return [definition.python]
+    first = ov.Template((definition.command or ("",))[0])
+    if not first.names:
+        return [first.render({})]
+    return dict.fromkeys(t.argv[0] for t in tasks if t.argv)
 
 
 def _find(program: str, cwd: Path, path: str) -> str | None:

@@ -9,6 +9,8 @@ crash never leaves one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import sqlite3
@@ -18,11 +20,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import SweepNotFound
+from hsm_core.errors import HsmError, SweepNotFound
 from hsm_core.model import NOT_PLACED, Attempt, TaskEvent, TaskSpec, TaskState, can_move
-from hsm_core.yamlio import dump_flat_yaml, dump_yaml, write_atomic
+from hsm_core.views import HWM_TASKS, sync_views, write_metadata, write_new_mapping, write_status
+from hsm_core.views import attempt_from_row as _attempt
+from hsm_core.yamlio import dump_yaml, write_atomic
 
 DB_NAME = "sweep.db"
+INSERT_BATCH = 5000  # tasks per transaction when a sweep is created
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -67,19 +72,23 @@ _INSERT_ATTEMPT = (
 )
 
 
-def _attempt(row: tuple[Any, ...]) -> Attempt:
-    return Attempt(
-        key=row[0],
-        attempt=row[1],
-        state=TaskState(row[2]),
-        source=row[3],
-        handle=row[4],
-        created=row[5],
-        started=row[6],
-        ended=row[7],
-        exit_code=row[8],
-        error=row[9],
-    )
+class TaskStubs(Mapping[str, TaskSpec]):
+    """key -> a TaskSpec with its key and number only (so its name), made when asked:
+    what shows a task by name, without every spec of a big sweep in memory."""
+
+    _NO_PARAMS: Mapping[str, Any] = {}
+
+    def __init__(self, nums: dict[str, int]) -> None:
+        self._nums = nums
+
+    def __getitem__(self, key: str) -> TaskSpec:
+        return TaskSpec(key, self._nums[key], self._NO_PARAMS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nums)
+
+    def __len__(self) -> int:
+        return len(self._nums)
 
 
 class SweepStore:
@@ -125,8 +134,9 @@ class SweepStore:
         under another name and renamed into place: a crash or a reader at any moment sees
         either no sweep or the whole sweep, never one without its tasks.
 
-        `task_views=False` leaves the task folders to `write_missing_task_views` (the
-        engine writes them while its sources connect)."""
+        `task_views=False` leaves the task folders to the engine's view writer, which
+        makes them in the background while the first tasks run. `tasks` is read in
+        batches: memory does not grow with the sweep (unless `task_views`)."""
         sweep_dir = Path(sweep_dir).resolve()
         for sub in ("tasks", "logs/sources", "scripts", "reports"):
             (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -136,21 +146,36 @@ class SweepStore:
             tmp = sweep_dir / f".{DB_NAME}.new"
             tmp.unlink(missing_ok=True)
             init = cls(sweep_dir, cls._connect(tmp, readonly=False), readonly=False)
-            init._conn.executescript(_SCHEMA)
-            with init._tx() as c:
-                for k, v in {
-                    "schema_version": SCHEMA_VERSION,
-                    "sweep_id": sweep_id,
-                    "kind": kind,
-                    "created": time.time(),
-                    "project_root": str(project_root or Path.cwd()),
-                    "metadata": dict(metadata or {}),
-                    "config": dict(config),
-                }.items():
-                    c.execute("INSERT INTO meta VALUES (?, ?)", (k, json.dumps(v, default=str)))
-            _, fresh = init._insert_tasks(tasks)
-            init._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            init.close()
+            try:
+                init._conn.executescript(_SCHEMA)
+                with init._tx() as c:
+                    for k, v in {
+                        "schema_version": SCHEMA_VERSION,
+                        "sweep_id": sweep_id,
+                        "kind": kind,
+                        "created": time.time(),
+                        "project_root": str(project_root or Path.cwd()),
+                        "metadata": dict(metadata or {}),
+                        "config": dict(config),
+                    }.items():
+                        c.execute("INSERT INTO meta VALUES (?, ?)", (k, json.dumps(v, default=str)))
+                fresh = init._insert_new(tasks, keep=task_views)
+                init._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # The mapping before the journal: a sweep that exists has its mapping.
+                write_new_mapping(
+                    sweep_dir,
+                    (
+                        (num, key, json.loads(spec).get("params") or {})
+                        for num, key, spec in init._conn.execute(
+                            "SELECT num, key, spec FROM tasks ORDER BY num"
+                        )
+                    ),
+                )
+                init.close()
+            except BaseException:
+                init.close()
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, db)
         store = cls(sweep_dir, cls._connect(db, readonly=False), readonly=False)
         if task_views:
@@ -158,6 +183,41 @@ class SweepStore:
         write_atomic(sweep_dir / "sweep_config.yaml", dump_yaml(dict(config)))
         store.write_metadata_view()
         return store
+
+    def _insert_new(self, tasks: Iterable[TaskSpec], *, keep: bool) -> list[TaskSpec]:
+        """Insert the tasks of a new journal in batches: memory holds one batch (and the
+        specs only if `keep`). Numbers given are kept while they increase."""
+        kept: list[TaskSpec] = []
+        last = 0
+        batch: list[TaskSpec] = []
+        it = iter(tasks)
+        while True:
+            batch = list(itertools.islice(it, INSERT_BATCH))
+            if not batch:
+                break
+            specs = []
+            for t in batch:
+                num = t.num if t.num > last else last + 1
+                last = num
+                specs.append(t if num == t.num else dataclasses.replace(t, num=num))
+            now = time.time()
+            try:
+                with self._tx() as c:
+                    c.executemany(
+                        "INSERT INTO tasks VALUES (?, ?, ?)",
+                        [(t.key, t.num, json.dumps(t.to_json())) for t in specs],
+                    )
+                    c.executemany(
+                        _INSERT_ATTEMPT, [(t.key, 1, TaskState.PENDING.value, now) for t in specs]
+                    )
+            except sqlite3.IntegrityError as exc:
+                raise HsmError(
+                    f"two points of the sweep are the same task ({exc})",
+                    "make every point of the sweep differ",
+                ) from None
+            if keep:
+                kept += specs
+        return kept
 
     @classmethod
     def open(cls, sweep_dir: Path, *, readonly: bool = False) -> SweepStore:
@@ -218,8 +278,12 @@ class SweepStore:
         Numbers given by the caller are used when free; otherwise the next free number is
         taken, so a sweep file edited later never renumbers what already exists.
         """
+        mark = int(self.meta(HWM_TASKS) or 0)
         out, fresh = self._insert_tasks(tasks)
         self._write_task_views(fresh)
+        if fresh and min(t.num for t in fresh) == mark + 1:
+            # Their folders are made: the view writer need not make them again.
+            self.set_meta(HWM_TASKS, max(t.num for t in fresh))
         return out
 
     def _insert_tasks(self, tasks: Iterable[TaskSpec]) -> tuple[list[TaskSpec], list[TaskSpec]]:
@@ -261,14 +325,20 @@ class SweepStore:
             write_atomic(tdir / "params.yaml", dump_yaml(dict(t.params)))
         self.write_status_views([t.key for t in fresh])
 
-    def write_missing_task_views(self) -> None:
-        """Task folders (params.yaml, status.yaml) of tasks that have none yet."""
-        missing = [t for t in self.tasks() if not (self.task_dir(t) / "params.yaml").exists()]
-        self._write_task_views(missing)
-
     def tasks(self) -> list[TaskSpec]:
         rows = self._conn.execute("SELECT spec FROM tasks ORDER BY num").fetchall()
         return [TaskSpec.from_json(json.loads(r[0])) for r in rows]
+
+    def task_numbers(self) -> list[int]:
+        """Every task's number, in order (no spec read)."""
+        return [r[0] for r in self._conn.execute("SELECT num FROM tasks ORDER BY num")]
+
+    def task_stubs(self, keys: Iterable[str] | None = None) -> TaskStubs:
+        rows = self._conn.execute("SELECT key, num FROM tasks")
+        nums = dict(rows.fetchall())
+        if keys is not None:
+            nums = {k: nums[k] for k in keys if k in nums}
+        return TaskStubs(nums)
 
     def task(self, key: str) -> TaskSpec:
         row = self._conn.execute("SELECT spec FROM tasks WHERE key=?", (key,)).fetchone()
@@ -326,9 +396,13 @@ class SweepStore:
         with self._tx() as c:
             (last,) = c.execute("SELECT MAX(attempt) FROM attempts WHERE key=?", (key,)).fetchone()
             n = int(last or 0) + 1
+            now = time.time()
+            c.execute(_INSERT_ATTEMPT, (key, n, TaskState.PENDING.value, now))
+            # An event like every other change of an attempt: the views follow the events.
             c.execute(
-                _INSERT_ATTEMPT,
-                (key, n, TaskState.PENDING.value, time.time()),
+                "INSERT INTO events (time, key, attempt, state, source, message) "
+                "VALUES (?,?,?,?,NULL,NULL)",
+                (now, key, n, TaskState.PENDING.value),
             )
         return n
 
@@ -395,68 +469,20 @@ class SweepStore:
         latest = self.latest_attempts() if len(keys) > 50 else None
         for key in keys:
             att = latest[key] if latest is not None else _representative(self.attempts(key))
-            name = f"task_{self._num(key):03d}"
-            doc = {
-                "state": att.state.value,
-                "attempt": att.attempt,
-                "source": att.source,
-                "handle": att.handle,
-                "created": _iso(att.created),
-                "started": _iso(att.started),
-                "ended": _iso(att.ended),
-                "exit_code": att.exit_code,
-                "error": att.error,
-                "key": key,
-            }
-            path = self.sweep_dir / "tasks" / name / "status.yaml"
-            text = dump_flat_yaml(doc)
-            try:
-                write_atomic(path, text)
-            except FileNotFoundError:
-                # The folder is made with the task: only a folder removed by hand since
-                # needs the mkdir, so the usual rewrite does not pay for one.
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, text)
+            write_status(self.sweep_dir, self._num(key), att)
 
     def write_metadata_view(self) -> None:
-        meta = self.all_meta()
-        meta.pop("config", None)
         counts = self.counts() if not self.readonly else {}
-        meta["counts"] = {s.value: counts.get(s, 0) for s in TaskState}
-        meta["total_tasks"] = sum(counts.values())
-        for k in ("created", "started", "ended"):
-            if isinstance(meta.get(k), float):
-                meta[k] = _iso(meta[k])
-        write_atomic(self.sweep_dir / "sweep_metadata.yaml", dump_yaml(meta))
-
-    def write_mapping_view(self) -> None:
-        latest = self.latest_attempts()
-        mapping = {}
-        for t in self.tasks():
-            att = latest.get(t.key)
-            mapping[t.name] = {
-                "key": t.key,
-                "state": att.state.value if att else None,
-                "source": att.source if att else None,
-                "attempt": att.attempt if att else None,
-                "params": dict(t.params),
-            }
-        write_atomic(self.sweep_dir / "task_mapping.yaml", dump_yaml({"tasks": mapping}))
+        write_metadata(self.sweep_dir, self.all_meta(), {s.value: n for s, n in counts.items()})
 
     def write_views(self) -> None:
-        self.write_metadata_view()
-        self.write_mapping_view()
+        """Every view up to date with the journal (what an orchestrator's end does)."""
+        sync_views(self.sweep_dir)
 
 
 def _representative(attempts: list[Attempt]) -> Attempt:
     done = [a for a in attempts if a.state is TaskState.COMPLETED]
     return done[0] if done else attempts[-1]
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
 def is_sweep_dir(path: Path) -> bool:

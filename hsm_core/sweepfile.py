@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -79,9 +80,11 @@ class _Axis:
 
 @dataclass(frozen=True)
 class SweepDefinition:
-    """A parsed sweep file: its points in order and how each point is run."""
+    """A parsed sweep file: its points in order and how each point is run.
 
-    points: list[dict[str, Any]]
+    Points are made as they are read (`iter_points`, `iter_tasks`), never all at once:
+    a grid of a million points costs the memory of one."""
+
     script: str | None
     command: tuple[str, ...] | None
     python: str
@@ -99,8 +102,30 @@ class SweepDefinition:
         """Parameter names, in point order."""
         return [k for axis in self._axes for k in axis.keys]
 
+    @property
+    def size(self) -> int:
+        """How many points the sweep has, without making them."""
+        return math.prod(len(a.rows) for a in self._axes)
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        return list(self.iter_points())
+
+    def iter_points(self) -> Iterator[dict[str, Any]]:
+        names = [a.keys for a in self._axes]
+        for choice in itertools.product(*(a.rows for a in self._axes)):
+            yield {
+                k: v
+                for ks, row in zip(names, choice, strict=True)
+                for k, v in zip(ks, row, strict=True)
+            }
+
     def to_tasks(self, start_num: int = 1) -> list[TaskSpec]:
-        """One COMMAND TaskSpec per point, numbered from ``start_num`` in point order."""
+        return list(self.iter_tasks(start_num))
+
+    def iter_tasks(self, start_num: int = 1, limit: int | None = None) -> Iterator[TaskSpec]:
+        """One COMMAND TaskSpec per point (the first `limit` only), numbered from
+        ``start_num`` in point order, made one at a time."""
         env_templates = [(k, ov.Template(v)) for k, v in self.env.items()]
         argvs: Iterator[tuple[str, ...]]
         if self.script is not None:
@@ -108,9 +133,10 @@ class SweepDefinition:
             argvs = (head + sum(c, ()) for c in itertools.product(*(a.args for a in self._axes)))
         else:
             templates = [ov.Template(part) for part in self.command or ()]
-            argvs = (tuple(t.render(p) for t in templates) for p in self.points)
-        return [
-            TaskSpec(
+            argvs = (tuple(t.render(p) for t in templates) for p in self.iter_points())
+        pairs = zip(self.iter_points(), argvs, strict=True)
+        for num, (params, argv) in enumerate(itertools.islice(pairs, limit), start_num):
+            yield TaskSpec(
                 key=task_key(params),
                 num=num,
                 params=params,
@@ -120,8 +146,35 @@ class SweepDefinition:
                 cwd=self.cwd,
                 timeout_s=self.timeout_s,
             )
-            for num, (params, argv) in enumerate(zip(self.points, argvs, strict=True), start_num)
-        ]
+
+
+class TaskStream(Sequence[TaskSpec]):
+    """The tasks of a sweep (the first `limit`) as a sequence that makes them again at
+    each pass: a check that reads them all, then the store, cost one point of memory
+    each, not the whole grid."""
+
+    def __init__(self, definition: SweepDefinition, limit: int | None = None) -> None:
+        self.definition = definition
+        self.limit = limit
+        size = definition.size
+        self._len = size if limit is None else min(size, limit)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return self.definition.iter_tasks(limit=self.limit)
+
+    @overload
+    def __getitem__(self, index: int) -> TaskSpec: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TaskSpec]: ...
+    def __getitem__(self, index: int | slice) -> TaskSpec | Sequence[TaskSpec]:
+        if isinstance(index, slice):
+            return list(itertools.islice(self, *index.indices(self._len)))
+        if not -self._len <= index < self._len:
+            raise IndexError(index)
+        return next(itertools.islice(self, index % self._len, None))
 
 
 def load_sweep_file(path: str | Path) -> SweepDefinition:
@@ -237,13 +290,7 @@ def _parse(data: Any, source_name: str) -> SweepDefinition:
     if retries is not None and (type(retries) is not int or retries < 0):
         raise _Bad(where("max_retries"), "must be a whole number >= 0")
 
-    names = [a.keys for a in axes]
-    points = [
-        {k: v for ks, row in zip(names, choice, strict=True) for k, v in zip(ks, row, strict=True)}
-        for choice in itertools.product(*(a.rows for a in axes))
-    ]
     return SweepDefinition(
-        points=points,
         script=script,
         command=command,
         python=python,

@@ -21,6 +21,11 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
+def dump_yaml_flow(data: Any) -> str:
+    """dump_yaml on one line (flow style, no line width)."""
+    return yaml.dump(data, Dumper=_Dumper, default_flow_style=True, width=float("inf"))
+
+
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
@@ -49,7 +54,7 @@ def _plain(text: str) -> bool:
     return _PLAIN.fullmatch(text) is not None and text.lower() not in _NOT_PLAIN
 
 
-def _scalar(value: Any) -> str | None:
+def scalar(value: Any) -> str | None:
     if value is None:
         return "null"
     if type(value) is int:
@@ -72,7 +77,7 @@ def dump_flat_yaml(doc: Mapping[str, Any]) -> str:
     (other value types, keys that would need quoting) goes through dump_yaml."""
     lines = []
     for key, value in doc.items():
-        text = _scalar(value)
+        text = scalar(value)
         if text is None or type(key) is not str or not _plain(key):
             return dump_yaml(dict(doc))
         lines.append(f"{key}: {text}\n")

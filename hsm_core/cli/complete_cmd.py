@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         )
         ctx = context_for(store)
         show = not args.no_progress and sys.stdout.isatty()
-        wanted = set(plan.keys)
-        tasks = {t.key: t for t in store.tasks() if t.key in wanted}
+        tasks = store.task_stubs(plan.keys)
         output = job_output.JobOutput(args.output, store.sweep_dir, tasks, rate=args.output_rate)
         with render.LiveProgress(len(plan.keys), enabled=show) as live:
             run = run_sweep(store, ctx, plan.specs, opts, progress=live.update, observers=[output])

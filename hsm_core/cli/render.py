@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,11 +34,12 @@ def console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
-def task_table(tasks: Sequence[TaskSpec], cwd_root: Path) -> None:
+def task_table(tasks: Iterable[TaskSpec], count: int, cwd_root: Path) -> None:
     """Dry run: one line per task with its exact argv. Plain text on purpose: it must stay
-    fast for 10,000 tasks and be easy to grep."""
+    fast for 10,000 tasks and be easy to grep; written as the tasks are made, so a big
+    grid starts printing at once (and Ctrl-C stops it)."""
     out = sys.stdout
-    out.write(f"{len(tasks)} tasks (dry run, nothing started)\n")
+    out.write(f"{count} tasks (dry run, nothing started)\n")
     for t in tasks:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in t.env)
         cwd = "" if t.cwd in ("", ".") else f"(cd {shlex.quote(t.cwd)}) "

@@ -17,8 +17,14 @@ from hsm_core.errors import ConfigError, HsmError
 from hsm_core.strategies import STRATEGIES
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from hsm_core.model import SourceSpec, TaskSpec
     from hsm_core.sweepfile import SweepDefinition
+
+# Above this many points a sweep file is most likely a mistake (one more axis than meant):
+# refused before anything is written, unless --max-points says otherwise.
+MAX_POINTS = 1_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strategy", choices=STRATEGIES, help="placement strategy")
     p.add_argument("--max-tasks", type=int, help="run only the first N points of the sweep")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=MAX_POINTS,
+        help=f"refuse a sweep of more points than this (default {MAX_POINTS:,})",
+    )
     p.add_argument("--max-retries", type=int, help="re-run a FAILED task up to N times")
     p.add_argument(
         "--max-parallel", type=int, help="cap on running tasks over all sources together"
@@ -57,15 +69,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsm_core.sweepfile import load_sweep_file
+    from hsm_core.sweepfile import TaskStream, load_sweep_file
 
     root = args.project_root.resolve()
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ConfigError("must be a whole number >= 1", key="--max-tasks")
+    if args.max_points < 1:
+        raise ConfigError("must be a whole number >= 1", key="--max-points")
     definition = load_sweep_file(args.config)
-    tasks = definition.to_tasks()
-    if args.max_tasks is not None:
-        if args.max_tasks < 1:
-            raise ConfigError("must be a whole number >= 1", key="--max-tasks")
-        tasks = tasks[: args.max_tasks]
+    size = definition.size
+    count = size if args.max_tasks is None else min(size, args.max_tasks)
+    if count > args.max_points:
+        raise HsmError(
+            f"{args.config}: the sweep has {size:,} points, more than --max-points "
+            f"{args.max_points:,}",
+            f"to run them all, pass --max-points {size}; to run the first N, --max-tasks N",
+        )
+    # Made one at a time as they are stored (or printed): memory does not grow with them.
+    tasks = TaskStream(definition, args.max_tasks)
     config = load_config(root)
     specs = parse_sources(args.sources, config)
     strategy = check_strategy(args.strategy or config.strategy, "--strategy", "strategy")
@@ -80,20 +101,23 @@ def run(args: argparse.Namespace) -> int:
         # What would make every task fail stops here, before any sweep folder exists.
         check_sweep(definition, tasks, root, specs, hydra=not args.dry_run)
     if args.dry_run:
-        render.task_table(tasks, cwd_root=root)
+        render.task_table(tasks, count, cwd_root=root)
         return 0
-    if not tasks:
+    if not count:
         raise HsmError(f"{args.config}: the sweep has no points", "add values under grid:")
     if config.require_all_sources:
         args.require_all_sources = True
-    return _execute(args, root, definition, tasks, specs, strategy, retries, dict(config.health))
+    return _execute(
+        args, root, definition, tasks, count, specs, strategy, retries, dict(config.health)
+    )
 
 
 def _execute(
     args: argparse.Namespace,
     root: Path,
     definition: SweepDefinition,
-    tasks: list[TaskSpec],
+    tasks: Iterable[TaskSpec],
+    count: int,
     specs: list[SourceSpec],
     strategy: str,
     retries: int,
@@ -110,21 +134,15 @@ def _execute(
             f"{sweep_dir} already holds a sweep",
             f"use `hsm complete {sweep_dir}` to finish it, or another --output-dir",
         )
+    made = not sweep_dir.exists()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    store = SweepStore.create(
-        sweep_dir,
-        sweep_id=sweep_id,
-        kind="command",
-        config=definition.raw,
-        metadata={
-            **dict(definition.metadata or {}),
-            "sweep_file": str(Path(args.config).resolve()),
-            "command": shlex.join(sys.argv),
-        },
-        project_root=root,
-        tasks=tasks,
-        task_views=False,  # the engine writes the task folders while the sources start
-    )
+    try:
+        store = _create(args, root, definition, tasks, sweep_id, sweep_dir)
+    except BaseException:
+        # Ctrl-C while a big sweep is stored: no half-made sweep folder is left behind.
+        if made:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     try:
         register(sweep_id, sweep_dir, root)
         ctx = context_for(store)
@@ -136,12 +154,12 @@ def _execute(
             require_all_sources=args.require_all_sources,
         )
         show = not args.no_progress and sys.stdout.isatty()
-        print(f"sweep {sweep_id}: {len(tasks)} tasks -> {sweep_dir}")
+        print(f"sweep {sweep_id}: {count} tasks -> {sweep_dir}")
         try:
             output = job_output.JobOutput(
-                args.output, sweep_dir, {t.key: t for t in tasks}, rate=args.output_rate
+                args.output, sweep_dir, store.task_stubs(), rate=args.output_rate
             )
-            with render.LiveProgress(len(tasks), enabled=show) as live:
+            with render.LiveProgress(count, enabled=show) as live:
                 run = run_sweep(store, ctx, specs, opts, progress=live.update, observers=[output])
                 outcome = asyncio.run(run)
         except HsmError:
@@ -155,3 +173,29 @@ def _execute(
         return 0 if outcome.ok else (130 if outcome.cancelled else 1)
     finally:
         store.close()
+
+
+def _create(
+    args: argparse.Namespace,
+    root: Path,
+    definition: SweepDefinition,
+    tasks: Iterable[TaskSpec],
+    sweep_id: str,
+    sweep_dir: Path,
+) -> Any:
+    from hsm_core.store import SweepStore
+
+    return SweepStore.create(
+        sweep_dir,
+        sweep_id=sweep_id,
+        kind="command",
+        config=definition.raw,
+        metadata={
+            **dict(definition.metadata or {}),
+            "sweep_file": str(Path(args.config).resolve()),
+            "command": shlex.join(sys.argv),
+        },
+        project_root=root,
+        tasks=tasks,
+        task_views=False,  # the engine writes the task folders while the first tasks run
+    )

@@ -174,6 +174,9 @@ def _gone(pid: int) -> Any:
 def test_dead_fork_server_makes_jobs_lost(tmp_path: Path) -> None:
     async def kill_server(engine: SweepEngine, server: ForkServer) -> None:
         await async_wait_for(lambda: engine.counts()[TaskState.RUNNING] == 1, timeout=20)
+        # RUNNING is reported at the fork: wait for the job to have started its child too.
+        child_pid = engine.store.sweep_dir / "tasks" / "task_001" / "child.pid"
+        await async_wait_for(lambda: child_pid.exists(), timeout=20)
         assert server.pid is not None
         os.kill(server.pid, signal.SIGKILL)
 

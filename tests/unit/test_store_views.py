@@ -9,6 +9,7 @@ import yaml
 
 from hsm_core.model import TaskEvent, TaskSpec, TaskState
 from hsm_core.store import SweepStore
+from hsm_core.views import sync_views
 
 
 def make_store(tmp_path: Path) -> tuple[SweepStore, TaskSpec]:
@@ -53,20 +54,20 @@ def test_status_view_remakes_a_removed_task_folder(tmp_path: Path) -> None:
     store.close()
 
 
-def test_task_folders_written_later_only_where_missing(tmp_path: Path) -> None:
+def test_task_folders_written_later_once(tmp_path: Path) -> None:
     specs = [TaskSpec.from_json({"key": f"{i:016x}", "num": i, "params": {"i": i}}) for i in (1, 2)]
     store = SweepStore.create(
         tmp_path / "sweep", sweep_id="s", kind="test", config={}, tasks=specs, task_views=False
     )
     assert not any(store.task_dir(t).exists() for t in specs)
-    store.write_missing_task_views()
+    sync_views(store.sweep_dir)
     for t in specs:
         assert yaml.safe_load((store.task_dir(t) / "params.yaml").read_text()) == dict(t.params)
         assert status(store, t)["state"] == "PENDING"
     mine = store.task_dir(specs[0]) / "params.yaml"
     mine.write_text("i: edited\n")
     shutil.rmtree(store.task_dir(specs[1]))
-    store.write_missing_task_views()
-    assert mine.read_text() == "i: edited\n", "an existing folder is left alone"
-    assert status(store, specs[1])["state"] == "PENDING"
+    sync_views(store.sweep_dir)
+    assert mine.read_text() == "i: edited\n", "a folder made once is not made again"
+    assert status(store, specs[1])["state"] == "PENDING", "a missing status.yaml comes back"
     store.close()

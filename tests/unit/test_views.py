@@ -1,0 +1,206 @@
+"""The view writer: views follow the journal's events, cost what changed, repair what lies."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hsm_core.model import TaskEvent, TaskSpec, TaskState
+from hsm_core.store import SweepStore
+from hsm_core.views import HWM_EVENT, MAPPING, ViewWriter, flow_yaml, sync_views
+
+
+def specs(n: int) -> list[TaskSpec]:
+    # Keys of digits only: a YAML reader takes them for numbers unless quoted.
+    return [
+        TaskSpec.from_json({"key": f"{i:016d}", "num": i, "params": {"i": i, "lr": 1e-5 * i}})
+        for i in range(1, n + 1)
+    ]
+
+
+def make(tmp_path: Path, n: int = 5) -> tuple[SweepStore, list[TaskSpec]]:
+    tasks = specs(n)
+    store = SweepStore.create(
+        tmp_path / "s", sweep_id="s", kind="test", config={}, tasks=tasks, task_views=False
+    )
+    return store, tasks
+
+
+def mapping(store: SweepStore) -> dict[str, Any]:
+    return dict(yaml.safe_load((store.sweep_dir / MAPPING).read_text())["tasks"])
+
+
+def status(store: SweepStore, t: TaskSpec) -> dict[str, Any]:
+    return dict(yaml.safe_load((store.task_dir(t) / "status.yaml").read_text()))
+
+
+def state_of(store: SweepStore, t: TaskSpec) -> str | None:
+    try:
+        return str(status(store, t)["state"])
+    except FileNotFoundError:
+        return None
+
+
+def finish(store: SweepStore, t: TaskSpec, source: str = "local", attempt: int = 1) -> None:
+    for state in (TaskState.ASSIGNED, TaskState.RUNNING, TaskState.COMPLETED):
+        assert store.apply(TaskEvent(t.key, attempt, state, source, exit_code=0))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1, "b": -2.5, "c": 1e-05, "d": 1e300, "e": "1e-3", "f": "0123", "g": True},
+        {"s": "yes", "t": "null", "u": "a b: c", "v": "", "w": None, "x": [1, "x", [2.0]]},
+        {"nested": {"deep": {"x": 1}}, "q": 'it\'s "quoted"\n', "inf": math.inf, "u": "ü"},
+        {"t": "2024-01-01", "o": "0o17", "h": "0x1F", "n": "-", "at": "@x", "hash": "#c"},
+    ],
+)
+def test_flow_yaml_reads_back_as_the_value(value: dict[str, Any]) -> None:
+    text = flow_yaml(value)
+    assert "\n" not in text
+    assert yaml.safe_load(text) == value
+
+
+def test_views_follow_events_and_the_mark_is_in_the_journal(tmp_path: Path) -> None:
+    store, tasks = make(tmp_path)
+    sync_views(store.sweep_dir)
+    assert {v["state"] for v in mapping(store).values()} == {"PENDING"}
+    size = (store.sweep_dir / MAPPING).stat().st_size
+    finish(store, tasks[1])
+    store.apply(TaskEvent(tasks[2].key, 1, TaskState.ASSIGNED, "gpu-box"))
+    store.apply(TaskEvent(tasks[2].key, 1, TaskState.FAILED, "gpu-box", exit_code=3))
+    sync_views(store.sweep_dir)
+    m = mapping(store)
+    assert m["task_002"] == {
+        "key": tasks[1].key,
+        "state": "COMPLETED",
+        "source": "local",
+        "attempt": 1,
+        "params": dict(tasks[1].params),
+    }
+    assert (m["task_003"]["state"], m["task_003"]["source"]) == ("FAILED", "gpu-box")
+    assert (store.sweep_dir / MAPPING).stat().st_size == size, "fields changed in place"
+    assert status(store, tasks[1])["state"] == "COMPLETED"
+    assert status(store, tasks[2])["exit_code"] == 3
+    (top,) = store._conn.execute("SELECT MAX(id) FROM events").fetchone()
+    assert store.meta(HWM_EVENT) == top
+    meta = yaml.safe_load((store.sweep_dir / "sweep_metadata.yaml").read_text())
+    assert meta["counts"]["COMPLETED"] == 1 and meta["counts"]["FAILED"] == 1
+    assert meta["counts"]["PENDING"] == 3
+    store.close()
+
+
+def test_a_refresh_rewrites_only_what_changed(tmp_path: Path) -> None:
+    store, tasks = make(tmp_path, 50)
+    sync_views(store.sweep_dir)
+    for t in tasks:
+        os.utime(store.task_dir(t) / "status.yaml", (0, 0))
+    finish(store, tasks[7])
+    sync_views(store.sweep_dir)
+    touched = [t.num for t in tasks if (store.task_dir(t) / "status.yaml").stat().st_mtime]
+    assert touched == [8]
+    store.close()
+
+
+def test_a_new_attempt_is_an_event_the_views_follow(tmp_path: Path) -> None:
+    store, tasks = make(tmp_path)
+    t = tasks[0]
+    store.apply(TaskEvent(t.key, 1, TaskState.ASSIGNED, "h1"))
+    store.apply(TaskEvent(t.key, 1, TaskState.LOST, "h1", error="gone"))
+    sync_views(store.sweep_dir)
+    assert store.new_attempt(t.key) == 2
+    sync_views(store.sweep_dir)
+    assert (status(store, t)["state"], status(store, t)["attempt"]) == ("PENDING", 2)
+    assert mapping(store)["task_001"]["attempt"] == 2
+    store.close()
+
+
+def test_a_wider_source_name_rewrites_the_mapping(tmp_path: Path) -> None:
+    store, tasks = make(tmp_path)
+    sync_views(store.sweep_dir)
+    long = "a-source-name-much-wider-than-the-field"
+    finish(store, tasks[0], source=long)
+    sync_views(store.sweep_dir)
+    assert mapping(store)["task_001"]["source"] == long
+    finish(store, tasks[1], source="x")
+    sync_views(store.sweep_dir)  # in place again, in the wider fields
+    assert mapping(store)["task_002"]["source"] == "x"
+    store.close()
+
+
+def test_views_that_lie_are_repaired(tmp_path: Path) -> None:
+    """What a crash, a power cut or a hand leaves behind: every view is right again
+    after the next writer, though the mark says nothing is behind."""
+    store, tasks = make(tmp_path)
+    for t in tasks:
+        finish(store, t)
+    sync_views(store.sweep_dir)
+    truncated = store.task_dir(tasks[0]) / "status.yaml"
+    truncated.write_text(truncated.read_text()[:20])
+    (store.task_dir(tasks[1]) / "status.yaml").write_text("state: PENDING\n")
+    (store.task_dir(tasks[2]) / "status.yaml").unlink()
+    path = store.sweep_dir / MAPPING
+    path.write_text(path.read_text().replace("state: COMPLETED", "state: RUNNING  ", 1))
+    sync_views(store.sweep_dir)
+    for t in tasks:
+        assert status(store, t)["state"] == "COMPLETED", t.name
+    assert {v["state"] for v in mapping(store).values()} == {"COMPLETED"}
+    path.write_text("tasks: {}\n")  # not ours any more: written anew
+    sync_views(store.sweep_dir)
+    assert {v["state"] for v in mapping(store).values()} == {"COMPLETED"}
+    assert len(mapping(store)) == len(tasks)
+    store.close()
+
+
+def test_the_writer_thread_keeps_up_while_the_journal_grows(tmp_path: Path) -> None:
+    from tests.helpers import wait_for
+
+    store, tasks = make(tmp_path, 20)
+    writer = ViewWriter(store.sweep_dir, interval=0.05)
+    writer.start()
+    try:
+        for t in tasks[:10]:
+            finish(store, t)
+        wait_for(lambda: state_of(store, tasks[9]) == "COMPLETED", timeout=10)
+        added = TaskSpec.from_json({"key": "ffff000000000000", "num": 21, "params": {"i": 21}})
+        store.add_tasks([added])
+        wait_for(lambda: "task_021" in (mapping(store) or {}), timeout=10)
+        for t in tasks[10:]:
+            finish(store, t)
+    finally:
+        writer.close()
+    assert all(status(store, t)["state"] == "COMPLETED" for t in tasks)
+    assert [v["state"] for v in mapping(store).values()].count("COMPLETED") == 20
+    store.close()
+
+
+def test_creation_is_all_or_nothing_on_interrupt(tmp_path: Path) -> None:
+    def points() -> Any:
+        yield from specs(12_000)[:11_000]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SweepStore.create(tmp_path / "s", sweep_id="s", kind="test", config={}, tasks=points())
+    assert not SweepStore.exists(tmp_path / "s")
+    assert not [p for p in (tmp_path / "s").iterdir() if p.is_file()]
+
+
+def test_a_killed_writer_leaves_the_mark_behind_never_ahead(tmp_path: Path) -> None:
+    store, tasks = make(tmp_path)
+    sync_views(store.sweep_dir)
+    mark = store.meta(HWM_EVENT) or 0
+    finish(store, tasks[0])
+    # A writer that has not refreshed yet (killed first): the mark has not moved.
+    assert (store.meta(HWM_EVENT) or 0) == mark
+    conn = sqlite3.connect(store.sweep_dir / "sweep.db")
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE id > ?", (mark,)).fetchone()[0] == 3
+    conn.close()
+    sync_views(store.sweep_dir)
+    assert status(store, tasks[0])["state"] == "COMPLETED"
+    store.close()
