@@ -218,6 +218,17 @@ def check(root: Path, tool: str, round_no: int, tasks: int) -> None:
         done = sum(1 for i in range(tasks) if (sweep / str(i) / ".hydra").is_dir())
     if done != tasks:
         raise SystemExit(f"benchmark aborted: {tool} round {round_no}: {done}/{tasks} jobs ran")
+    if tool == "hsm run":
+        # How the sweep was cut into arrays: the job ids hsm journaled (ARRAY_TASK).
+        ledger = store.parent / "scripts" / "cluster" / "jobs.jsonl"
+        arrays = Counter(
+            json.loads(line)["job"].split("_")[0] for line in ledger.read_text().splitlines()
+        )
+        sizes = sorted(arrays.values(), reverse=True)
+        print(
+            f"hsm run: {len(arrays)} arrays, largest {sizes[0]}, smallest {sizes[-1]}",
+            file=sys.stderr,
+        )
 
 
 def report(series: Series, args: argparse.Namespace) -> None:

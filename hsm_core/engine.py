@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hsm_core.errors import HsmError, SourceUnavailable
@@ -27,7 +28,7 @@ from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
 from hsm_core.store import SweepStore
 from hsm_core.strategies import Load, Placer
 from hsm_core.taskdir import ATTEMPT_FILES, TaskPaths
-from hsm_core.views import ViewWriter
+from hsm_core.views import ViewWriter, task_name
 
 log = logging.getLogger("hsm.engine")
 assign_log = logging.getLogger("hsm.assign")
@@ -54,14 +55,15 @@ class _Handle:
     handle: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Live:
     attempt: int
     state: TaskState
     source: str | None = None
+    num: int = 0
     failures: int = 0
     losses: int = 0
-    lost_on: set[str] = field(default_factory=set)
+    lost_on: frozenset[str] = frozenset()  # shared empty set: 100,000 of them cost nothing
     completed_attempt: int | None = None  # an older attempt that finished after all
 
 
@@ -102,7 +104,9 @@ class SweepEngine:
         self.not_started: dict[str, str] = {}  # source -> why, while it has not started
         self._start_phase: list[asyncio.Future[BaseException | None]] = []
         self._restarts: dict[str, asyncio.Task[None]] = {}
-        self._tasks: dict[str, TaskSpec] = {}
+        # Each task's spec as the journal stores it (JSON text), parsed when it is placed:
+        # a third of the memory of parsed specs, which a 100,000-task sweep notices.
+        self._specs: dict[str, str] = {}
         self._live: dict[str, _Live] = {}
         self._queue: deque[str] = deque()
         self._inflight: dict[str, int] = {name: 0 for name in self.sources}
@@ -191,32 +195,33 @@ class SweepEngine:
             self._io.shutdown(wait=False)
         return self.counts()
 
+    def _task(self, key: str) -> TaskSpec:
+        return TaskSpec.from_json(json.loads(self._specs[key]))
+
     async def _in_io(self, fn: Callable[..., object], *args: object) -> None:
         await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, *args))
 
     # ----------------------------------------------------------------- set-up
     def _load(self, keys: Collection[str] | None, retry_failed: bool) -> None:
         wanted = set(keys) if keys is not None else None
-        latest = self.store.latest_attempts()
         reattach: dict[str, list[str]] = {}
-        for task in self.store.tasks():
-            if wanted is not None and task.key not in wanted:
+        for key, num, spec, attempt, state_name, source in self.store.task_rows():
+            if wanted is not None and key not in wanted:
                 continue
-            att = latest[task.key]
-            self._tasks[task.key] = task
-            live = _Live(att.attempt, att.state, att.source)
-            self._live[task.key] = live
-            self._tally[att.state] += 1
-            state = att.state
+            state = TaskState(state_name)
+            self._specs[key] = spec
+            live = _Live(attempt, state, source, num)
+            self._live[key] = live
+            self._tally[state] += 1
             if state is TaskState.PENDING:
-                self._queue.append(task.key)
+                self._queue.append(key)
             elif state in (TaskState.ASSIGNED, TaskState.RUNNING):
                 # A previous orchestrator died while this ran: its source may re-attach.
-                reattach.setdefault(att.source or "", []).append(task.key)
+                reattach.setdefault(source or "", []).append(key)
             elif state in (TaskState.LOST, TaskState.CANCELLED) or (
                 state is TaskState.FAILED and retry_failed
             ):
-                self._reopen(task.key)
+                self._reopen(key)
         self._reattach = reattach
 
     async def _start_sources(self) -> None:
@@ -331,7 +336,7 @@ class SweepEngine:
         a source not in this run, or down, cannot, and they run again."""
         for src_name, keys in self._reattach.items():
             owner = self.sources.get(src_name)
-            pairs = [(self._tasks[k], self.store.attempts(k)[-1]) for k in keys]
+            pairs = [(self._task(k), self.store.attempts(k)[-1]) for k in keys]
             for k in keys:
                 self._live[k].source = src_name
                 if owner is not None:
@@ -416,13 +421,13 @@ class SweepEngine:
                 break
             key = self._queue.popleft()
             live = self._live[key]
-            pick = self.placer.choose(candidates, frozenset(live.lost_on))
+            pick = self.placer.choose(candidates, live.lost_on)
             src = self.sources[pick.name]
             self._inflight[src.name] += 1
             self._assigned_total[src.name] += 1
             ev = TaskEvent(key, live.attempt, TaskState.ASSIGNED, src.name)
             self._record(ev)
-            task = self._tasks[key]
+            task = self._task(key)
             assign_log.info("%s -> %s (attempt %d)", task.name, src.name, live.attempt)
             placed.append((src, task, live.attempt))
         return placed
@@ -468,14 +473,14 @@ class SweepEngine:
         if ev.state in (TaskState.RUNNING, TaskState.COMPLETED, TaskState.CANCELLED):
             task_log.info(
                 "%s %s on %s (attempt %d)",
-                self._tasks[ev.key].name,
+                task_name(live.num),
                 ev.state.value,
                 ev.source,
                 ev.attempt,
             )
         if not ev.state.terminal:
             return
-        name = self._tasks[ev.key].name
+        name = task_name(live.num)
         if ev.source in self._inflight:
             self._inflight[ev.source] -= 1
         if ev.source in self.sources and ev.state is not TaskState.CANCELLED:
@@ -494,7 +499,7 @@ class SweepEngine:
         elif ev.state is TaskState.LOST:
             live.losses += 1
             if ev.source:
-                live.lost_on.add(ev.source)
+                live.lost_on = live.lost_on | {ev.source}
             log.warning("%s lost on %s: %s", name, ev.source, ev.error)
             if live.losses < LOST_LIMIT and not self._cancelling:
                 self._reopen(ev.key)
@@ -512,7 +517,7 @@ class SweepEngine:
         self._tally[live.state] -= 1
         self._tally[TaskState.COMPLETED] += 1
         live.completed_attempt = ev.attempt
-        name = self._tasks[ev.key].name
+        name = task_name(live.num)
         log.warning(
             "%s: attempt %d finished after all; attempt %d is not needed",
             name,

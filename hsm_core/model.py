@@ -93,7 +93,7 @@ def task_key(params: Mapping[str, Any]) -> str:
     return digest[:16]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # many thousands live at once
 class TaskSpec:
     """Everything needed to run one sweep point later, on any source."""
 
@@ -139,7 +139,7 @@ class TaskSpec:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # many thousands live at once
 class TaskEvent:
     """A source's report about one attempt of one task. Sources only ever report; the
     engine decides what the report means for the task (retry, re-queue, ...)."""
@@ -154,7 +154,7 @@ class TaskEvent:
     handle: str | None = None  # pid, remote pid, scheduler job id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # many thousands live at once
 class Attempt:
     key: str
     attempt: int

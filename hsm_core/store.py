@@ -329,6 +329,39 @@ class SweepStore:
         rows = self._conn.execute("SELECT spec FROM tasks ORDER BY num").fetchall()
         return [TaskSpec.from_json(json.loads(r[0])) for r in rows]
 
+    def task_rows(self) -> Iterator[tuple[str, int, str, int, str, str | None]]:
+        """(key, num, spec as JSON text, attempt, state, source) of each task's
+        representative attempt, in number order, read as they come: what an engine
+        loads, without a parsed spec or an Attempt per task."""
+        yield from self._conn.execute(
+            "SELECT r.key, t.num, t.spec, r.attempt, r.state, r.source "
+            f"FROM ({_RANKED}) r JOIN tasks t ON t.key = r.key WHERE r.rn = 1 ORDER BY t.num"
+        )
+
+    def not_completed(self, limit: int) -> tuple[int, list[tuple[str, Attempt]]]:
+        """How many tasks are not COMPLETED, and (task name, attempt) of the first
+        `limit` of them by number: what a summary lists, without reading every task."""
+        rows = self._conn.execute(
+            f"SELECT r.*, t.num FROM ({_RANKED}) r JOIN tasks t ON t.key = r.key "
+            "WHERE r.rn = 1 AND r.state != 'COMPLETED' ORDER BY t.num"
+        )
+        first = [(f"task_{r[-1]:03d}", _attempt(r)) for r in itertools.islice(rows, limit)]
+        return len(first) + sum(1 for _ in rows), first
+
+    def task_params(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """(key, num, params) of every task, in number order."""
+        for key, num, spec in self._conn.execute("SELECT key, num, spec FROM tasks ORDER BY num"):
+            yield key, num, json.loads(spec).get("params") or {}
+
+    def assigned_times(self) -> dict[tuple[str, int], float]:
+        """When each attempt was first ASSIGNED (the journal's events say it, not the
+        attempts table)."""
+        rows = self._conn.execute(
+            "SELECT key, attempt, MIN(time) FROM events WHERE state = 'ASSIGNED' "
+            "GROUP BY key, attempt"
+        )
+        return {(k, a): t for k, a, t in rows}
+
     def task_numbers(self) -> list[int]:
         """Every task's number, in order (no spec read)."""
         return [r[0] for r in self._conn.execute("SELECT num FROM tasks ORDER BY num")]

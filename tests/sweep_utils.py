@@ -60,6 +60,7 @@ def hsm(
     *args: str,
     cwd: Path,
     check: bool = False,
+    timeout: float = 120,
     env: dict[str, str] | None = None,
     **kw: Any,
 ) -> subprocess.CompletedProcess[str]:
@@ -71,7 +72,7 @@ def hsm(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         **kw,
     )
     if check and proc.returncode != 0:

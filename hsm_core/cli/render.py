@@ -138,26 +138,20 @@ def summary(store: SweepStore, outcome: RunOutcome, limit: int = 20) -> None:
     if outcome.cancelled:
         title += " [magenta]cancelled"
     con.print(counts_table(title, counts, per_source(store)))
-    latest = store.latest_attempts()
-    bad = [
-        (t, a)
-        for t in store.tasks()
-        if (a := latest.get(t.key)) and a.state is not TaskState.COMPLETED
-    ]
-    for t, a in bad[:limit]:
+    # The tasks not COMPLETED only, the first `limit` of them: not every task of the sweep.
+    n_bad, bad = store.not_completed(limit)
+    for name, a in bad:
         where = f"on {a.source}" if a.source else NOT_PLACED
         error = f": {escape(a.error)}" if a.error else ""
         con.print(
-            f"[{STATE_STYLE[a.state]}]{a.state.value:9}[/] {t.name} {escape(where)}{error}",
+            f"[{STATE_STYLE[a.state]}]{a.state.value:9}[/] {name} {escape(where)}{error}",
             soft_wrap=True,
         )
-        log = task_log(store.task_dir(t))
+        log = task_log(store.sweep_dir / "tasks" / name)
         if log is not None:
             con.print(f"          [dim]{escape(str(log))}", soft_wrap=True)
-    if len(bad) > limit:
-        con.print(
-            f"... and {len(bad) - limit} more: `hsm status {store.sweep_dir}`", soft_wrap=True
-        )
+    if n_bad > limit:
+        con.print(f"... and {n_bad - limit} more: `hsm status {store.sweep_dir}`", soft_wrap=True)
     not_started(con, store, outcome.not_started, finished=not bad)
     con.print(f"sweep folder: {escape(str(store.sweep_dir))}", soft_wrap=True)
     if bad and not outcome.not_started:  # else not_started() said how to finish

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
@@ -122,6 +124,71 @@ def _pack(bars: list[_Bar]) -> list[tuple[int, _Bar]]:
     return placed
 
 
+# Worst first: the colour a pixel of an aggregated lane gets when attempts share it.
+_SEVERITY = (
+    TaskState.FAILED,
+    TaskState.LOST,
+    TaskState.CANCELLED,
+    TaskState.RUNNING,
+    TaskState.ASSIGNED,
+    TaskState.COMPLETED,
+    TaskState.PENDING,
+)
+AGGREGATE_ABOVE = 2  # attempts per pixel of width in a source's band
+
+
+def _aggregated(
+    placed: list[tuple[int, _Bar]],
+    px: Callable[[float], float],
+    plot_w: float,
+    top: float,
+    lane_h: float,
+    gap: float,
+) -> list[str]:
+    cols = int(plot_w)
+
+    def col(t: float) -> int:
+        return min(cols - 1, max(0, int(px(t))))
+
+    # Per lane: for each state, +1/-1 where its attempts begin and end covering pixels
+    # (a running sum tells which states cover a pixel), and how many begin in each.
+    cover: dict[int, dict[TaskState, list[int]]] = {}
+    starts: dict[int, list[Counter[TaskState]]] = {}
+    for lane, bar in placed:
+        state = bar.att.state
+        diff = cover.setdefault(lane, {}).setdefault(state, [0] * (cols + 1))
+        c0, c1 = col(bar.start), col(bar.end)
+        diff[c0] += 1
+        diff[c1 + 1] -= 1
+        if lane not in starts:
+            starts[lane] = [Counter() for _ in range(cols)]
+        starts[lane][c0][state] += 1
+    out: list[str] = []
+    for lane in sorted(cover):
+        running = {s: 0 for s in cover[lane]}
+        runs: list[tuple[int, int, TaskState, Counter[TaskState]]] = []
+        for c in range(cols):
+            for s, diff in cover[lane].items():
+                running[s] += diff[c]
+            worst = next((s for s in _SEVERITY if running.get(s)), None)
+            if worst is None:
+                continue
+            if runs and runs[-1][2] is worst and runs[-1][1] == c:
+                runs[-1][3].update(starts[lane][c])
+                runs[-1] = (runs[-1][0], c + 1, worst, runs[-1][3])
+            else:
+                runs.append((c, c + 1, worst, Counter(starts[lane][c])))
+        y = top + lane * lane_h
+        for c0, c1, state, tally in runs:
+            tip = ", ".join(f"{n} {s.value.lower()}" for s, n in tally.most_common())
+            out.append(
+                f'<rect class="g-{state.value}" x="{LABEL_W + c0}" y="{y:.1f}" '
+                f'width="{c1 - c0}" height="{lane_h - gap:.1f}">'
+                f"<title>{tip or 'continued'}</title></rect>"
+            )
+    return out
+
+
 def gantt_svg(data: SweepData, width: int = 1100) -> str:
     t0, t1 = span(data)
     if t0 is None or t1 is None:
@@ -148,6 +215,12 @@ def gantt_svg(data: SweepData, width: int = 1100) -> str:
         parts.append(f'<text class="g-tick" x="4" y="{y + 23:.1f}">{lanes} at once</text>')
         band_h = max(band_h, 26.0)
         gap = 1.0 if lane_h >= 4 else 0.0
+        if len(placed) > AGGREGATE_ABOVE * plot_w:
+            # More attempts than pixels: one bar per lane and run of pixels of one colour
+            # (the worst outcome in them), with what it stands for in its tooltip.
+            parts += _aggregated(placed, lambda t: x(t) - LABEL_W, plot_w, y, lane_h, gap)
+            y += band_h + 18
+            continue
         for lane, bar in placed:
             top = y + lane * lane_h
             h = lane_h - gap

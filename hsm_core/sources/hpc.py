@@ -133,6 +133,15 @@ class HPCSource(ComputeSource):
         info = await self.client.call("check")
         if self.opts.scheduler == "pbs" and info.get("pbs_dialect"):
             self._set_opts(pbs_dialect=str(info["pbs_dialect"]))
+        largest = int(info.get("max_array_size") or 0) - 1  # indices 0 .. MaxArraySize-1
+        if 0 < largest < self.opts.array_limit:
+            self.log.info(
+                "array_limit %d lowered to %d: the cluster's MaxArraySize is %d",
+                self.opts.array_limit,
+                largest,
+                largest + 1,
+            )
+            self._set_opts(array_limit=largest)
         await asyncio.to_thread(self._ledger.parent.mkdir, parents=True, exist_ok=True)
 
     async def close(self) -> None:

@@ -221,9 +221,16 @@ class Slurm(Scheduler):
                 )
 
     def check(self) -> dict[str, Any]:
+        # The largest array the cluster takes (one call, at start): the source splits
+        # its batches under it, whatever `array_limit` says.
+        info: dict[str, Any] = {}
+        done = run_command(["scontrol", "show", "config"])
+        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.MULTILINE)
+        if done.returncode == 0 and m:
+            info["max_array_size"] = int(m.group(1))
         want = self.opts.partition
         if not want:
-            return {}  # the cluster's default partition: nothing to check, no call
+            return info  # the cluster's default partition: nothing more to check
         parts = self._partitions()
         names = [p["name"] for p in parts]
         if want and want not in names:
@@ -231,7 +238,7 @@ class Slurm(Scheduler):
                 f"Slurm partition {want!r} does not exist",
                 f"partitions here: {', '.join(names) or 'none'}",
             )
-        return {"partitions": parts}
+        return {**info, "partitions": parts}
 
     def _partitions(self) -> list[dict[str, Any]]:
         done = run_command(["sinfo", "-h", "-o", "%P|%a|%D|%t"])

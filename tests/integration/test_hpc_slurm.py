@@ -613,3 +613,22 @@ def test_cluster_reached_over_ssh_submits_there_and_brings_results_back(
     assert (first / "stdout.log").read_text() == "hello from bad\n"  # kept, and fetched
     # Every scheduler command ran on the login node, none here.
     assert sched.calls() == []
+
+
+def test_array_limit_follows_the_clusters_max_array_size(
+    tmp_path: Path, slurm_env: SlurmEnv
+) -> None:
+    """An `array_limit` above the cluster's MaxArraySize would have every array refused:
+    the source asks the cluster (once, at start) and splits under it."""
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    [size] = [int(ln.split("=")[1]) for ln in done.stdout.splitlines() if "MaxArraySize" in ln]
+    store = make_sweep(tmp_path, command_tasks([["true"]]))
+    src = HPCSource(hpc_spec(slurm_env, array_limit=size * 10), context_for(store))
+
+    async def start_and_close() -> None:
+        await src.start(lambda ev: None)
+        await src.close()
+
+    asyncio.run(start_and_close())
+    assert src.opts.array_limit == size - 1
+    store.close()

@@ -337,6 +337,32 @@ def test_timeline_packs_attempts_into_lanes(timed_store: SweepStore) -> None:
     assert any(t.startswith("task_004 #1 LOST run 2.0 s, wait 1.0 s") for t in tips), tips
 
 
+def test_timeline_of_more_attempts_than_pixels_is_aggregated(tmp_path: Path) -> None:
+    """5,000 attempts of 0.1 s on 2 slots: bars per pixel run, the failure still shows."""
+    n = 5000
+    store = make_store(tmp_path, [{"i": i} for i in range(n)], {"a": 2})
+    evs = []
+    for t in store.tasks():
+        step = (t.num - 1) % (n // 2)
+        t0 = BASE + 0.1 * step
+        end = F if t.num == 1234 else C
+        evs += [
+            TaskEvent(t.key, 1, TaskState.ASSIGNED, "a", time=t0),
+            TaskEvent(t.key, 1, S, "a", time=t0),
+            TaskEvent(t.key, 1, end, "a", time=t0 + 0.1, exit_code=0),
+        ]
+    assert all(store.apply_many(evs))
+    svg = gantt.gantt_svg(load_sweep(store))
+    shapes = Shapes()
+    shapes.feed(svg)
+    bars = [c for c in shapes.rect_classes[5:] if c != "g-wait"]
+    assert 2 <= len(bars) <= 10, bars  # two lanes, a run on each side of the failure
+    assert "g-FAILED" in bars
+    assert any("1 failed" in t for t in shapes.titles)
+    assert len(svg) < 20_000
+    store.close()
+
+
 class Shapes(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
