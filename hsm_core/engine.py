@@ -149,6 +149,13 @@ class SweepEngine:
             self._tally[state] += 1
         live.state = state
 
+    def release(self) -> None:
+        """Drop what the engine holds per task once its run is over (counts() stays):
+        the end-of-run reports then reuse that memory instead of adding to it."""
+        self._specs.clear()
+        self._live.clear()
+        self._queue.clear()
+
     def inflight(self) -> dict[str, int]:
         return dict(self._inflight)
 

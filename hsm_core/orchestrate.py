@@ -163,6 +163,7 @@ async def run_sweep(
                 store.set_meta(f"source:{name}", meta)
         # Always: the metadata view must not go on naming this process once it is gone.
         await asyncio.to_thread(store.write_metadata_view)
+        engine.release()
         await asyncio.to_thread(write_reports_safely, store)  # logs its errors, never raises
         logs.close()
     if progress:

@@ -348,6 +348,9 @@ class SweepStore:
         first = [(f"task_{r[-1]:03d}", _attempt(r)) for r in itertools.islice(rows, limit)]
         return len(first) + sum(1 for _ in rows), first
 
+    def task_nums(self) -> list[tuple[str, int]]:
+        return self._conn.execute("SELECT key, num FROM tasks ORDER BY num").fetchall()
+
     def task_params(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
         """(key, num, params) of every task, in number order."""
         for key, num, spec in self._conn.execute("SELECT key, num, spec FROM tasks ORDER BY num"):
@@ -361,6 +364,13 @@ class SweepStore:
             "GROUP BY key, attempt"
         )
         return {(k, a): t for k, a, t in rows}
+
+    def latest_rows(self) -> list[tuple[str, int, str, str | None, float | None, float | None]]:
+        """(key, attempt, state, source, started, ended) of each task's representative
+        attempt: latest_attempts as plain rows, half the cost on a big sweep."""
+        return self._conn.execute(
+            f"SELECT key, attempt, state, source, started, ended FROM ({_RANKED}) WHERE rn = 1"
+        ).fetchall()
 
     def task_numbers(self) -> list[int]:
         """Every task's number, in order (no spec read)."""

@@ -98,8 +98,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(store: SweepStore, args: argparse.Namespace) -> int:
-    counts = store.counts()
     by_source = render.per_source(store)
+    # The totals from the per-source counts: one pass over the journal, not two.
+    counts: dict[TaskState, int] = {}
+    for per in by_source.values():
+        for state, n in per.items():
+            counts[TaskState(state)] = counts.get(TaskState(state), 0) + n
     orch = store.meta("orchestrator")
     active = bool(orch) and _alive(orch)
     if args.json:

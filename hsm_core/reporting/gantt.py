@@ -53,7 +53,7 @@ _NICE_STEPS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per attempt: 100,000 in a big sweep
 class _Bar:
     att: Attempt
     start: float  # assigned (or started when no assignment was journaled)

@@ -11,11 +11,12 @@ import re
 import socket
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.model import NOT_PLACED, Attempt, TaskState
+from hsm_core.model import NOT_PLACED, TaskState
 from hsm_core.procs import pid_alive
 from hsm_core.reporting.errors_analysis import classify
 from hsm_core.reporting.failures import attempt_logs, read_tail
@@ -120,16 +121,14 @@ def orchestrator_active(orch: Any) -> bool:
         return False
 
 
-def eta(latest: list[Attempt], mean_s: float | None, parallel: int, now: float) -> float | None:
-    """Seconds until the queue drains if tasks keep their observed mean duration."""
+def eta(
+    queued: int, running_since: list[float], mean_s: float | None, parallel: int, now: float
+) -> float | None:
+    """Seconds until the queue drains if tasks keep their observed mean duration
+    (`queued`: tasks not started yet; `running_since`: when each running one started)."""
     if mean_s is None:
         return None
-    queued = sum(1 for a in latest if a.state in (TaskState.PENDING, TaskState.ASSIGNED))
-    left = sum(
-        max(0.0, mean_s - (now - a.started))
-        for a in latest
-        if a.state is TaskState.RUNNING and a.started is not None
-    )
+    left = sum(max(0.0, mean_s - (now - t)) for t in running_since)
     if not queued and not left:
         return 0.0
     return (queued * mean_s + left) / max(1, parallel)
@@ -177,17 +176,20 @@ def health_lines(sweep_dir: Path, sources: list[str]) -> list[HealthLine]:
 def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6) -> Frame:
     now = time.time()
     meta = store.all_meta()
-    latest = list(store.latest_attempts().values())
-    counts: dict[TaskState, int] = {}
+    # Plain rows, not an Attempt per task: this runs every 2 s on sweeps of 100,000.
+    rows = store.latest_rows()
+    tally: Counter[str] = Counter()
     per_source: dict[str, dict[TaskState, int]] = {}
+    by_source: Counter[tuple[str, str]] = Counter()
     durations: list[float] = []
-    for a in latest:
-        counts[a.state] = counts.get(a.state, 0) + 1
-        src = a.source or NOT_PLACED
-        bucket = per_source.setdefault(src, {})
-        bucket[a.state] = bucket.get(a.state, 0) + 1
-        if a.state is TaskState.COMPLETED and a.started is not None and a.ended is not None:
-            durations.append(a.ended - a.started)
+    for _key, _att, state, source, started, ended in rows:
+        by_source[(source or NOT_PLACED, state)] += 1
+        if state == "COMPLETED" and started is not None and ended is not None:
+            durations.append(ended - started)
+    for (src, state), n in by_source.items():
+        tally[state] += n
+        per_source.setdefault(src, {})[TaskState(state)] = n
+    counts = {TaskState(state): n for state, n in tally.items()}
     slots = source_slots(meta)
     for name in slots:
         per_source.setdefault(name, {})
@@ -203,23 +205,24 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         except KeyError:
             return key
 
-    busy = [a for a in latest if a.state in (TaskState.ASSIGNED, TaskState.RUNNING)]
-    busy.sort(key=lambda a: a.started if a.started is not None else now)
+    busy = [r for r in rows if r[2] in ("ASSIGNED", "RUNNING")]
+    busy.sort(key=lambda r: r[4] if r[4] is not None else now)
     running = [
         RunningLine(
-            name_of(a.key),
-            a.source,
-            a.state,
-            a.attempt,
-            (now - a.started) if a.started is not None else None,
+            name_of(key),
+            source,
+            TaskState(state),
+            att,
+            (now - started) if started is not None else None,
         )
-        for a in busy[:max_running]
+        for key, att, state, source, started, _ in busy[:max_running]
     ]
-    bad = [a for a in latest if a.state in (TaskState.FAILED, TaskState.LOST)]
-    bad.sort(key=lambda a: a.ended or 0.0, reverse=True)
+    bad = [r for r in rows if r[2] in ("FAILED", "LOST")]
+    bad.sort(key=lambda r: r[5] or 0.0, reverse=True)
     failures = []
-    for a in bad[:max_failures]:
-        name = name_of(a.key)
+    for key, att_no, *_ in bad[:max_failures]:
+        a = next(x for x in store.attempts(key) if x.attempt == att_no)
+        name = name_of(key)
         text, _ = attempt_logs(store.sweep_dir / "tasks" / name)
         cause = classify(a.state, a.exit_code, a.error, text)
         failures.append(
@@ -233,6 +236,8 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         stop = now if active or not isinstance(ended, (int, float)) else ended
         elapsed = max(0.0, stop - started)
     parallel = sum(slots.values()) or max(1, len(busy))
+    queued = tally["PENDING"] + tally["ASSIGNED"]
+    since = [r[4] for r in busy if r[2] == "RUNNING" and r[4] is not None]
     names = [s.name for s in sources if s.name != NOT_PLACED]
     return Frame(
         sweep_id=str(meta.get("sweep_id", store.sweep_dir.name)),
@@ -246,5 +251,5 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         health=health_lines(store.sweep_dir, names),
         elapsed_s=elapsed,
         mean_duration_s=mean,
-        eta_s=eta(latest, mean, parallel, now) if active else None,
+        eta_s=eta(queued, since, mean, parallel, now) if active else None,
     )

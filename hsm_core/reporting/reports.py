@@ -48,7 +48,7 @@ def analyze_sweep(store: SweepStore, *, patterns: bool = True) -> Analysis:
     overall: list[Pattern] = []
     per_group: dict[tuple[str, str], list[Pattern]] = {}
     if patterns and errors.groups:
-        params = {k: t.params for k, t in data.tasks.items()}
+        params = data.params
         failed = {f.key for f in errors.failures}
         overall = find_patterns(params, failed, errors.finished_keys)
         if len(errors.groups) > 1:

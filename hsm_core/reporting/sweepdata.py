@@ -8,15 +8,19 @@ is only in the events table.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hsm_core.model import Attempt, TaskSpec, TaskState
 from hsm_core.store import SweepStore
 from hsm_core.taskdir import TaskPaths
 
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 FINISHED = (TaskState.COMPLETED, TaskState.FAILED, TaskState.LOST)
 
 
@@ -30,6 +34,13 @@ class SweepData:
     assigned: dict[tuple[str, int], float]  # (key, attempt) -> time it was ASSIGNED
     slots: dict[str, int]  # source name -> max_parallel, as the orchestrator recorded it
     now: float = field(default_factory=time.time)
+    load_params: Callable[[], dict[str, Mapping[str, Any]]] = field(default=dict, repr=False)
+
+    @functools.cached_property
+    def params(self) -> dict[str, Mapping[str, Any]]:
+        """Every task's parameters by key, read when first asked for (the failure analysis
+        needs them; a report of a sweep without failures never does)."""
+        return self.load_params()
 
     def latest(self, key: str) -> Attempt:
         return self.attempts[key][-1]
@@ -62,9 +73,9 @@ class SweepData:
 
 def load_sweep(store: SweepStore) -> SweepData:
     meta = store.all_meta()
-    # Number and parameters only: reports need no argv, env or payload (a third of the
-    # memory at 100,000 tasks).
-    tasks = {key: TaskSpec(key, num, params) for key, num, params in store.task_params()}
+    # Numbers only (parameters on demand, `params`): a report of 100,000 tasks needs no
+    # argv, env or payload held in memory.
+    tasks = {key: TaskSpec(key, num, _NO_PARAMS) for key, num in store.task_nums()}
     attempts: dict[str, list[Attempt]] = {k: [] for k in tasks}
     for att in store.attempts():  # ordered by key, attempt
         attempts.setdefault(att.key, []).append(att)
@@ -77,6 +88,7 @@ def load_sweep(store: SweepStore) -> SweepData:
         attempts={k: v for k, v in attempts.items() if v and k in tasks},
         assigned=assigned,
         slots=source_slots(meta),
+        load_params=lambda: {key: params for key, _, params in store.task_params()},
     )
 
 
