@@ -157,6 +157,9 @@ def load_slurm_env() -> SlurmEnv:
     down = [name for name, pid_file in pid_files.items() if not _pid_alive(pid_file)]
     if down:
         raise ServiceUnavailable(f"Slurm test daemons not running: {', '.join(down)}; {START_HINT}")
+    # The test cluster's own config, never /etc/slurm's: every sbatch/sacct the tests
+    # (and the hsm processes they start) run must reach it.
+    os.environ["SLURM_CONF"] = raw["slurm_conf"]
     return SlurmEnv(
         cluster=raw["cluster"],
         partition=raw["partition"],

@@ -10,8 +10,13 @@
 #                          logs, PID files and the database go to .../slurm
 #        HSM_SLURM_CPUS    CPUs the node advertises (default 16: many 1-CPU test jobs
 #                          at once on a 2-core machine)
-# Writes /etc/slurm/slurm.conf and /etc/slurm/slurmdbd.conf (the default paths, so
-# sbatch/squeue/sacct/submitit need no SLURM_CONF) and .../slurm/env.json.
+# Its configuration lives in .../slurm/etc (slurm.conf, slurmdbd.conf), never in
+# /etc/slurm: a machine may run a Slurm of its own, whose files and ports are left
+# alone. Clients find this cluster through SLURM_CONF=.../slurm/etc/slurm.conf
+# (scripts/test.sh exports it; `slurm.sh conf` prints it; .../slurm/slurm.conf links to
+# it, for the ssh test hosts' sessions). Its ports are the usual
+# 6817-6819 when free, else the next free ones (kept in .../slurm/ports).
+# Writes .../slurm/env.json for the tests.
 # Jobs run as the submitting user (root here); their interpreter must be readable
 # by that user.
 set -euo pipefail
@@ -24,7 +29,8 @@ BASE=$HSM_SERVICES_DIR/slurm
 CPUS=${HSM_SLURM_CPUS:-16}
 CLUSTER=hsmtest
 PARTITION=debug
-ETC=/etc/slurm
+ETC=$BASE/etc
+LEGACY_CONF=/etc/slurm/slurm.conf   # where this script wrote its config before
 DB_PASS=hsmtest     # a throwaway database on loopback only
 NODE=$(hostname -s)
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
@@ -55,6 +61,35 @@ tcp_open() { tcp_listening 127.0.0.1 "$1"; }
 # a daemon that dies with only a log line.
 require_free_port() { # NAME PORT
     if tcp_open "$2"; then die "port $2 ($1) is taken by another process; stop it first"; fi
+}
+
+# The config the running daemons read: this script's own, or (daemons started by an
+# older version of it, which wrote /etc/slurm) that one. Chosen once, before any
+# client command runs, and exported: every sinfo/sbatch/scontrol below reads it.
+choose_conf() {
+    if [ -s "$BASE/conf_path" ]; then cat "$BASE/conf_path"
+    elif pidfile_alive "$BASE/slurmctld.pid" slurmctld && [ -f "$LEGACY_CONF" ]; then
+        echo "$LEGACY_CONF"
+    else echo "$ETC/slurm.conf"; fi
+}
+
+# slurmctld, slurmd, slurmdbd ports: 6817-6819 unless another Slurm (or anything else)
+# holds one of them, then the first free triple above. Chosen once and kept while any
+# of our daemons runs (daemons of an older version of this script use 6817-6819).
+choose_ports() {
+    if [ -s "$BASE/ports" ]; then cat "$BASE/ports"; return; fi
+    if slurmctld_alive || slurmdbd_alive || slurmd_alive; then
+        echo "6817 6818 6819" | tee "$BASE/ports"
+        return
+    fi
+    local base
+    for base in $(seq 6817 3 6997); do
+        if ! tcp_open "$base" && ! tcp_open $((base + 1)) && ! tcp_open $((base + 2)); then
+            echo "$base $((base + 1)) $((base + 2))" | tee "$BASE/ports"
+            return
+        fi
+    done
+    die "no three free ports for slurmctld, slurmd and slurmdbd in 6817-6999"
 }
 
 choose_db_port() {
@@ -110,7 +145,7 @@ write_slurmdbd_conf() { # DB_PORT
 AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 PidFile=$BASE/slurmdbd.pid
 LogFile=$BASE/log/slurmdbd.log
@@ -128,9 +163,12 @@ CONF
 write_slurm_conf() {
     local mem
     mem=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+    install -d "$ETC"
     cat >"$ETC/slurm.conf" <<CONF
 ClusterName=$CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -143,7 +181,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort=6819
+AccountingStoragePort=$DBD_PORT
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
@@ -172,17 +210,17 @@ CONF
 }
 
 write_env_json() { # DB_PORT
-    python3 - "$BASE" "$ETC" "$SELF" "$CLUSTER" "$PARTITION" "$NODE" "$CPUS" "$1" "$MUNGE_PID" \
-        "$DBRUN/mysqld.pid" <<'PY'
+    python3 - "$BASE" "$SLURM_CONF" "$SELF" "$CLUSTER" "$PARTITION" "$NODE" "$CPUS" "$1" \
+        "$MUNGE_PID" "$DBRUN/mysqld.pid" <<'PY'
 import json, os, sys
-base, etc, script, cluster, partition, node, cpus, db_port, munge_pid, db_pid = sys.argv[1:]
+base, conf, script, cluster, partition, node, cpus, db_port, munge_pid, db_pid = sys.argv[1:]
 env = {
     "cluster": cluster,
     "partition": partition,
     "node": node,
     "cpus": int(cpus),
     "accounting": True,
-    "slurm_conf": f"{etc}/slurm.conf",
+    "slurm_conf": conf,
     "state_dir": base,
     "log_dir": f"{base}/log",
     "db_port": int(db_port),
@@ -230,28 +268,43 @@ cmd_start() {
     lock_dir "$BASE"
     local db_port; db_port=$(choose_db_port)
     if all_alive && node_idle; then
+        ln -sfn "$SLURM_CONF" "$BASE/slurm.conf"
         write_env_json "$db_port"
-        log "already running"
+        log "already running (SLURM_CONF=$SLURM_CONF)"
         return 0
     fi
+    if ! slurmctld_alive && ! slurmdbd_alive && ! slurmd_alive; then
+        # Nothing of ours runs: this script's own config, and ports chosen afresh.
+        SLURM_CONF=$ETC/slurm.conf
+        rm -f "$BASE/ports" "$BASE/conf_path"
+    fi
+    local ports; ports=$(choose_ports)
+    read -r CTLD_PORT SLURMD_PORT DBD_PORT <<<"$ports"
     start_munged; step munged
     start_mariadb "$db_port"; step mariadbd
-    write_slurmdbd_conf "$db_port"
-    if ! slurmdbd_alive; then require_free_port slurmdbd 6819; daemon slurmdbd; fi
-    wait_until slurmdbd 60 tcp_open 6819 || die "slurmdbd did not start (log: $BASE/log/slurmdbd.log)"
+    if ! slurmdbd_alive; then
+        write_slurmdbd_conf "$db_port"
+        require_free_port slurmdbd "$DBD_PORT"
+        SLURM_CONF=$ETC/slurm.conf daemon slurmdbd   # reads slurmdbd.conf beside it
+    fi
+    wait_until slurmdbd 60 tcp_open "$DBD_PORT" ||
+        die "slurmdbd did not start (log: $BASE/log/slurmdbd.log)"
     step slurmdbd
     # A running controller keeps the config it read: only (re)write it before a start.
     if ! slurmctld_alive; then
         write_slurm_conf
-        require_free_port slurmctld 6817
+        echo "$SLURM_CONF" >"$BASE/conf_path"
+        require_free_port slurmctld "$CTLD_PORT"
         daemon slurmctld
     fi
-    if ! slurmd_alive; then require_free_port slurmd 6818; daemon slurmd; fi
+    if ! slurmd_alive; then require_free_port slurmd "$SLURMD_PORT"; daemon slurmd; fi
     wait_until "node idle" 60 node_idle || die "node $NODE not idle (logs: $BASE/log)"
     step "slurmctld + slurmd"
     smoke_test; step "first job + sacct record"
+    # A fixed path for sessions that cannot be told the real one (the ssh test hosts).
+    ln -sfn "$SLURM_CONF" "$BASE/slurm.conf"
     write_env_json "$db_port"
-    log "ready: sbatch/squeue/scancel/sacct (partition $PARTITION, env: $BASE/env.json)"
+    log "ready: SLURM_CONF=$SLURM_CONF sbatch/squeue/scancel/sacct (partition $PARTITION, env: $BASE/env.json)"
 }
 
 cmd_stop() {
@@ -285,9 +338,13 @@ cmd_status() {
     return $rc
 }
 
+SLURM_CONF=$(choose_conf)
+export SLURM_CONF
+
 case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    conf) echo "$SLURM_CONF" ;;
+    *) echo "usage: $0 start|stop|status|conf" >&2; exit 2 ;;
 esac

@@ -87,8 +87,9 @@ Subsystem sftp internal-sftp
 # open many connections at once (default MaxStartups 10:30:100).
 MaxSessions 100
 MaxStartups 100:30:200
-# The hosts share one kernel and hostname: this tells them apart.
-SetEnv HSM_TEST_HOST=$name
+# The hosts share one kernel and hostname: HSM_TEST_HOST tells them apart. A login node
+# of the test Slurm (hpc sources reached over ssh) finds it through SLURM_CONF.
+SetEnv HSM_TEST_HOST=$name SLURM_CONF=$HSM_SERVICES_DIR/slurm/slurm.conf
 # OpenSSH 9.x defaults to the post-quantum sntrup761 exchange: ~0.2 s per connection
 # on a small machine. Tests do not need it.
 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
@@ -234,8 +235,9 @@ cmd_start() {
 "
         install -d -o "$LOGIN_USER" -g "$LOGIN_USER" "$home/$name" "$home/$name/project"
     done
-    printf '%s' "$known" >"$BASE/known_hosts"
-    printf '%s' "$config" >"$BASE/ssh_config"
+    # Replaced, not rewritten in place: tests of other checkouts read them meanwhile.
+    printf '%s' "$known" >"$BASE/known_hosts.new" && mv -f "$BASE/known_hosts.new" "$BASE/known_hosts"
+    printf '%s' "$config" >"$BASE/ssh_config.new" && mv -f "$BASE/ssh_config.new" "$BASE/ssh_config"
 
     ensure_remote_venv
     write_env_json "$port"
