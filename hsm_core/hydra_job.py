@@ -192,6 +192,15 @@ def write_result(
         "ended": time.time(),
         "job_return": JOB_RETURN,
     }
+    if not failed:
+        # The numbers of the return value, so that `hsm results` and the reports read
+        # them from this record instead of unpickling every job (ms each).
+        from hsm_core.reporting.results import numbers_of
+
+        try:
+            record["return_numbers"] = numbers_of(ret._return_value)
+        except Exception:  # an odd mapping must not cost the job its record
+            pass
     write_json_atomic(task_dir / WORKER_RECORD, record)
 
 

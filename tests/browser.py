@@ -46,6 +46,7 @@ class PageReport:
     problems: list[str] = field(default_factory=list)  # console errors, exceptions, load errors
     values: dict[str, Any] = field(default_factory=dict)  # evaluated expressions
     screenshot: bytes = b""
+    clips: dict[str, bytes] = field(default_factory=dict)  # PNG of one element each
 
 
 class _Pipe:
@@ -118,9 +119,16 @@ def _problems(events: list[dict[str, Any]]) -> list[str]:
 
 
 def load_page(
-    path: Path, *, width: int = 1200, height: int = 900, evaluate: dict[str, str] | None = None
+    path: Path,
+    *,
+    width: int = 1200,
+    height: int = 900,
+    evaluate: dict[str, str] | None = None,
+    clips: dict[str, str] | None = None,
 ) -> PageReport:
-    """Open `path` in headless Chromium; return its problems, values and a screenshot."""
+    """Open `path` in headless Chromium; return its problems, values and a screenshot,
+    and with `clips` (name -> CSS selector) a screenshot of the first element each
+    selector matches, as rendered."""
     exe = chromium_path()
     if exe is None:
         raise FileNotFoundError("chromium is not installed")
@@ -175,6 +183,29 @@ def load_page(
                 timeout=60.0,
             )
             report.screenshot = base64.b64decode(shot["data"])
+            for name, selector in (clips or {}).items():
+                box = pipe.call(
+                    "Runtime.evaluate",
+                    {
+                        "expression": "(() => { const r = document.querySelector("
+                        f"{json.dumps(selector)}).getBoundingClientRect(); return "
+                        "[r.left + scrollX, r.top + scrollY, r.width, r.height]; })()",
+                        "returnByValue": True,
+                    },
+                    session=session,
+                )["result"]["value"]
+                x, y, w, h = box
+                part = pipe.call(
+                    "Page.captureScreenshot",
+                    {
+                        "format": "png",
+                        "captureBeyondViewport": True,
+                        "clip": {"x": x, "y": y, "width": w, "height": h, "scale": 1},
+                    },
+                    session=session,
+                    timeout=60.0,
+                )
+                report.clips[name] = base64.b64decode(part["data"])
             # Drain what arrived meanwhile (console messages come as events).
             pipe.call("Runtime.evaluate", {"expression": "1"}, session=session)
             report.problems = _problems(pipe.events)
@@ -191,3 +222,52 @@ def load_page(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[bytes], int]:
+    """Decode an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium's screenshots are):
+    (width, height, one bytes row per line, bytes per pixel)."""
+    import struct
+    import zlib
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat = 8, b""
+    width = height = bpp = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if depth != 8 or colour not in (2, 6) or interlace:
+                raise ValueError(f"unsupported PNG (depth {depth}, colour {colour})")
+            bpp = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        ftype, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif ftype == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, rows, bpp

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("hsm_core.cli.status_cmd", "counts per state and source; no argument: recent"),
     "cancel": ("hsm_core.cli.cancel_cmd", "cancel a running sweep"),
     "monitor": ("hsm_core.cli.monitor_cmd", "live view, health and error analysis"),
+    "results": ("hsm_core.cli.results_cmd", "each task's parameters and metrics, sortable"),
     "report": ("hsm_core.cli.report_cmd", "write the performance and error reports"),
     "sources": ("hsm_core.cli.sources_cmd", "list and test configured compute sources"),
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.model import NOT_PLACED, TaskState
-from hsm_core.reporting import gantt
+from hsm_core.reporting import gantt, results_svg
 from hsm_core.reporting.failures import ErrorAnalysis, ErrorGroup
 from hsm_core.reporting.patterns import Pattern
 
@@ -180,6 +180,7 @@ def render(
     timeline_svg: str,
     reports_dir: Path,
     sweep_dir: Path,
+    results: str = "",
 ) -> str:
     sweep = perf["sweep"]
     status = "still running" if sweep["running"] else "finished"
@@ -201,12 +202,15 @@ def render(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>hsm sweep {_h(sweep["id"])}: errors and timeline</title>
 <style>{_CSS}
-{gantt.css()}</style></head>
+{gantt.css()}
+{results_svg.css()}</style></head>
 <body>
 <h1>Sweep {_h(sweep["id"])}</h1>
 <p class="muted">{_h(sweep_dir)} · {status} · report written {_h(generated)}</p>
 <h2>Summary</h2>
 {_summary(perf, analysis)}
+<h2>Results</h2>
+<div class="results">{results or '<p class="muted">Not computed.</p>'}</div>
 <h2>Sources</h2>
 {_sources(perf)}
 <h2>Timeline</h2>

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm_core.reporting import gantt, report_html
+from hsm_core.reporting import gantt, report_html, results_svg
 from hsm_core.reporting.failures import ErrorAnalysis, analyze
 from hsm_core.reporting.patterns import Pattern, find_patterns
 from hsm_core.reporting.performance import performance
+from hsm_core.reporting.results import load_results
 from hsm_core.reporting.sweepdata import SweepData, load_sweep
 from hsm_core.store import SweepStore
 from hsm_core.yamlio import dump_yaml, write_atomic
@@ -86,10 +87,21 @@ def write_reports(store: SweepStore) -> ReportPaths:
         gantt.gantt_svg(analysis.data),
         reports,
         store.sweep_dir,
+        results_section(store),
     )
     write_atomic(html_path, page)
     log.info("reports written to %s", reports)
     return ReportPaths(perf_path, html_path)
+
+
+def results_section(store: SweepStore) -> str:
+    """The report's Results section; a sweep whose metrics cannot be read still gets
+    the rest of its report."""
+    try:
+        return results_svg.results_html(load_results(store))
+    except Exception:
+        log.exception("could not read the results of %s", store.sweep_dir)
+        return '<p class="muted">The metrics could not be read (see the sweep log).</p>'
 
 
 def write_reports_safely(store: SweepStore) -> ReportPaths | None:
