@@ -285,28 +285,32 @@ def _tail(path: str) -> str:
 
 # ------------------------------------------------------------------- sweep
 def load_results(store: SweepStore) -> Results:
-    """Every task of the sweep with its metrics (COMPLETED tasks only have some)."""
-    tasks = store.tasks()
-    latest = store.latest_attempts()
-    params: list[str] = []
-    for t in tasks:
-        for k in t.params:
-            if k not in params:
-                params.append(k)
+    """Every task of the sweep with its metrics (COMPLETED tasks only have some).
+
+    One pass over the journal's rows (task spec and representative attempt together),
+    keeping of each spec only its parameters and kind: a sweep of 100,000 tasks does not
+    hold every argv and environment in memory."""
+    loaded: list[tuple[TaskSpec, TaskState, str | None]] = []
+    params: dict[str, None] = {}
+    for key, num, spec_text, _attempt, state, source in store.task_rows():
+        spec = json.loads(spec_text)
+        task_params = spec.get("params") or {}
+        params.update(dict.fromkeys(task_params))
+        task = TaskSpec(key, num, task_params, TaskKind(spec.get("kind", "command")))
+        loaded.append((task, TaskState(state), source))
+    names = list(params)
     rows: list[TaskResult] = []
     seen: dict[str, None] = {}
     tasks_dir = os.path.join(str(store.sweep_dir), "tasks")
-    for t in tasks:
-        att = latest.get(t.key)
-        state = att.state if att else TaskState.PENDING
+    for t, state, source in loaded:
         metrics: dict[str, float] = {}
         origin: dict[str, str] = {}
         if state is TaskState.COMPLETED:
-            metrics, origin = read_metrics(os.path.join(tasks_dir, t.name), t.kind, params)
+            metrics, origin = read_metrics(os.path.join(tasks_dir, t.name), t.kind, names)
             seen.update(dict.fromkeys(metrics))
         values = {k: as_number(v) for k, v in t.params.items()}
-        rows.append(TaskResult(t, state, att.source if att else None, metrics, origin, values))
-    echoes = _echoes(rows, list(seen), params)
+        rows.append(TaskResult(t, state, source, metrics, origin, values))
+    echoes = _echoes(rows, list(seen), names)
     if echoes:
         for row in rows:
             for m in echoes:
@@ -314,7 +318,7 @@ def load_results(store: SweepStore) -> Results:
                 row.origin.pop(m, None)
     ordered = [RETURN] if RETURN in seen else []
     ordered += [m for m in seen if m != RETURN and m not in echoes]
-    return Results(store.sweep_id, rows, params, ordered)
+    return Results(store.sweep_id, rows, names, ordered)
 
 
 def _echoes(rows: list[TaskResult], metrics: list[str], params: list[str]) -> set[str]:
