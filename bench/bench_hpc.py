@@ -151,7 +151,9 @@ def setup_project(root: Path, args: argparse.Namespace) -> None:
         json.dumps({"sources": {"cluster": cluster}})
     )
     (root / "hsm.yaml").write_text(json.dumps({"sources": {"cluster": cluster}}))
-    grid = {"grid": {"i": list(range(args.tasks))}, "script": "noop.py"}
+    grid: dict[str, object] = {"grid": {"i": list(range(args.tasks))}, "script": "noop.py"}
+    if args.command:
+        grid = {"grid": {"i": list(range(args.tasks))}, "command": ["true", "{i}"]}
     (root / "sweep.yaml").write_text(json.dumps(grid))
 
 
@@ -273,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=16, help="array parallelism / slots")
     parser.add_argument("--partition", default=None, help="default: the cluster's default")
     parser.add_argument("--only", choices=TOOLS, action="append", help="run only these")
+    parser.add_argument(
+        "--command",
+        action="store_true",
+        help="`hsm run` runs `true` instead of a Python script: hsm's own cost at scale "
+        "(e.g. --only 'hsm run' --tasks 5000)",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,

@@ -110,25 +110,27 @@ def plan_completion(
     if tasks is not None:  # `--tasks ''` is a mistake, not "all tasks"
         ranges = parse_task_ranges(tasks)
         check_task_ranges(ranges, store.task_numbers())
-    all_tasks = store.tasks()
-    latest = store.latest_attempts()
+    nums = dict(store.task_nums())
     keys: list[str] = []
     by_state: Counter[str] = Counter()
     need_sources: set[str] = set()
     skipped_failed = 0
-    for t in all_tasks:
-        if ranges is not None and not any(lo <= t.num <= hi for lo, hi in ranges):
+    # Plain rows in task order (no spec, no Attempt per task: a sweep may hold 100,000).
+    rows = sorted(store.latest_rows(), key=lambda r: nums[r[0]])
+    for key, _attempt, state_name, source, _started, _ended in rows:
+        num = nums[key]
+        if ranges is not None and not any(lo <= num <= hi for lo, hi in ranges):
             continue
-        att = latest[t.key]
-        if att.state is TaskState.COMPLETED:
+        state = TaskState(state_name)
+        if state is TaskState.COMPLETED:
             continue
-        if att.state is TaskState.FAILED and not retry_failed:
+        if state is TaskState.FAILED and not retry_failed:
             skipped_failed += 1
             continue
-        keys.append(t.key)
-        by_state[att.state.value] += 1
-        if att.state in REATTACH and att.source:
-            need_sources.add(att.source)
+        keys.append(key)
+        by_state[state.value] += 1
+        if state in REATTACH and source:
+            need_sources.add(source)
     chosen = {s.name for s in specs}
     recorded = {d.get("name"): d for d in store.meta("sources") or [] if isinstance(d, dict)}
     watch_only: list[str] = []

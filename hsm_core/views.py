@@ -456,6 +456,8 @@ class ViewWriter:
             self._note(att)
             self._patch_mapping(att, check=True)
         self._audit_next = hi + 1
+        if self._audit_next > self._audit_end:
+            self._mapping.current = {}  # what the file held: checked, no longer needed
         return True
 
     def _top_num(self) -> int:
