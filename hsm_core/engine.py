@@ -447,6 +447,7 @@ class SweepEngine:
             if handle:
                 # Journaled at once: a job still queued at a crash is found by its id.
                 self._writes.append(_Handle(task.key, attempt, handle))
+                self._events.put_nowait(None)  # wake the loop: it flushes the journal
         except SourceError as exc:
             self._report(TaskEvent(task.key, attempt, TaskState.LOST, src.name, error=str(exc)))
         except Exception as exc:

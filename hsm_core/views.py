@@ -470,6 +470,8 @@ class ViewWriter:
         keys = [r[0] for r in self._db().execute("SELECT key FROM tasks")]
         if not self._mapping.index(keys):
             self._write_mapping()
+        elif self._audit_next > self._audit_end:
+            self._mapping.current = {}  # no audit to come: only the offsets are needed
         self._map_fd = os.open(self._mapping.path, os.O_WRONLY)
         self._map_ok = True
 

@@ -265,7 +265,9 @@ def test_watch_once_while_the_sweep_runs_and_ctrl_c_leaves_it_alone(tmp_path: Pa
 
         def frame() -> str | None:
             proc = hsm("monitor", "watch", "live", "--once", cwd=tmp_path)
+            # Two in flight, both started (ASSIGNED ones show no runtime yet).
             ok = proc.returncode == 0 and "running (2)" in proc.stdout
+            ok = ok and len(re.findall(r"task_00[12]\s+local\s+running\s", proc.stdout)) == 2
             return proc.stdout if ok else None
 
         out = wait_for(
