@@ -1,9 +1,10 @@
 """Cancelling a sweep from outside its orchestrator (`hsm cancel`).
 
-If the orchestrator is alive on this machine it gets SIGTERM and cancels everything it
-started itself (the same path as Ctrl-C). If it is gone, the journal is settled here:
-local tasks still running are killed by process group, and every unsettled attempt is
-marked CANCELLED.
+If a command owns the sweep (its lock is held) and it is that very process on this
+machine (pid + start time + boot id, never a pid alone), it gets SIGTERM and cancels
+everything it started itself (the same path as Ctrl-C). Once nobody owns the sweep, this
+command takes it and settles what is left: local tasks still running are killed by
+process group, and every unsettled attempt is marked CANCELLED.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from hsm_core import ownership
 from hsm_core.errors import HsmError
 from hsm_core.model import TaskEvent, TaskState
-from hsm_core.procs import AgentJournals, pid_alive
+from hsm_core.procs import AgentJournals
 from hsm_core.store import SweepStore
 
 
@@ -28,37 +30,68 @@ class CancelResult:
     killed: int
 
 
-def orchestrator_pid(store: SweepStore) -> int | None:
-    orch = store.meta("orchestrator")
-    if not orch:
-        return None
-    if orch.get("host") != socket.gethostname():
-        raise HsmError(
-            f"the sweep is run by pid {orch.get('pid')} on {orch.get('host')}",
-            f"run `hsm cancel` on {orch.get('host')}",
-        )
-    pid = int(orch["pid"])
-    return pid if pid_alive(pid) else None
-
-
 def cancel_sweep(store: SweepStore, timeout_s: float = 60.0) -> CancelResult:
-    pid = orchestrator_pid(store)
-    if pid is not None:
+    via = False
+    try:
+        lock = ownership.acquire(store.sweep_dir)
+    except ownership.SweepBusy as busy:
+        _stop_owner(store, busy.owner, timeout_s)
+        via = True
+        lock = ownership.acquire(store.sweep_dir)  # a newcomer meanwhile: SweepBusy
+    with lock:
+        res = _settle_offline(store)
+    if via:
+        counts = store.counts()
+        return CancelResult(True, counts.get(TaskState.CANCELLED, 0), res.killed)
+    return res
+
+
+def _stop_owner(store: SweepStore, owner: ownership.Owner, timeout_s: float) -> None:
+    """SIGTERM to the process that owns the sweep, then wait until it lets go."""
+    where = store.sweep_dir
+    if owner.pid is None:
+        raise HsmError(
+            f"sweep {where} is in use by a command that has not written its name yet",
+            "run `hsm cancel` again in a moment",
+        )
+    if not owner.on_this_host():
+        raise HsmError(
+            f"the sweep is run by pid {owner.pid} on {owner.host}",
+            f"run `hsm cancel` on {owner.host}",
+        )
+    if not owner.alive_here():
+        # The lock is held, but not by the process its record names: signal nobody.
+        raise HsmError(
+            f"sweep {where} is in use, but not by pid {owner.pid} as recorded",
+            f"find its owner with `fuser {where / ownership.LOCK_NAME}`",
+        )
+    pid = int(owner.pid)
+    try:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if store.meta("orchestrator") is None or not pid_alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            raise HsmError(
-                f"the orchestrator (pid {pid}) did not stop within {timeout_s:.0f} s",
-                f"check it with `ps -p {pid}`; `kill -9 {pid}` then `hsm cancel` again",
-            )
-        if store.meta("orchestrator") is None:
-            counts = store.counts()
-            return CancelResult(True, counts.get(TaskState.CANCELLED, 0), 0)
-    return _settle_offline(store)
+    except PermissionError:
+        raise HsmError(
+            f"not allowed to stop pid {owner.pid} ({owner.command})",
+            "run `hsm cancel` as the user who started the sweep",
+        ) from None
+    except ProcessLookupError:
+        return  # it ended on its own meanwhile
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _still_owned_by(where, owner):
+            return
+        time.sleep(0.1)
+    raise HsmError(
+        f"the orchestrator (pid {pid}) did not stop within {timeout_s:.0f} s",
+        f"check it with `ps -p {pid}`; `kill -9 {pid}` then `hsm cancel` again",
+    )
+
+
+def _still_owned_by(sweep_dir: Path, owner: ownership.Owner) -> bool:
+    try:
+        now = ownership.holder(sweep_dir)
+    except LookupError:
+        return owner.alive_here()
+    return now is not None and now.pid == owner.pid and now.start == owner.start
 
 
 def _settle_offline(store: SweepStore) -> CancelResult:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hsm_core.errors import ConfigError, HsmError
+from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.store import SweepStore
 
@@ -96,16 +96,8 @@ def plan_completion(
     tasks: str | None = None,
     retry_failed: bool = False,
 ) -> CompletionPlan:
-    orch = store.meta("orchestrator")
-    if orch:
-        from hsm_core.cancel import orchestrator_pid
-
-        pid = orchestrator_pid(store)
-        if pid is not None:
-            raise HsmError(
-                f"sweep {store.sweep_id} is still running (pid {pid})",
-                f"wait for it, or stop it with `hsm cancel {store.sweep_dir}`",
-            )
+    """What a completion would run. Only meaningful to act on while owning the sweep
+    (ownership.acquire): another orchestrator would be running the same tasks."""
     ranges = None
     if tasks is not None:  # `--tasks ''` is a mistake, not "all tasks"
         ranges = parse_task_ranges(tasks)

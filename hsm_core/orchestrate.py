@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol
 
+from hsm_core import ownership
 from hsm_core.engine import SweepEngine
 from hsm_core.health import HealthSettings
 from hsm_core.logs import SweepLogs
@@ -27,6 +28,7 @@ from hsm_core.sources.base import ComputeSource, SweepContext
 from hsm_core.store import SweepStore
 
 Progress = Callable[[SweepEngine], None]
+P = ParamSpec("P")
 
 
 class Observer(Protocol):
@@ -78,6 +80,25 @@ def context_for(store: SweepStore, python: str | None = None) -> SweepContext:
     )
 
 
+def _owning(
+    run: Callable[Concatenate[SweepStore, P], Coroutine[Any, Any, RunOutcome]],
+) -> Callable[Concatenate[SweepStore, P], Coroutine[Any, Any, RunOutcome]]:
+    """The caller owns the sweep folder (ownership.acquire) from before it read the
+    journal to decide what to run; a caller that does not gets it here, or SweepBusy."""
+
+    @functools.wraps(run)
+    async def owned(store: SweepStore, *args: P.args, **kwargs: P.kwargs) -> RunOutcome:
+        own = None if ownership.held_here(store.sweep_dir) else ownership.acquire(store.sweep_dir)
+        try:
+            return await run(store, *args, **kwargs)
+        finally:
+            if own is not None:
+                own.release()
+
+    return owned
+
+
+@_owning
 async def run_sweep(
     store: SweepStore,
     ctx: SweepContext,
@@ -97,6 +118,8 @@ async def run_sweep(
     launcher's fork source); otherwise they are built from `specs`. `notify` gets the
     lines to show at once about sources that could not start or joined late (they go to
     logs/health_status.log anyway, and so to the terminal of a CLI run).
+
+    It runs as the owner of the sweep folder (see `_owning`).
     """
     _fast_child_watcher()
     built = list(sources) if sources is not None else [make_source(s, ctx) for s in specs]
@@ -113,10 +136,9 @@ async def run_sweep(
         require_all=opts.require_all_sources,
         notify=notify,
     )
-    store.set_meta(
-        "orchestrator",
-        {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()},
-    )
+    # For display and for `hsm cancel`'s signal: pid + start time + boot id, so that a
+    # process given the same pid later is never taken for this one. (Liveness: the lock.)
+    store.set_meta("orchestrator", ownership.Owner.here().to_json())
     # Keep every source the sweep ever ran on: `hsm complete` re-attaches through them.
     recorded = {d.get("name"): d for d in store.meta("sources") or [] if isinstance(d, dict)}
     for spec in specs:

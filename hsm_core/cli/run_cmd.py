@@ -123,28 +123,50 @@ def _execute(
     retries: int,
     health: dict[str, Any],
 ) -> int:
-    from hsm_core.orchestrate import RunOptions, context_for, run_sweep
+    from hsm_core.ownership import acquire
     from hsm_core.store import SweepStore
-    from hsm_core.sweeps import OUTPUTS, new_sweep_id, register
+    from hsm_core.sweeps import OUTPUTS, new_sweep_id
 
     sweep_id = args.sweep_id or new_sweep_id()
     sweep_dir = (args.output_dir or (root / OUTPUTS / sweep_id)).resolve()
-    if SweepStore.exists(sweep_dir):
-        raise HsmError(
-            f"{sweep_dir} already holds a sweep",
-            f"use `hsm complete {sweep_dir}` to finish it, or another --output-dir",
-        )
     made = not sweep_dir.exists()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # The folder's owner from before the journal exists: of two `hsm run --sweep-id X`
+    # started together, one builds the sweep and the other is told who does.
+    lock = acquire(sweep_dir, make_dir=True)
     try:
-        store = _create(args, root, definition, tasks, sweep_id, sweep_dir)
-    except BaseException:
-        # Ctrl-C while a big sweep is stored: no half-made sweep folder is left behind.
-        if made:
-            shutil.rmtree(sweep_dir, ignore_errors=True)
-        raise
+        if SweepStore.exists(sweep_dir):
+            raise HsmError(
+                f"{sweep_dir} already holds a sweep",
+                f"use `hsm complete {sweep_dir}` to finish it, or another --output-dir",
+            )
+        try:
+            store = _create(args, root, definition, tasks, sweep_id, sweep_dir)
+        except BaseException:
+            # Ctrl-C while a big sweep is stored: no half-made sweep folder is left behind.
+            _remove_unbegun(sweep_dir, made)
+            raise
+        return _run_created(args, store, sweep_dir, made, count, specs, strategy, retries, health)
+    finally:
+        lock.release()
+
+
+def _run_created(
+    args: argparse.Namespace,
+    store: Any,
+    sweep_dir: Path,
+    made: bool,
+    count: int,
+    specs: list[SourceSpec],
+    strategy: str,
+    retries: int,
+    health: dict[str, Any],
+) -> int:
+    from hsm_core.orchestrate import RunOptions, context_for, run_sweep
+    from hsm_core.sweeps import register
+
+    sweep_id = store.sweep_id
     try:
-        register(sweep_id, sweep_dir, root)
+        register(sweep_id, sweep_dir, args.project_root.resolve())
         ctx = context_for(store)
         opts = RunOptions(
             strategy=strategy,
@@ -167,7 +189,7 @@ def _execute(
             # before any task was placed: leave no sweep behind that never began.
             if not store.events():
                 store.close()
-                shutil.rmtree(sweep_dir, ignore_errors=True)
+                _remove_unbegun(sweep_dir, made)
             raise
         render.summary(store, outcome)
         return 0 if outcome.ok else (130 if outcome.cancelled else 1)
@@ -199,3 +221,15 @@ def _create(
         tasks=tasks,
         task_views=False,  # the engine writes the task folders while the first tasks run
     )
+
+
+def _remove_unbegun(sweep_dir: Path, made: bool) -> None:
+    """A folder this run made goes whole; in one that was there before (--output-dir),
+    only the journal goes, so that the folder holds no sweep and nothing else is lost."""
+    if made:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        return
+    from hsm_core.store import DB_NAME
+
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        (sweep_dir / name).unlink(missing_ok=True)

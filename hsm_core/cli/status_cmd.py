@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hsm_core.cli import render
 from hsm_core.model import NOT_PLACED, TaskState
@@ -104,8 +104,9 @@ def _show(store: SweepStore, args: argparse.Namespace) -> int:
     for per in by_source.values():
         for state, n in per.items():
             counts[TaskState(state)] = counts.get(TaskState(state), 0) + n
-    orch = store.meta("orchestrator")
-    active = bool(orch) and _alive(orch)
+    from hsm_core.ownership import running
+
+    active = running(store.sweep_dir, store.meta("orchestrator"))
     if args.json:
         doc = {
             "id": store.sweep_id,
@@ -133,16 +134,3 @@ def _show(store: SweepStore, args: argparse.Namespace) -> int:
             )
     con.print(f"folder: {escape(str(store.sweep_dir))}", soft_wrap=True)
     return 0
-
-
-def _alive(orch: dict[str, Any]) -> bool:
-    import socket
-
-    from hsm_core.procs import pid_alive
-
-    if orch.get("host") != socket.gethostname():
-        return True  # cannot tell from here; trust the journal
-    try:
-        return pid_alive(int(orch["pid"]))
-    except (ValueError, KeyError, TypeError):
-        return False

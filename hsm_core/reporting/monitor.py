@@ -8,7 +8,6 @@ terminal while the orchestrator writes (SQLite WAL: readers never block the writ
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import time
 from collections import Counter
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.model import NOT_PLACED, TaskState
-from hsm_core.procs import pid_alive
 from hsm_core.reporting.errors_analysis import classify
 from hsm_core.reporting.failures import attempt_logs, read_tail
 from hsm_core.reporting.sweepdata import source_slots
@@ -108,17 +106,11 @@ class Frame(_Tally):
         return self.counts.get(TaskState.FAILED, 0) + self.counts.get(TaskState.LOST, 0)
 
 
-def orchestrator_active(orch: Any) -> bool:
-    """Is the run that owns this sweep still alive? On another host we cannot tell, so
-    the journal's word stands."""
-    if not isinstance(orch, dict) or not orch:
-        return False
-    if orch.get("host") != socket.gethostname():
-        return True
-    try:
-        return pid_alive(int(orch["pid"]))
-    except (KeyError, TypeError, ValueError):
-        return False
+def orchestrator_active(sweep_dir: Path, orch: Any) -> bool:
+    """Is a command running this sweep? Its lock says (ownership.running)."""
+    from hsm_core.ownership import running
+
+    return running(sweep_dir, orch)
 
 
 def eta(
@@ -197,7 +189,7 @@ def snapshot(store: SweepStore, *, max_running: int = 12, max_failures: int = 6)
         SourceLine(name, slots.get(name), per_source[name])
         for name in sorted(per_source, key=lambda n: (n == NOT_PLACED, n))
     ]
-    active = orchestrator_active(meta.get("orchestrator"))
+    active = orchestrator_active(store.sweep_dir, meta.get("orchestrator"))
 
     def name_of(key: str) -> str:
         try:

@@ -68,7 +68,12 @@ class SweepData:
 
     @property
     def active(self) -> bool:
-        return bool(self.meta.get("orchestrator"))
+        """A command runs the sweep: it says so in the journal and holds its lock (a
+        killed one leaves the first, never the second)."""
+        from hsm_core.ownership import running
+
+        orch = self.meta.get("orchestrator")
+        return bool(orch) and running(self.sweep_dir, orch)
 
 
 def load_sweep(store: SweepStore) -> SweepData:

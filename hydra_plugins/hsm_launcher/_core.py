@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ class _Launch:
         self.hydra_context = launcher.hydra_context
         self.task_function = launcher.task_function
         self.jobs = [Job(n, list(o), hydra_task_key(n, o)) for n, o in jobs]
+        self.lock: Any = None
         self._t0 = time.perf_counter()
 
     def _mark(self, phase: str) -> None:
@@ -108,12 +110,18 @@ class _Launch:
         log.debug("launch: %s at %.3f s (this process: %.2f CPU-s)", phase, wall, cpu)
 
     def run(self) -> list[JobReturn]:
-        setup = self._prepare()
         try:
-            return self._run(setup)
+            setup = self._prepare()
+            try:
+                return self._run(setup)
+            finally:
+                if setup.server is not None:
+                    setup.server.close()
         finally:
-            if setup.server is not None:
-                setup.server.close()
+            if self.lock is not None:
+                # Kept by this process, idle: the sweeper's next batch takes it over at
+                # once, while no other command can start on the sweep in between.
+                self.lock.release(keep=True)
 
     # ------------------------------------------------------------- set-up
     def _prepare(self) -> _Setup:
@@ -126,7 +134,8 @@ class _Launch:
         root = project_root_for(cwd)
         resolved = resolve(settings, root)
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything is written there: one owner per sweep folder (SweepBusy).
+        self.lock = hold(self.launcher, sweep_dir)
         where = ", ".join(f"{s.name}:{s.max_parallel}" for s in resolved.specs)
         log.info(f"Launching {len(self.jobs)} jobs with hsm on {where}")
         for job in self.jobs:
@@ -337,6 +346,19 @@ class _Launch:
         configs = [s.composer.compose(j.overrides) if s.remote else None for j in self.jobs]
         rel = _relative(s.script, s.project_root)
         return _tasks.payload_writer(store, self.jobs, tasks, s.sweep_file, configs, s.script, rel)
+
+
+def hold(launcher: Any, sweep_dir: Path) -> Any:
+    """This process's lock on the sweep folder, until the launcher is collected (end of
+    the multirun) or the process ends: never between two batches of one sweeper."""
+    from hsm_core import ownership
+
+    lock = ownership.acquire(sweep_dir, make_dir=True)
+    held = launcher.__dict__.setdefault("_hsm_locks", {})
+    if held.get(str(sweep_dir)) is not lock:
+        held[str(sweep_dir)] = lock
+        weakref.finalize(launcher, lock.release)
+    return lock
 
 
 def _script_dir(task_function: Any) -> Path:

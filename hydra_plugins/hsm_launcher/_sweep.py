@@ -65,6 +65,33 @@ def _sweep(sw: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         else:
             _move_sweep_dir(config, previous)
             sweep_dir = previous
+    launcher = sw.launcher
+    hsm_launcher = hasattr(launcher, "launch_numbered")
+    # Owned before the journal is read for the plan, and for the whole multirun: the
+    # launcher takes the lock over for each batch (same process), nobody else can.
+    lock = _own(launcher, sweep_dir) if hsm_launcher else None
+    try:
+        return _run_plan(sw, config, all_jobs, sweep_dir, hsm_launcher)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _own(launcher: Any, sweep_dir: Path) -> Any:
+    from hydra_plugins.hsm_launcher._core import hold
+
+    lock = hold(launcher, sweep_dir)
+    lock.release(keep=True)  # idle: the launcher's batches take it over
+    return lock
+
+
+def _run_plan(
+    sw: Any,
+    config: DictConfig,
+    all_jobs: list[list[str]],
+    sweep_dir: Path,
+    hsm_launcher: bool,
+) -> list[Sequence[JobReturn]]:
     plan = _plan(all_jobs, sweep_dir, _resumable(sw, sweep_dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
@@ -74,7 +101,6 @@ def _sweep(sw: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
             f"{len(plan.jobs)} to run"
         )
     launcher = sw.launcher
-    hsm_launcher = hasattr(launcher, "launch_numbered")
     if plan.jobs and not hsm_launcher:
         sw.validate_batch_is_legal([plan.jobs[0][1]])
     returns: list[Sequence[JobReturn]] = []

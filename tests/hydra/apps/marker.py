@@ -1,0 +1,40 @@
+"""Proves how often each job finished: after `sleep` seconds it appends its x to `log`
+(O_APPEND: lines of concurrent jobs never mix). `linger`: seconds the job process still
+takes after the job returned (a log handler slow to close), a window to cancel it in."""
+
+import logging
+import os
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+
+class _SlowClose(logging.Handler):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        time.sleep(self.seconds)
+        super().close()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="marker")
+def main(cfg: DictConfig) -> int:
+    time.sleep(float(cfg.sleep))
+    fd = os.open(str(cfg.log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{cfg.x}\n".encode())
+    finally:
+        os.close(fd)
+    if cfg.linger:
+        logging.getLogger().addHandler(_SlowClose(float(cfg.linger)))
+    return int(cfg.x)
+
+
+if __name__ == "__main__":
+    main()

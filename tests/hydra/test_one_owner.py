@@ -1,0 +1,142 @@
+"""One owner per Hydra sweep dir, and interrupts under any sweeper: a real Hydra app
+(apps/marker.py) run as a subprocess. Each job appends its x to a log when it finishes,
+so a job that finished twice shows up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hsm_core.ownership import holder
+from hsm_core.store import SweepStore
+from tests.helpers import wait_for
+from tests.hydra.util import APPS, run_app, start_app
+from tests.sweep_utils import hsm, hsm_popen
+
+MARKER = APPS / "marker.py"
+
+
+def _args(log: Path, n: int, sleep: float, sweeper: str, *extra: str) -> list[str]:
+    return [
+        "hydra/launcher=hsm",
+        f"hydra/sweeper={sweeper}",
+        "hydra.launcher.sources=local:2",
+        "hydra.launcher.progress=false",
+        f"x=range({n})",
+        f"sleep={sleep}",
+        f"log={log}",
+        *extra,
+    ]
+
+
+def _finished(log: Path) -> Counter[str]:
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+def _owned(sweep: Path) -> bool:
+    try:
+        return holder(sweep) is not None
+    except LookupError:
+        return False
+
+
+def _refused(res: subprocess.CompletedProcess[str], owner_pid: int) -> None:
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out, out
+    assert f"is in use by pid {owner_pid} on " in out and "hsm cancel" in out, out
+
+
+@pytest.mark.parametrize("sweeper", ["basic", "hsm"])
+def test_the_same_multirun_twice_on_one_sweep_dir(tmp_path: Path, sweeper: str) -> None:
+    """Before: every job ran twice (basic sweeper: 16 of 16; hsm sweeper: 16 of 16)."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    args = _args(log, 6, 1.0, sweeper)
+    first = start_app(MARKER, args, sweep_dir=sweep)
+    try:
+        wait_for(lambda: _owned(sweep), timeout=60, message="the first owns the sweep")
+        second = run_app(MARKER, args, sweep_dir=sweep)
+        _refused(second, first.pid)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert _finished(log) == Counter({str(x): 1 for x in range(6)})
+    store = SweepStore.open(sweep, readonly=True)
+    assert all(len(store.attempts(t.key)) == 1 for t in store.tasks())
+
+
+def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None:
+    """`hsm complete D` while the multirun runs, and the multirun while `hsm complete D`
+    runs: the second comer is refused, nothing runs twice."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    args = _args(log, 6, 1.5, "hsm")
+    first = start_app(MARKER, args, sweep_dir=sweep)
+    try:
+        wait_for(
+            lambda: _owned(sweep) and (sweep / "sweep.db").exists(),
+            timeout=60,
+            message="the multirun owns the sweep",
+        )
+        busy = hsm("complete", str(sweep), cwd=tmp_path)
+        _refused(busy, first.pid)
+        wait_for(lambda: len(_finished(log)) >= 2, timeout=60)
+        os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=60)
+        assert first.returncode == 130
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    completing = hsm_popen("complete", str(sweep), "-s", "local:2", cwd=tmp_path)
+    try:
+        wait_for(lambda: _owned(sweep), timeout=60, message="hsm complete owns the sweep")
+        again = run_app(MARKER, args, sweep_dir=sweep)
+        _refused(again, completing.pid)
+        out, err = completing.communicate(timeout=120)
+        assert completing.returncode == 0, out + err
+    finally:
+        if completing.poll() is None:
+            completing.kill()
+            completing.wait()
+    assert _finished(log) == Counter({str(x): 1 for x in range(6)})
+
+
+def test_batches_of_a_sweeper_keep_the_sweep_owned_between_them(tmp_path: Path) -> None:
+    """Hydra's basic sweeper with max_batch_size calls the launcher once per batch: the
+    sweep stays owned from the first batch to the end, never free in between."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    args = _args(log, 6, 0.3, "basic", "hydra.sweeper.max_batch_size=2")
+    proc = start_app(MARKER, args, sweep_dir=sweep)
+    samples: list[bool] = []  # owned or not, from the first time it is owned
+
+    def watch() -> None:
+        while proc.poll() is None:
+            owned = _owned(sweep)
+            if owned or samples:
+                samples.append(owned)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        watcher.join()
+    assert proc.returncode == 0, err
+    assert samples and samples[0]
+    # Free once the multirun is over, never free and then owned again (between batches).
+    first_free = samples.index(False) if False in samples else len(samples)
+    assert all(not owned for owned in samples[first_free:]), samples
+    assert _finished(log) == Counter({str(x): 1 for x in range(6)})
