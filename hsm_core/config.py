@@ -112,6 +112,13 @@ def parse_config(data: Any, where: str, path: Path | None = None) -> HsmConfig:
     return HsmConfig(path, sources, health, strategy, retries, require_all)
 
 
+def check_at_least(value: Any, minimum: float, key: str, what: str = "a whole number") -> Any:
+    """A numeric flag's value, or one clear line (`--max-parallel 0` would wait forever)."""
+    if value is not None and not value >= minimum:
+        raise ConfigError(f"must be {what} >= {minimum:g}, not {value:g}", key=key)
+    return value
+
+
 def check_strategy(strategy: Any, where: str, key: str) -> str:
     if strategy not in STRATEGIES:
         raise ConfigError(

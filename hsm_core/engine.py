@@ -92,6 +92,9 @@ class SweepEngine:
         self.sources = {s.name: s for s in sources}
         if not self.sources:
             raise HsmError("no compute source to run on", "pass --sources, e.g. local:4")
+        if max_parallel is not None and max_parallel < 1:
+            # 0 would place nothing and wait forever.
+            raise HsmError(f"max_parallel must be >= 1, not {max_parallel}", "or leave it unset")
         self.placer = Placer(strategy, seed)
         self.max_retries = max_retries
         self.max_parallel = max_parallel

@@ -113,8 +113,8 @@ async def run_sweep(
 ) -> RunOutcome:
     """Run the engine until every selected task is settled (or the run is cancelled).
 
-    SIGINT/SIGTERM cancel the run cleanly: every source kills what it started and the
-    store ends consistent. `sources` lets a caller pass ready-made sources (the Hydra
+    SIGINT/SIGTERM/SIGHUP cancel the run cleanly: every source kills what it started and
+    the store ends consistent. `sources` lets a caller pass ready-made sources (the Hydra
     launcher's fork source); otherwise they are built from `specs`. `notify` gets the
     lines to show at once about sources that could not start or joined late (they go to
     logs/health_status.log anyway, and so to the terminal of a CLI run).
@@ -157,7 +157,8 @@ async def run_sweep(
 
     installed: list[signal.Signals] = []
     if handle_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal closed; stop as cleanly as on Ctrl-C, with the summary.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, on_signal)
                 installed.append(sig)

@@ -13,9 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hsm_core.cancel import cancel_sweep
+    from hsm_core.config import check_at_least
     from hsm_core.store import SweepStore
     from hsm_core.sweeps import find_sweep
 
+    check_at_least(args.timeout, 0.1, "--timeout", "a number of seconds")
     folder = find_sweep(args.sweep)
     store = SweepStore.open(folder)
     sweep_id = store.sweep_id

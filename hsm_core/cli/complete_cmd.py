@@ -37,9 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hsm_core import ownership
+    from hsm_core.config import check_at_least
     from hsm_core.store import SweepStore
     from hsm_core.sweeps import find_sweep
 
+    check_at_least(args.max_parallel, 1, "--max-parallel")
+    check_at_least(args.max_retries, 0, "--max-retries")
     path = find_sweep(args.sweep)
     # Owned before the journal is read: what to run must not change under us (a second
     # `hsm complete`, a Hydra launcher, an `hsm run` still going). A dry run only looks.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hsm_core import job_output
 from hsm_core.cli import render
-from hsm_core.config import check_strategy, load_config, parse_sources
+from hsm_core.config import check_at_least, check_strategy, load_config, parse_sources
 from hsm_core.errors import ConfigError, HsmError
 from hsm_core.strategies import STRATEGIES
 
@@ -71,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hsm_core.sweepfile import TaskStream, load_sweep_file
 
+    check_at_least(args.max_parallel, 1, "--max-parallel")
     root = args.project_root.resolve()
     if args.max_tasks is not None and args.max_tasks < 1:
         raise ConfigError("must be a whole number >= 1", key="--max-tasks")

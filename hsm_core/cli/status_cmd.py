@@ -31,9 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hsm_core.config import check_at_least
     from hsm_core.store import SweepStore
     from hsm_core.sweeps import find_sweep
 
+    check_at_least(args.limit, 1, "--limit")
     if not args.sweep:
         return _list(args)
     path = find_sweep(args.sweep)

@@ -234,10 +234,16 @@ class ForkSource(ComputeSource):
     def _finish(self, job: _Job, status: int) -> None:
         task_dir = self.ctx.task_dir(job.task)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        if job.stopping is not None:
-            self._settle(job, job.stopping, job.reason, code)
-            return
         worker = taskdir.read_worker_record(task_dir)
+        if job.stopping is not None:
+            if taskdir.exit_code_of(worker) == 0:
+                # hsm's worker recorded the job as returned before our cancel or timeout
+                # reached its process on the way out: that kill is ours, not the job's
+                # outcome, and calling it cancelled would run a finished job again.
+                self._settle(job, TaskState.COMPLETED, None, 0)
+            else:
+                self._settle(job, job.stopping, job.reason, code)
+            return
         if worker is None and code == EXIT_CANCELLED:
             self._settle(job, TaskState.CANCELLED, "cancelled before it started", code)
             return

@@ -56,16 +56,53 @@ class LauncherError(CompactHydraException):
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) cancelled the jobs; the store is settled."""
+    """Ctrl-C (or SIGTERM, SIGHUP, `hsm cancel`) cancelled the jobs; the store is settled."""
+
+    def __init__(self, sweep_dir: Path, returns: list[JobReturn], hint: str) -> None:
+        super().__init__(hint)
+        self.sweep_dir = sweep_dir
+        self.returns = returns
+        self.hint = hint  # what finishes the sweep under the sweeper that called us
 
 
-def launch(launcher: Any, jobs: Sequence[tuple[int, list[str]]]) -> list[JobReturn]:
+def launch(
+    launcher: Any, jobs: Sequence[tuple[int, list[str]]], *, summary: bool = True
+) -> list[JobReturn]:
+    """Run the jobs. Cancelled under any sweeper but hsm's (`summary`): print the summary
+    and exit 130, as the hsm sweeper does; Hydra's and other sweepers would let the
+    interrupt end in a traceback. The hsm sweeper (`summary=False`) gets SweepInterrupted
+    and sums up the whole sweep itself."""
     if not jobs:
         return []
     try:
         return _Launch(launcher, jobs).run()
     except HsmError as exc:
         raise LauncherError(str(exc)) from None
+    except SweepInterrupted as exc:
+        if not summary:
+            raise
+        _interrupted(exc, jobs)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        if not summary:
+            raise
+        print("hsm: interrupted before the jobs started; nothing ran", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _interrupted(exc: SweepInterrupted, jobs: Sequence[tuple[int, list[str]]]) -> None:
+    from hydra_plugins.hsm_launcher import _summary
+    from hydra_plugins.hsm_launcher._sweep import Plan
+
+    batch = [(n, list(o)) for n, o in jobs]
+    _summary.report(
+        exc.sweep_dir,
+        [o for _, o in batch],
+        Plan(batch),
+        [],  # the journal says how each job ended, as for the hsm sweeper
+        True,
+        resume=exc.hint,
+    )
 
 
 @dataclass
@@ -335,7 +372,7 @@ class _Launch:
 
             sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
             hint = launch_interrupted_hint(s.sweep_dir, sweeper, s.sweep_file is not None)
-            raise SweepInterrupted(hint)
+            raise SweepInterrupted(s.sweep_dir, results, hint)
         return results
 
     def _payload_writer(self, s: _Setup, store: Any, tasks: Sequence[Any]) -> Any:

@@ -56,8 +56,10 @@ def report(
     plan: Any,
     returns: Sequence[JobReturn],
     interrupted: bool,
+    resume: str | None = None,
 ) -> int:
-    """Print the summary; return how many jobs of this sweep did not complete."""
+    """Print the summary; return how many jobs of this sweep did not complete. `resume`:
+    what finishes the sweep, when not the hsm sweeper's own `resume_hint`."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -122,8 +124,9 @@ def report(
         if len(bad) > MAX_LISTED:
             con.print(f"  ... and {len(bad) - MAX_LISTED} more (hsm status {sweep_dir})")
     if bad:
+        text = resume if resume is not None else resume_hint(sweep_dir, len(bad), interrupted)
         # soft_wrap: a command cut across lines cannot be pasted
-        con.print(escape(resume_hint(sweep_dir, len(bad), interrupted)), soft_wrap=True)
+        con.print(escape(text), soft_wrap=True)
     return len(bad)
 
 

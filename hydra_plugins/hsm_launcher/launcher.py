@@ -42,4 +42,4 @@ class HsmLauncher(Launcher):
         """Run jobs whose numbers need not be consecutive (the hsm sweeper's resume)."""
         from hydra_plugins.hsm_launcher._core import launch
 
-        return launch(self, [(n, list(o)) for n, o in jobs])
+        return launch(self, [(n, list(o)) for n, o in jobs], summary=False)

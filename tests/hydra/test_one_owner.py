@@ -110,6 +110,48 @@ def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None
     assert _finished(log) == Counter({str(x): 1 for x in range(6)})
 
 
+@pytest.mark.parametrize("how", ["INT", "TERM", "HUP", "hsm cancel"])
+def test_interrupt_under_the_basic_sweeper_prints_the_summary_and_exits_130(
+    tmp_path: Path, how: str
+) -> None:
+    """Before: INT and TERM printed a 30-line SweepInterrupted traceback and exited 1;
+    HUP exited 129 with no summary."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    proc = start_app(MARKER, _args(log, 8, 1.0, "basic"), sweep_dir=sweep)
+    try:
+        wait_for(lambda: len(_finished(log)) >= 2, timeout=60, message="two jobs done")
+        if how == "hsm cancel":
+            res = hsm("cancel", str(sweep), cwd=tmp_path)
+            assert res.returncode == 0 and "orchestrator stopped" in res.stdout, res.stderr
+        elif how == "INT":
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
+        else:
+            os.kill(proc.pid, getattr(signal, f"SIG{how}"))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in out + err and "SweepInterrupted" not in out + err
+    assert "hsm sweep: 8 jobs:" in out and "cancelled" in out
+    assert f"hsm complete {sweep}" in out  # what finishes it
+    store = SweepStore.open(sweep, readonly=True)
+    states = {a.state.value for a in store.latest_attempts().values()}
+    assert states <= {"COMPLETED", "CANCELLED"}, states
+    store.close()
+    done = hsm("complete", str(sweep), "-s", "local:2", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # A job cancelled after its last line but before it returned runs again (it did not
+    # finish); nothing runs after it completed, and no attempt runs twice.
+    store = SweepStore.open(sweep, readonly=True)
+    finished = _finished(log)
+    for task in store.tasks():
+        attempts = store.attempts(task.key)
+        assert attempts[-1].state.value == "COMPLETED", attempts
+        assert 1 <= finished[str(task.params["x"])] <= len(attempts), (task.params, attempts)
+
+
 def test_batches_of_a_sweeper_keep_the_sweep_owned_between_them(tmp_path: Path) -> None:
     """Hydra's basic sweeper with max_batch_size calls the launcher once per batch: the
     sweep stays owned from the first batch to the end, never free in between."""
@@ -140,3 +182,26 @@ def test_batches_of_a_sweeper_keep_the_sweep_owned_between_them(tmp_path: Path) 
     first_free = samples.index(False) if False in samples else len(samples)
     assert all(not owned for owned in samples[first_free:]), samples
     assert _finished(log) == Counter({str(x): 1 for x in range(6)})
+
+
+def test_a_job_cancelled_after_it_finished_is_completed_not_run_again(tmp_path: Path) -> None:
+    """The job returned and its result is written; Ctrl-C reaches it while its process
+    ends. Before: CANCELLED, and run a second time by `hsm complete`."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    proc = start_app(MARKER, _args(log, 1, 0, "hsm", "linger=20"), sweep_dir=sweep)
+    result = sweep / "tasks" / "task_001" / "result.json"
+    try:
+        wait_for(result.exists, timeout=60, message="the job returned")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    store = SweepStore.open(sweep, readonly=True)
+    assert [a.state.value for a in store.latest_attempts().values()] == ["COMPLETED"]
+    store.close()
+    again = hsm("complete", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to complete" in again.stdout
+    assert _finished(log) == Counter({"0": 1})

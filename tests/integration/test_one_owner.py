@@ -5,6 +5,7 @@ by appending a line to a shared file (O_APPEND: lines never mix)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -173,3 +174,48 @@ def test_status_and_monitor_read_while_the_owner_runs(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+def test_sighup_ends_hsm_run_like_sigterm(tmp_path: Path) -> None:
+    """A closed terminal. Before: exit 129, no summary, tasks left RUNNING."""
+    sweep = _sweep_file(tmp_path, 10, 30)
+    proc = subprocess.Popen(
+        [PY, "-m", "hsm_core.cli.main", "run", "-c", str(sweep), "-s", "local:2",
+         "--sweep-id", "hup"],
+        cwd=tmp_path,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / ".state"), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_for(lambda: len(_runs(tmp_path)) >= 2, timeout=60)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "cancelled" in out and "Traceback" not in err
+    store = SweepStore.open(tmp_path / "sweeps" / "outputs" / "hup", readonly=True)
+    assert store.counts() == {TaskState.CANCELLED: 10}
+    assert store.meta("orchestrator") is None
+
+
+def test_invalid_numbers_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    """`--max-parallel 0` used to wait forever."""
+    sweep = _sweep_file(tmp_path, 2, 0)
+    _pending_sweep(tmp_path, 2, 0)
+    for args in (
+        ["run", "-c", str(sweep), "--max-parallel", "0", "--sweep-id", "z"],
+        ["run", "-c", str(sweep), "--max-parallel", "-1", "--sweep-id", "z"],
+        ["complete", "s", "--max-parallel", "0"],
+        ["complete", "s", "--max-parallel", "-1"],
+        ["complete", "s", "--max-retries", "-1"],
+        ["cancel", "s", "--timeout", "0"],
+        ["status", "--limit", "0"],
+    ):
+        res = hsm(*args, cwd=tmp_path)
+        flag = next(a for a in args if a.startswith("--max") or a in ("--timeout", "--limit"))
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and flag in lines[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "sweeps" / "outputs" / "z").exists()
+    assert _runs(tmp_path) == Counter()
