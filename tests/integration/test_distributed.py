@@ -24,7 +24,7 @@ from hsm_core.model import TaskState
 from hsm_core.store import SweepStore
 from tests.integration.ssh_support import FAST_SSH, make_project, ssh_entry
 from tests.services import SlurmEnv, SshEnv
-from tests.sweep_utils import PY, hsm, wait_for
+from tests.sweep_utils import PY, hsm, hsm_popen, wait_for
 
 
 @pytest.fixture
@@ -135,54 +135,85 @@ def test_sweep_started_on_ssh_is_completed_on_local(
     assert all(runs[i] == 1 for i in completed_on_h1)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_orchestrator_sigkilled_at_random_moments_then_completed(
+@pytest.mark.parametrize(
+    "seed", [int(x) for x in os.environ.get("HSM_STRESS_SEEDS", "1,2,3").split(",")]
+)
+def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, seed: int
 ) -> None:
-    """SIGKILL `hsm run`, then `hsm complete` twice more, each at a random moment; a last
-    `hsm complete` finishes. Every task COMPLETED, and ran exactly once."""
-    n = 18
+    """The kill harness, as a hostile user runs it: `hsm run` SIGKILLed at a random
+    moment; then twice over two `hsm complete` started together, and whichever owns the
+    sweep SIGKILLed at a random moment; then a last pair that finishes. Every task runs
+    exactly once (its own side effect says so), wherever it ran; the second of a pair is
+    refused (exit 2, naming the owner) or finds nothing left to do."""
+    n = 24
     project = _project(
         tmp_path,
         shared_dir,
         n,
-        0.6,
+        0.8,
         {"h1": ssh_entry(ssh_env, "h1"), "h2": ssh_entry(ssh_env, "h2")},
     )
     rng = random.Random(seed)
     sources = "local:2,ssh:h1:2,ssh:h2:2"
-    commands = [
-        ["run", "-c", "sweep.yaml", "-s", sources, "--sweep-id", "crash"],
-        ["complete", "crash", "-s", sources],
-        ["complete", "crash", "-s", sources],
+    complete = ["complete", "crash", "-s", sources]
+    steps = [
+        ([["run", "-c", "sweep.yaml", "-s", sources, "--sweep-id", "crash"]], True),
+        ([complete, complete], True),
+        ([complete, complete], True),
+        ([complete, complete], False),
     ]
-    db = project / "sweeps" / "outputs" / "crash" / "sweep.db"
-    for argv in commands:
+    sweep_dir = project / "sweeps" / "outputs" / "crash"
+    history: list[str] = []  # what happened, for the assertion messages
+    for argvs, kill in steps:
         before = sum(_runs(shared_dir).values())
-        proc = subprocess.Popen(
-            [PY, "-m", "hsm_core.cli.main", *argv],
-            cwd=project,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Kill after a random number of new task starts (0 = while still starting up),
-        # once the sweep exists (killed before that, `hsm run` leaves no sweep at all).
-        target = before + rng.randint(0, 4)
+        procs = [hsm_popen(*argv, cwd=project) for argv in argvs]
+        # A random number of new task starts (0 = while still starting up), once the
+        # sweep exists (killed before that, `hsm run` leaves no sweep at all).
+        target = before + rng.randint(0, 8)
 
-        def reached(t: int = target, p: subprocess.Popen[bytes] = proc) -> bool:
-            return p.poll() is not None or (db.exists() and sum(_runs(shared_dir).values()) >= t)
+        def reached(t: int = target, ps: list[subprocess.Popen[str]] = procs) -> bool:
+            if all(p.poll() is not None for p in ps):
+                return True
+            return (sweep_dir / "sweep.db").exists() and sum(_runs(shared_dir).values()) >= t
 
         wait_for(reached, 60)
-        if proc.poll() is None:  # it may have finished first: then there is nothing to kill
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        killed = _kill_owner(sweep_dir, procs) if kill else None
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            what = "SIGKILL" if p is killed else f"exit {p.returncode}"
+            history.append(f"{p.args[3]} after {sum(_runs(shared_dir).values())} starts: {what}")
+            if p is killed:
+                continue
+            assert p.returncode in (0, 2), (history, out + err)
+            if p.returncode == 2:  # the second comer: one line naming the owner
+                assert "is in use by pid" in err and len(err.strip().splitlines()) == 1, err
     res = hsm("complete", "crash", "-s", sources, cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
     store = _store(project, "crash")
-    assert store.counts() == {TaskState.COMPLETED: n}
-    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)})
+    assert store.counts() == {TaskState.COMPLETED: n}, history
+    assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)}), history
     for t in store.tasks():
         assert (store.task_dir(t) / "stdout.log").is_file(), t.name
+
+
+def _kill_owner(
+    sweep_dir: Path, procs: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str] | None:
+    """SIGKILL the command that owns the sweep now (one of `procs`), if any still runs."""
+    from hsm_core.ownership import holder
+
+    try:
+        owner = holder(sweep_dir)
+    except LookupError:  # no lock file yet: `hsm run` is still starting
+        owner = None
+    by_pid = {p.pid: p for p in procs if p.poll() is None}
+    target = by_pid.get(owner.pid) if owner and owner.pid else None
+    if target is None and len(procs) == 1:
+        target = by_pid.get(procs[0].pid)
+    if target is not None:
+        target.kill()
+    return target
 
 
 def _health_test_store(tmp_path: Path, n: int, seconds: float) -> SweepStore:
