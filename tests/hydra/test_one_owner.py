@@ -16,6 +16,7 @@ import pytest
 
 from hsm_core.ownership import holder
 from hsm_core.store import SweepStore
+from hsm_core.taskdir import WORKER_RECORD
 from tests.helpers import wait_for
 from tests.hydra.util import APPS, run_app, start_app
 from tests.sweep_utils import hsm, hsm_popen
@@ -56,13 +57,14 @@ def _refused(res: subprocess.CompletedProcess[str], owner_pid: int) -> None:
 @pytest.mark.parametrize("sweeper", ["basic", "hsm"])
 def test_the_same_multirun_twice_on_one_sweep_dir(tmp_path: Path, sweeper: str) -> None:
     """Before: every job ran twice (basic sweeper: 16 of 16; hsm sweeper: 16 of 16)."""
-    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
-    args = _args(log, 6, 1.0, sweeper)
+    sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
+    args = _args(log, 6, 0, sweeper, f"hold={go}")  # no job finishes before `go` exists
     first = start_app(MARKER, args, sweep_dir=sweep)
     try:
         wait_for(lambda: _owned(sweep), timeout=60, message="the first owns the sweep")
         second = run_app(MARKER, args, sweep_dir=sweep)
         _refused(second, first.pid)
+        go.touch()
         _, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
     finally:
@@ -77,8 +79,8 @@ def test_the_same_multirun_twice_on_one_sweep_dir(tmp_path: Path, sweeper: str) 
 def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None:
     """`hsm complete D` while the multirun runs, and the multirun while `hsm complete D`
     runs: the second comer is refused, nothing runs twice."""
-    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
-    args = _args(log, 6, 1.5, "hsm")
+    sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
+    args = _args(log, 6, 0, "hsm", f"hold={go}")  # no job finishes before `go` exists
     first = start_app(MARKER, args, sweep_dir=sweep)
     try:
         wait_for(
@@ -88,7 +90,6 @@ def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None
         )
         busy = hsm("complete", str(sweep), cwd=tmp_path)
         _refused(busy, first.pid)
-        wait_for(lambda: len(_finished(log)) >= 2, timeout=60)
         os.killpg(first.pid, signal.SIGINT)
         first.communicate(timeout=60)
         assert first.returncode == 130
@@ -101,6 +102,7 @@ def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None
         wait_for(lambda: _owned(sweep), timeout=60, message="hsm complete owns the sweep")
         again = run_app(MARKER, args, sweep_dir=sweep)
         _refused(again, completing.pid)
+        go.touch()
         out, err = completing.communicate(timeout=120)
         assert completing.returncode == 0, out + err
     finally:
@@ -185,13 +187,13 @@ def test_batches_of_a_sweeper_keep_the_sweep_owned_between_them(tmp_path: Path) 
 
 
 def test_a_job_cancelled_after_it_finished_is_completed_not_run_again(tmp_path: Path) -> None:
-    """The job returned and its result is written; Ctrl-C reaches it while its process
+    """The job returned and hsm's worker recorded it; Ctrl-C reaches it while its process
     ends. Before: CANCELLED, and run a second time by `hsm complete`."""
     sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
     proc = start_app(MARKER, _args(log, 1, 0, "hsm", "linger=20"), sweep_dir=sweep)
-    result = sweep / "tasks" / "task_001" / "result.json"
+    record = sweep / "tasks" / "task_001" / WORKER_RECORD  # written once the job returned
     try:
-        wait_for(result.exists, timeout=60, message="the job returned")
+        wait_for(record.exists, timeout=60, message="the job returned")
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

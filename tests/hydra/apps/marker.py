@@ -1,6 +1,7 @@
 """Proves how often each job finished: after `sleep` seconds it appends its x to `log`
-(O_APPEND: lines of concurrent jobs never mix). `linger`: seconds the job process still
-takes after the job returned (a log handler slow to close), a window to cancel it in."""
+(O_APPEND: lines of concurrent jobs never mix). `hold`: a file to wait for before that
+(the test says when jobs may finish). `linger`: seconds the job process still takes after
+the job returned (a log handler slow to close), a window to cancel it in."""
 
 import logging
 import os
@@ -26,6 +27,9 @@ class _SlowClose(logging.Handler):
 @hydra.main(version_base=None, config_path="conf", config_name="marker")
 def main(cfg: DictConfig) -> int:
     time.sleep(float(cfg.sleep))
+    deadline = time.monotonic() + 120
+    while cfg.hold and not os.path.exists(str(cfg.hold)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     fd = os.open(str(cfg.log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, f"{cfg.x}\n".encode())
