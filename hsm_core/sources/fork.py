@@ -26,12 +26,15 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from hsm_core import taskdir
-from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
+from hsm_core import remote_agent, taskdir
+from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SourceError, SweepContext
 from hsm_core.sources.forkserver import EXIT_CANCELLED, ForkServer, ForkServerError
 
 KILL_GRACE_S = 3.0
+# After its launcher died, a fork server stops the jobs left within a few seconds and
+# journals each exit: how long a recovery waits for those lines.
+RECOVER_WAIT_S = 15.0
 
 Request = Callable[[TaskSpec, int], dict[str, Any]]
 
@@ -153,6 +156,56 @@ class ForkSource(ComputeSource):
         if waits:
             await asyncio.wait(waits, timeout=KILL_GRACE_S + 5)
 
+    async def reattach(self, attempts: Collection[tuple[TaskSpec, Attempt]]) -> None:
+        """After a launcher died: its fork server journaled each job it forked and how
+        it ended. A job that finished is settled from that record, never run again; one
+        the old server is still stopping is waited for; any other is LOST (runs again).
+        (Forked jobs do not outlive their launcher: docs/distributed.md.)"""
+        pending = list(attempts)
+        folder = str(self.ctx.sweep_dir / remote_agent.JOURNAL_DIR)
+        boot = remote_agent.boot_id()
+        deadline = asyncio.get_running_loop().time() + RECOVER_WAIT_S
+        while pending:
+            journal = remote_agent.Journal(folder).refresh()
+            waiting = []
+            for task, att in pending:
+                key = (str(self.ctx.task_dir(task)), att.attempt)
+                record = journal.exits.get(key)
+                start = journal.starts.get(key)
+                if record is not None:
+                    self._recovered(task, att.attempt, record)
+                elif start and remote_agent.owner_alive(start, boot):
+                    waiting.append((task, att))
+                else:
+                    why = "its launcher died" if start else "its launcher died before it started"
+                    self.report_lost(task.key, att.attempt, why)
+            pending = waiting
+            if pending and asyncio.get_running_loop().time() > deadline:
+                for task, att in pending:
+                    self.report_lost(task.key, att.attempt, "its old fork server did not stop")
+                return
+            if pending:
+                await asyncio.sleep(0.2)
+
+    def _recovered(self, task: TaskSpec, attempt: int, record: dict[str, Any]) -> None:
+        folder = self.ctx.task_dir(task)
+        worker = taskdir.read_worker_record(folder, legacy=taskdir.is_legacy(record))
+        verdict = taskdir.settle(
+            record, hydra=True, worker=worker, timeout_s=task.timeout_s, folder=folder
+        )
+        if self.on_settled is not None:
+            self.on_settled(task, verdict.state, verdict.error)
+        self._report(
+            TaskEvent(
+                task.key,
+                attempt,
+                verdict.state,
+                self.name,
+                exit_code=verdict.exit_code,
+                error=verdict.error,
+            )
+        )
+
     async def health_check(self) -> HealthReport:
         ok = self._broken is None
         return HealthReport(self.name, ok, self._broken or "fork server alive", cpus=os.cpu_count())
@@ -196,8 +249,15 @@ class ForkSource(ComputeSource):
             return
         job.stopping, job.reason = state, reason
         try:
+            why = "timeout" if state is TaskState.FAILED else "cancel"  # for the journal
             self.server.send(
-                {"op": "kill", "id": job.jid, "sig": int(signal.SIGTERM), "grace": KILL_GRACE_S}
+                {
+                    "op": "kill",
+                    "id": job.jid,
+                    "sig": int(signal.SIGTERM),
+                    "grace": KILL_GRACE_S,
+                    "why": why,
+                }
             )
         except ForkServerError:
             pass

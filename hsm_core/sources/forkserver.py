@@ -5,7 +5,8 @@ every job process starts from a copy of a process that had one thread: no lock h
 another thread can be inherited. It speaks JSON lines over two pipes:
 
     launcher -> server: {"op": "run", "id", "job"} | {"op": "go", "id", "env"}
-                        | {"op": "kill", "id", "sig", "grace"};  EOF = shut down
+                        | {"op": "kill", "id", "sig", "grace", "why": "cancel"|"timeout"}
+                        EOF = shut down
     server -> launcher: {"ev": "started", "id", "pid"} | {"ev": "exit", "id", "status"}
                         | {"ev": "error", "id", "msg"}
 
@@ -14,6 +15,13 @@ until "go" hands it a slot (and the environment for that slot, e.g. CUDA_VISIBLE
 EOF on the gate means cancelled. Each job runs in its own process group so that a kill
 reaches everything it started. Nothing here writes the store: SQLite connections never
 cross a fork; a job reports through files, the server through its pipe.
+
+A job that names a `journal` folder and its `attempt` is also journaled the way the local
+agents journal their tasks (remote_agent.Journal reads both): a start line when it is
+forked, an exit line with its wait status when it is reaped. At EOF the server stops what
+still runs (the launcher is gone) and journals no outcome for those: they are LOST and run
+again. The next orchestrator (`hsm complete`, the same multirun again) learns from the
+journal which jobs had finished, and never runs those twice.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -48,6 +57,9 @@ class _Child:
     pid: int
     go_w: int | None
     kill_at: float | None = None
+    job: Mapping[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    why: str | None = None  # why the server signalled it: cancel, timeout, orphaned
 
 
 @dataclass
@@ -62,6 +74,61 @@ class _State:
     pids: dict[int, str] = field(default_factory=dict)
     buf: bytes = b""
     closing: bool = False
+    journal: _Journal | None = None
+
+
+class _Journal:
+    """The server's lines in the agents' journal format, one write each (O_APPEND)."""
+
+    def __init__(self) -> None:
+        from hsm_core import remote_agent
+
+        self._agent = remote_agent
+        self.boot = remote_agent.boot_id()
+        self.me = os.getpid()
+        st = remote_agent.proc_stat(self.me)
+        self.me_start = st[1] if st else None
+        self.host = socket.gethostname()
+        self.fd: int | None = None
+
+    def start(self, child: _Child) -> None:
+        st = self._agent.proc_stat(child.pid)
+        pid_start = st[1] if st else None
+        self._note(child.job, e="start", pid=child.pid, pid_start=pid_start, start=child.started)
+
+    def exit(self, child: _Child, status: int) -> None:
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        code = 128 + sig if sig else os.WEXITSTATUS(status)
+        killed = code != 0 and child.why
+        if killed == "orphaned":
+            return  # stopped because its launcher is gone: no outcome of its own (LOST)
+        record = {
+            "exit_code": code,
+            "signal": sig,
+            "attempt": child.job.get("attempt"),
+            "start": child.started,
+            "end": time.time(),
+            "host": self.host,
+            "cancelled": killed == "cancel",
+            "timed_out": killed == "timeout",
+            "layout": child.job.get("layout"),
+        }
+        self._note(child.job, e="exit", record=record)
+
+    def _note(self, job: Mapping[str, Any], **entry: Any) -> None:
+        folder, attempt = job.get("journal"), job.get("attempt")
+        if not folder or attempt is None:
+            return
+        try:
+            if self.fd is None:
+                os.makedirs(str(folder), exist_ok=True)
+                name = self._agent.journal_name(self.boot, self.me, self.me_start)
+                path = os.path.join(str(folder), name)
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            line = {**entry, "dir": job.get("task_dir"), "attempt": attempt}
+            os.write(self.fd, (json.dumps(line) + "\n").encode())
+        except OSError:
+            pass  # the pipe still tells a live launcher; only a recovery loses this line
 
 
 class ForkServer:
@@ -162,7 +229,7 @@ def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> N
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sel = selectors.DefaultSelector()
-    st = _State(cmd_r, evt_w, wake_r, wake_w, sel, prefork)
+    st = _State(cmd_r, evt_w, wake_r, wake_w, sel, prefork, journal=_Journal())
     sel.register(cmd_r, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     while True:
@@ -219,6 +286,7 @@ def _command(runner: Runner, st: _State, msg: dict[str, Any]) -> None:
         os.close(child.go_w)
         child.go_w = None
     elif op == "kill" and child is not None:
+        child.why = child.why or str(msg.get("why") or "cancel")
         _signal(child, int(msg.get("sig", signal.SIGTERM)))
         if child.go_w is not None:
             os.close(child.go_w)
@@ -265,6 +333,8 @@ def _reap(st: _State) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if st.journal is not None:
+            st.journal.exit(child, status)
         _emit(st, {"ev": "exit", "id": jid, "status": status})
 
 
@@ -273,6 +343,7 @@ def _shutdown(st: _State) -> None:
     st.sel.unregister(st.cmd_r)
     os.close(st.cmd_r)
     for child in st.children.values():
+        child.why = child.why or "orphaned"
         _signal(child, signal.SIGTERM)
         if child.go_w is not None:
             os.close(child.go_w)
@@ -304,8 +375,11 @@ def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None
         os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
     except OSError:
         pass
-    st.children[jid] = _Child(pid, go_w)
+    child = _Child(pid, go_w, job=job, started=time.time())
+    st.children[jid] = child
     st.pids[pid] = jid
+    if st.journal is not None:
+        st.journal.start(child)
     _emit(st, {"ev": "started", "id": jid, "pid": pid})
 
 
@@ -344,6 +418,8 @@ def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, g
         # Close the server's descriptors. The selector is closed by fd only: unregistering
         # would edit the epoll set the server still shares with us.
         inherited = [st.cmd_r, st.evt_w, st.wake_r, st.wake_w, go_w]
+        if st.journal is not None and st.journal.fd is not None:
+            inherited.append(st.journal.fd)
         inherited += [c.go_w for c in st.children.values() if c.go_w is not None]
         sel_fd = getattr(st.sel, "fileno", None)
         if sel_fd is not None:

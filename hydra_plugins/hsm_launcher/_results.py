@@ -12,8 +12,10 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from hsm_core import taskdir
 from hsm_core.hydra_job import note_hard_death, read_info, read_job_return
 from hsm_core.model import SourceSpec, TaskSpec, TaskState
+from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import ComputeSource, SweepContext
 
 
@@ -156,6 +158,11 @@ def _requester(ctx: SweepContext, job_nums: dict[str, int]) -> Any:
         return {
             "key": task.key,
             "num": job_nums[task.key],
+            # Journaled by the fork server like an agent's task: a recovery after the
+            # launcher died reads how the job ended (ForkSource.reattach, hsm complete).
+            "journal": str(ctx.sweep_dir / JOURNAL_DIR),
+            "attempt": attempt,
+            "layout": taskdir.LAYOUT,
             "task_dir": str(tdir),
             "stdout": str(tdir / "stdout.log"),
             "stderr": str(tdir / "stderr.log"),

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from hsm_core.hydra_job import read_info
 from hsm_core.ownership import holder
 from hsm_core.store import SweepStore
 from hsm_core.taskdir import WORKER_RECORD
 from tests.helpers import wait_for
-from tests.hydra.util import APPS, run_app, start_app
+from tests.hydra.util import APPS, pid_alive, run_app, start_app
 from tests.sweep_utils import hsm, hsm_popen
 
 MARKER = APPS / "marker.py"
@@ -207,3 +208,48 @@ def test_a_job_cancelled_after_it_finished_is_completed_not_run_again(tmp_path: 
     again = hsm("complete", str(sweep), cwd=tmp_path)
     assert again.returncode == 0 and "nothing to complete" in again.stdout
     assert _finished(log) == Counter({"0": 1})
+
+
+@pytest.mark.parametrize("then", ["hsm complete", "the same multirun"])
+def test_jobs_that_finished_as_their_launcher_died_never_run_again(
+    tmp_path: Path, then: str
+) -> None:
+    """The launcher is frozen while its jobs finish (the fork server reaps them), then
+    SIGKILLed: the journal still says RUNNING (or ASSIGNED). Before: `hsm complete` and the same
+    multirun ran all 4 finished jobs again (in 9 of 10 random kills, 1 to 4 jobs)."""
+    sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
+    args = _args(log, 4, 0, "hsm", f"hold={go}", "hydra.launcher.sources=local:4")
+    proc = start_app(MARKER, args, sweep_dir=sweep)
+    folders = [sweep / "tasks" / f"task_{n:03d}" for n in range(1, 5)]
+
+    def job_pids() -> list[int]:
+        infos = [read_info(f) for f in folders]
+        return [int(i["pid"]) for i in infos if i and i.get("pid")]
+
+    def ended() -> bool:
+        done = all((f / WORKER_RECORD).exists() for f in folders)
+        return done and not any(pid_alive(p) for p in job_pids())
+
+    try:
+        wait_for(lambda: len(job_pids()) == 4, timeout=60, message="4 jobs started")
+        os.kill(proc.pid, signal.SIGSTOP)  # it can no longer journal anything
+        go.touch()
+        wait_for(ended, timeout=60, message="the jobs finished and exited")
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    store = SweepStore.open(sweep, readonly=True)
+    assert {a.state.value for a in store.latest_attempts().values()} <= {"ASSIGNED", "RUNNING"}
+    store.close()
+    if then == "hsm complete":
+        res = hsm("complete", str(sweep), "-s", "local:4", cwd=tmp_path)
+    else:
+        res = run_app(MARKER, args, sweep_dir=sweep)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = SweepStore.open(sweep, readonly=True)
+    assert {a.state.value for a in store.latest_attempts().values()} == {"COMPLETED"}
+    assert all(len(store.attempts(t.key)) == 1 for t in store.tasks())
+    assert _finished(log) == Counter({str(x): 1 for x in range(4)})
