@@ -19,10 +19,11 @@ by os.fsencode here).
    as the message arrives, before it is queued),
    "skip": [NAMES]}
   {"op": "kill", "ids": [ID..]}
-  {"op": "scan", "tasks": [{"id": ID, "attempt": N, "dir": ABS, "skip": [..]}]}
+  {"op": "scan", "tasks": [{"id": ID, "attempt": N, "dir": ABS, "skip": [..],
+                            "timeout": S|null}]}
   {"op": "ping", "seq": N, "path": ABS|null}
 
-  {"ev": "hello", "protocol": 2, "pid", "boot_id", "python", "home", "host"}
+  {"ev": "hello", "protocol": 3, "pid", "boot_id", "python", "home", "host", "keeper"}
   {"ev": "started", "id", "pid"}            the task runs, as process group `pid`
   {"ev": "running", "id", "pid"}            scan: still running, now watched
   {"ev": "exit", "id", "record": {..}|null, "error": str|null, "files": {REL: BASE64},
@@ -49,11 +50,37 @@ exits.
 
 Every agent appends what it starts and how each ended to its own journal,
 `JOURNAL_DIR/agent-<boot>-<pid>-<start>.jsonl` (one line per event, one write each: no
-file created per record). A new agent finds earlier tasks through `scan`, which reads
-the journals: an exit line settles an attempt; a start line whose process still runs
-(pid + boot id + process start time, so a recycled pid is not mistaken for the task) is
-watched, and its exit line is awaited from the agent that owns it. Kill and timeout =
-SIGTERM to the task's group, SIGKILL after a grace period.
+file created per record): a `launch` line just before a task is started, a `start`
+line (pid, process start time) right after, an `exit` line when it ended; the exit is
+journaled before the task's zombie is reaped. A new agent finds earlier tasks through
+`scan`, which reads the journals: an exit line settles an attempt; a start line whose
+process still runs (pid + boot id + process start time, so a recycled pid is not
+mistaken for the task) is watched, its exit line awaited from whoever records it, and
+it holds one of the new agent's slots meanwhile. Kill and
+timeout = SIGTERM to the task's group, SIGKILL after a grace period.
+
+The keeper (Linux): what the orchestrator (or sshd) starts is a tiny process that forks
+the agent and outlives it. Both are child subreapers (prctl PR_SET_CHILD_SUBREAPER):
+
+    orchestrator / sshd -- keeper -- agent -- task, task, ...
+
+- An agent that is killed costs a delay only: its tasks reparent to the keeper, which
+  waits for them and journals their exit records as the agent would have (it reads the
+  start lines to know them). The orchestrator sees the channel end, starts a new agent
+  and scans: the tasks are adopted (watched, in their slots) and settled by the
+  keeper's records, never run again while they live. (Killed between a launch and
+  its start line, the agent leaves a task its journal cannot name: the keeper finds it
+  by the HSM_TASK_DIR and HSM_ATTEMPT it was started with and journals its start, or
+  journals that no process was made.) A killed keeper costs nothing (the agent is
+  their parent). Both killed at once: running tasks are still adopted and
+  never overlap a re-run, but their exit status is lost, so each runs again once it
+  ended. The two run in sessions of their own, so a kill of one process group never
+  takes both; on systems without prctl the agent runs alone, as before.
+- A task's processes end with it: when its leader exits, the rest of its group gets
+  SIGTERM, then SIGKILL after the grace period; a process that left the group (setsid,
+  a daemon) reparents to the agent when its parent exits, and is stopped the same way
+  once its task is over (it is known by HSM_TASK_DIR in its environment, else by its
+  start: it belongs to a task running when it started).
 """
 
 from __future__ import annotations
@@ -71,7 +98,7 @@ import sys
 import time
 from typing import Any
 
-PROTOCOL = 2  # 2: journals instead of per-task pid and exit files
+PROTOCOL = 3  # 2: journals instead of per-task files; 3: keeper, start lines by the task
 JOURNAL_DIR = ".agents"  # where orchestrators put the journals, relative to a sweep dir
 # Copies of hsm_core.taskdir's names (this file needs the standard library only; a unit
 # test pins them equal).
@@ -92,6 +119,8 @@ ORPHAN_POLL_S = 0.5
 # `stream`: how often a running task's logs are read, and how much of each per read.
 STREAM_S = 0.3
 STREAM_MAX = 64 * 1024
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def atomic_write(path, data):
@@ -111,6 +140,31 @@ def boot_id():
             return f.read().strip()
     except OSError:
         return ""
+
+
+def ticks_now():
+    """Now, in the clock ticks since boot that /proc/PID/stat counts process starts in."""
+    try:
+        with open("/proc/uptime") as f:
+            return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def session_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def comm_of(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def proc_stat(pid):
@@ -137,8 +191,9 @@ def task_alive(rec, boot):
 
 
 def owner_alive(rec, boot):
-    """The agent that started it still runs (and will write its exit line)."""
-    return _alive(rec, boot, "agent", "agent_start")
+    """The agent that started it, or that agent's keeper, still runs (and will write its
+    exit line)."""
+    return _alive(rec, boot, "agent", "agent_start") or _alive(rec, boot, "keeper", "keeper_start")
 
 
 def _alive(rec, boot, pid_key, start_key):
@@ -155,13 +210,18 @@ class Journal:
     """What the journals in one directory say, read incrementally.
 
     `starts[(dir, attempt)]` is the newest start line (with the owning agent's identity
-    added), `exits[(dir, attempt)]` the exit record."""
+    added), `exits[(dir, attempt)]` the exit record, `launches[...]` the newest line an
+    agent writes just before it starts a task (so that a task whose agent died before
+    its start line is still known), `unstarted[...]` when a keeper found that such a
+    launch never made a process."""
 
     def __init__(self, directory):
         self.directory = directory
         self.offsets = {}
         self.starts = {}
         self.exits = {}
+        self.launches = {}
+        self.unstarted = {}
 
     def refresh(self, only=None):
         try:
@@ -187,13 +247,28 @@ class Journal:
                     key = (entry["dir"], entry["attempt"])
                 except (ValueError, KeyError, TypeError):
                     continue
-                if entry.get("e") == "start":
+                kind = entry.get("e")
+                if kind in ("start", "launch"):
                     entry.update(owner)
                     entry["journal"] = name
-                    self.starts[key] = entry
-                elif entry.get("e") == "exit":
+                    (self.starts if kind == "start" else self.launches)[key] = entry
+                elif kind == "exit":
                     self.exits[key] = entry.get("record")
+                elif kind == "unstarted":
+                    self.unstarted[key] = entry.get("time") or 0.0
         return self
+
+    def state(self, key):
+        """("start", line) while the newest trace of an attempt is its start line,
+        ("launch", line) while it is a launch without a start yet, else (None, None)."""
+        gone = self.unstarted.get(key)
+        rec = self.starts.get(key)
+        if rec and (gone is None or (rec.get("start") or 0) > gone):
+            return "start", rec
+        launch = self.launches.get(key)
+        if launch and (gone is None or (launch.get("start") or 0) > gone):
+            return "launch", launch
+        return None, None
 
     @staticmethod
     def _owner(name):
@@ -204,6 +279,139 @@ class Journal:
             return {}
 
 
+def prctl(option, arg):
+    """Linux prctl(2) through ctypes; False where it is not there."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def subreaper():
+    """Become a child subreaper: orphaned descendants reparent here, not to init."""
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_name(name):
+    """What `ps -e`, top and pkill (without -f) call this process."""
+    try:
+        import ctypes
+
+        prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()))
+    except (ImportError, ValueError):
+        pass
+
+
+def children():
+    """Pids of this process's children (all its threads'), from /proc."""
+    me = os.getpid()
+    found: set[int] = set()
+    try:
+        threads = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        threads = []
+    known = False
+    for tid in threads:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                found.update(int(p) for p in f.read().split())
+            known = True
+        except (OSError, ValueError):
+            pass
+    if known:
+        return found
+    for name in os.listdir("/proc"):  # a kernel without .../children: every parent
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        found.add(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def env_of(pid, name):
+    """A variable of the environment a process was started with (None: not set, or not
+    readable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(prefix):
+            return os.fsdecode(item[len(prefix) :])
+    return None
+
+
+def leftovers(known, live):
+    """Children of this process that are not task leaders (`known`) and whose task is
+    over: processes a task left behind, reparented here. `live` maps the task folder of
+    each task still running to its start (clock ticks)."""
+    out = []
+    for pid in children():
+        if pid in known:
+            continue
+        st = proc_stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            continue
+        owner = env_of(pid, "HSM_TASK_DIR")
+        if owner is not None:
+            if owner in live:
+                continue
+        elif any(start is not None and int(start) <= int(st[1]) for start in live.values()):
+            continue  # unknown owner: any task running when it started may still want it
+        out.append(pid)
+    return out
+
+
+def signal_tree(pid, sig):
+    """`sig` to the process group `pid` leads, or to the process alone if it leads none."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def status_code(info):
+    """os.waitid's result as Popen's returncode (-N for signal N)."""
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return -info.si_status
+    return info.si_status
+
+
+def peek_child(block=False):
+    """The next child that ended, not reaped yet (so its /proc entry still says who it
+    was): (pid, returncode), or None."""
+    flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, flags)
+        except ChildProcessError:
+            return None
+        except InterruptedError:
+            continue
+        if info is None:
+            return None
+        return info.si_pid, status_code(info)
+
+
+def reap(pid):
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def exit_code_of(returncode):
     """Popen's returncode (-N for signal N) as a shell would say it: (code, signal)."""
     if returncode < 0:
@@ -212,11 +420,14 @@ def exit_code_of(returncode):
 
 
 def kill_group(pgid, sig):
+    """`sig` to a process group; False if there was nobody to send it to."""
     if pgid:
         try:
             os.killpg(int(pgid), sig)
+            return True
         except OSError:
             pass
+    return False
 
 
 class Job:
@@ -228,8 +439,10 @@ class Job:
         self.record = None  # journal start line of a task another agent started (adopted)
         self.pidfd = None
         self.ended = None  # adopted: when its end was seen (its record may lag)
+        self.pending = False  # adopted before its start line: waiting for it
         self.gpu = None
         self.start = 0.0
+        self.ticks = None  # the task process's start time (clock ticks), for leftovers
         self.deadline = None  # timeout
         self.kill_at = None  # SIGKILL once the grace period after SIGTERM is over
         self.cancelled = False
@@ -238,7 +451,10 @@ class Job:
 
 
 class Agent:
-    def __init__(self):
+    def __init__(self, keeper=None, reaper=False):
+        self.keeper = keeper  # (pid, start) of the keeper above this agent, if any
+        self.keeper_fd = None  # where the keeper learns the journal's path
+        self.reaper = reaper  # a child subreaper: a task's leftovers reparent here
         self.slots = 1
         self.gpus = None
         self.free_gpus = []
@@ -253,7 +469,10 @@ class Agent:
         self.journal = Journal("")  # of the journal dir: for scans and adopted tasks
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
         self.running: dict[str, Job] = {}
-        self.strays: list[tuple[float, int]] = []  # (when, pgid): SIGKILL then
+        self.by_pid: dict[int, Job] = {}  # tasks this agent started, by pid
+        # (when, pid, group): SIGKILL then, to a task's group or to one leftover process
+        self.strays: list[tuple[float, int, bool]] = []
+        self.stopping: set[int] = set()  # leftovers already sent SIGTERM
         self.sel = selectors.DefaultSelector()
         self.inbuf = b""
         self.out = sys.stdout.buffer
@@ -325,6 +544,7 @@ class Agent:
             version=list(sys.version_info[:3]),
             home=os.path.expanduser("~"),
             host=self.host,
+            keeper=self.keeper[0] if self.keeper else None,
         )
         self.flush()
         while True:
@@ -341,7 +561,7 @@ class Agent:
                 else:  # the pidfd of an adopted task: it ended
                     self.adopted_ended(key.data)
             self.tick()
-            if self.detached and not self.running:
+            if self.detached and not self.running and not self.strays:
                 return
             self.fill()
             self.flush()
@@ -401,28 +621,38 @@ class Agent:
             self.journal_dir = msg["journal"]
             self.journal = Journal(self.journal_dir)
 
-    def note(self, **entry):
-        """One journal line, one write (O_APPEND: lines of concurrent agents never mix).
-        The file is made at the first task, so an agent that runs nothing leaves no trace."""
+    def journal_path(self):
+        """This agent's journal file, made at the first task (so an agent that runs
+        nothing leaves no trace); its keeper is told where it is."""
+        if self.journal_dir is None:
+            raise RuntimeError("no journal: send config with `journal` first")
+        path = os.path.join(self.journal_dir, journal_name(self.boot, self.me, self.me_start))
         if self.journal_fd is None:
-            if self.journal_dir is None:
-                raise RuntimeError("no journal: send config with `journal` first")
             os.makedirs(self.journal_dir, exist_ok=True)
-            name = journal_name(self.boot, self.me, self.me_start)
-            self.journal_fd = os.open(
-                os.path.join(self.journal_dir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-            )
-        os.write(self.journal_fd, json.dumps(entry).encode("ascii") + b"\n")
+            self.journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if self.keeper_fd is not None:
+                try:
+                    os.write(self.keeper_fd, path.encode("utf-8", "surrogateescape") + b"\n")
+                except OSError:
+                    pass  # no keeper any more: nobody to tell
+        return path
+
+    def note(self, **entry):
+        """One journal line, one write (O_APPEND: lines of concurrent writers never mix)."""
+        self.journal_path()
+        fd = self.journal_fd
+        assert fd is not None
+        os.write(fd, json.dumps(entry).encode("ascii") + b"\n")
 
     # -- timers -----------------------------------------------------------------------
     def next_wakeup(self):
-        times = [when for when, _ in self.strays]
-        if self.stream and self.own_running():
+        times = [when for when, _, _ in self.strays]
+        if self.stream and any(j.proc is not None for j in self.running.values()):
             times.append(self.next_stream)
         for job in self.running.values():
             times += [t for t in (job.deadline, job.kill_at) if t is not None]
             if job.proc is None:
-                if job.ended is not None:
+                if job.ended is not None or job.pending:
                     times.append(time.monotonic() + RECORD_POLL_S)
                 elif job.pidfd is None:
                     times.append(time.monotonic() + ORPHAN_POLL_S)
@@ -440,8 +670,12 @@ class Agent:
         if self.strays:
             due = [s for s in self.strays if s[0] <= now]
             self.strays = [s for s in self.strays if s[0] > now]
-            for _, pgid in due:
-                kill_group(pgid, signal.SIGKILL)
+            for _, pid, group in due:
+                if group:
+                    kill_group(pid, signal.SIGKILL)
+                else:
+                    signal_tree(pid, signal.SIGKILL)
+                    self.stopping.discard(pid)
         for job in list(self.running.values()):
             if job.proc is not None:
                 if job.deadline is not None and now >= job.deadline:
@@ -452,6 +686,13 @@ class Agent:
                     job.kill_at = None
                     kill_group(job.pid, signal.SIGKILL)
                 continue
+            if job.pending:
+                self.pending_check(job)
+                continue
+            if job.deadline is not None and now >= job.deadline and job.ended is None:
+                job.deadline = None
+                job.timed_out = not job.cancelled
+                self.stop_stray(job.pid)
             if job.ended is None and job.pidfd is None and not task_alive(job.record, self.boot):
                 job.ended = now
             if job.ended is not None:
@@ -463,13 +704,12 @@ class Agent:
             return min(self.slots, len(self.gpus))
         return self.slots
 
-    def own_running(self):
-        return sum(1 for j in self.running.values() if j.proc is not None)
-
     def receive(self, spec):
         """Write what the launch carries now, not when it starts: a later launch may rely
         on a shared file it carried (a Hydra payload, sent once per host), whether this
         one starts, waits in the queue, is killed there or dropped by a detach."""
+        if spec["id"] in self.running or any(q["id"] == spec["id"] for q in self.queue):
+            return  # sent again after a scan crossed it: it is here already
         try:
             for name, b64 in (spec.get("files") or {}).items():
                 path = os.path.join(spec["dir"], name)  # relative to the task dir, or absolute
@@ -482,7 +722,8 @@ class Agent:
         self.queue.append(spec)
 
     def fill(self):
-        while self.queue and self.own_running() < self.capacity():
+        # Adopted tasks (another agent's, watched) hold slots as much as our own.
+        while self.queue and len(self.running) < self.capacity():
             spec = self.queue.popleft()
             try:
                 self.launch(spec)
@@ -502,8 +743,7 @@ class Agent:
             pass
         except FileNotFoundError:
             os.makedirs(os.path.join(d, RESULTS), exist_ok=True)
-        if self.journal_dir is None:
-            raise RuntimeError("no journal: send config with `journal` first")
+        self.journal_path()
         if spec["attempt"] > 1:
             self.stop_earlier(d, spec["attempt"])
         for name in (*OWN_FILES, *HSM_RECORDS):
@@ -514,11 +754,18 @@ class Agent:
         job = Job(spec)
         env = dict(self.base_env)
         env.update(spec.get("env") or {})
+        # Which attempt this process runs: the task may want it, and a keeper finds by it
+        # a task whose agent died before journaling its start.
+        env["HSM_ATTEMPT"] = str(spec["attempt"])
         if self.gpus:
             job.gpu = self.free_gpus.pop(0)
             env["CUDA_VISIBLE_DEVICES"] = job.gpu
         job.start = time.time()
         self.running[job.id] = job
+        who = {"keeper": self.keeper[0], "keeper_start": self.keeper[1]} if self.keeper else {}
+        self.note(
+            e="launch", dir=d, attempt=spec["attempt"], start=job.start, ticks=ticks_now(), **who
+        )
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         out = os.open(os.path.join(d, STDOUT), flags, 0o644)
         err = os.open(os.path.join(d, STDERR), flags, 0o644)
@@ -545,13 +792,16 @@ class Agent:
         job.pid = job.proc.pid
         if job.pid:
             st = proc_stat(job.pid)
+            job.ticks = st[1] if st else None
+            self.by_pid[job.pid] = job
             self.note(
                 e="start",
                 dir=d,
                 attempt=spec["attempt"],
                 pid=job.pid,
-                pid_start=st[1] if st else None,
+                pid_start=job.ticks,
                 start=job.start,
+                **who,
             )
             self.emit(ev="started", id=job.id, pid=job.pid)
             if spec.get("timeout"):
@@ -572,9 +822,16 @@ class Agent:
                 self.stop_stray(rec.get("pid"))
 
     def stop_stray(self, pgid):
-        kill_group(pgid, signal.SIGTERM)
-        if pgid:
-            self.strays.append((time.monotonic() + self.grace, int(pgid)))
+        """SIGTERM to a process group now, SIGKILL after the grace period."""
+        if kill_group(pgid, signal.SIGTERM):
+            self.strays.append((time.monotonic() + self.grace, int(pgid), True))
+
+    def stop_leftover(self, pid):
+        """The same for one process a task left behind (and the group it leads)."""
+        if pid not in self.stopping:
+            self.stopping.add(pid)
+            signal_tree(pid, signal.SIGTERM)
+            self.strays.append((time.monotonic() + self.grace, pid, False))
 
     def terminate(self, job):
         """SIGTERM to the task's group now, SIGKILL after the grace period."""
@@ -583,17 +840,36 @@ class Agent:
             job.kill_at = time.monotonic() + self.grace
 
     def reap(self):
-        for job in list(self.running.values()):
-            if job.proc is not None:
-                code = job.proc.poll()
-                if code is not None:
-                    self.complete(job, code)
+        """Every child that ended. A task's exit line is journaled before its zombie is
+        reaped: killed at any moment, the agent leaves each exit recorded exactly once
+        (by itself, or by the keeper that reaps the zombie). Then the rest of the task's
+        group, and what ended tasks left outside it, is stopped."""
+        while True:
+            ended = peek_child()
+            if ended is None:
+                break
+            pid, code = ended
+            job = self.by_pid.pop(pid, None)
+            if job is not None:
+                if job.proc is not None:
+                    job.proc.returncode = code  # reaped here: Popen must not wait for it
+                self.complete(job, code)
+            reap(pid)
+            if job is None:
+                continue
+            if job.cancelled or job.timed_out:
+                kill_group(pid, signal.SIGKILL)
+            else:
+                self.stop_stray(pid)
+        if self.reaper:
+            known = set(self.by_pid)
+            live = {j.spec["dir"]: j.ticks for j in self.running.values() if j.proc is not None}
+            for pid in leftovers(known, live):
+                self.stop_leftover(pid)
 
     # -- finishing --------------------------------------------------------------------
     def complete(self, job, returncode):
-        """A task this agent started has ended: write its records, report it."""
-        if job.cancelled or job.timed_out:
-            kill_group(job.pid, signal.SIGKILL)  # leftovers of the group
+        """A task this agent started has ended: journal its exit record, report it."""
         rc, sig = exit_code_of(returncode)
         spec = job.spec
         record = {
@@ -659,13 +935,16 @@ class Agent:
         self.adopted_check(job, time.monotonic())
 
     def adopted_check(self, job, now):
-        """An adopted task has ended: its own agent writes the record; wait for it."""
+        """An adopted task has ended: its own agent (or that agent's keeper) writes the
+        record; wait for it."""
         spec = job.spec
         key = (spec["dir"], spec["attempt"])
         done = self.journal.refresh(job.record.get("journal")).exits.get(key)
         if done is not None:
             if job.cancelled:
                 done = dict(done, cancelled=True)  # killed on our request
+            elif job.timed_out:
+                done = dict(done, timed_out=True)
             self.forget(job)
             self.report_exit(spec, done)
         elif not owner_alive(job.record, self.boot) or now - job.ended > RECORD_WAIT_S:
@@ -727,6 +1006,7 @@ class Agent:
                 "queued": True,
                 "signal": None,
                 "timed_out": False,
+                "layout": LAYOUT,
             }
             self.emit(ev="exit", id=spec["id"], record=record, error=None, files={}, large=[])
         for job_id in ids:
@@ -749,36 +1029,84 @@ class Agent:
         if spec["id"] in self.running:
             self.emit(ev="running", id=spec["id"], pid=self.running[spec["id"]].pid)
             return
+        if any(q["id"] == spec["id"] for q in self.queue):
+            return  # sent to this agent already: it starts when a slot frees
         key = (spec["dir"], spec["attempt"])
         done = journal.exits.get(key)
         if done is not None:
             self.report_exit(spec, done)
             return
-        rec = journal.starts.get(key)
-        if rec and (task_alive(rec, self.boot) or owner_alive(rec, self.boot)):
-            job = Job(spec)
-            job.record, job.pid = rec, int(rec["pid"])
-            if task_alive(rec, self.boot):
-                try:
-                    job.pidfd = os.pidfd_open(job.pid)
-                    self.sel.register(job.pidfd, selectors.EVENT_READ, job)
-                except (AttributeError, OSError):
-                    job.pidfd = None  # no pidfd here: tick() polls /proc instead
-            else:
-                job.ended = time.monotonic()  # done; its agent is writing the record
+        kind, rec = journal.state(key)
+        job = Job(spec)
+        job.record = rec
+        if kind == "launch" and owner_alive(rec, self.boot):
+            # Its agent died between launching it and journaling its start: the keeper
+            # is finding out whether a process runs it. It holds its slot meanwhile.
+            job.pending = True
             self.running[job.id] = job
-            self.emit(ev="running", id=job.id, pid=job.pid)
             return
-        why = "no record of this attempt on the host" if not rec else "its task is gone"
+        if kind == "start" and (task_alive(rec, self.boot) or owner_alive(rec, self.boot)):
+            self.watch(job)
+            return
+        self.not_running(spec, kind)
+
+    def watch(self, job):
+        """Adopt a task another agent started: hold its slot, learn when it ends."""
+        rec = job.record
+        job.pid = int(rec["pid"])
+        if task_alive(rec, self.boot):
+            self.hold_gpu(job)
+            timeout = job.spec.get("timeout")
+            if timeout:
+                left = float(rec.get("start") or 0) + float(timeout) - time.time()
+                job.deadline = time.monotonic() + max(0.0, left)
+            try:
+                job.pidfd = os.pidfd_open(job.pid)
+                self.sel.register(job.pidfd, selectors.EVENT_READ, job)
+            except (AttributeError, OSError):
+                job.pidfd = None  # no pidfd here: tick() polls /proc instead
+            if job.cancelled:
+                self.stop_stray(job.pid)
+        else:
+            job.ended = time.monotonic()  # done; its agent is writing the record
+        self.running[job.id] = job
+        self.emit(ev="running", id=job.id, pid=job.pid)
+
+    def pending_check(self, job):
+        key = (job.spec["dir"], job.spec["attempt"])
+        journal = self.journal.refresh(job.record.get("journal"))
+        done = journal.exits.get(key)
+        if done is not None:
+            self.forget(job)
+            self.report_exit(job.spec, done)
+            return
+        kind, rec = journal.state(key)
+        if kind == "start":
+            job.pending, job.record = False, rec
+            self.watch(job)
+        elif kind is None or not owner_alive(job.record, self.boot):
+            self.forget(job)
+            self.not_running(job.spec, kind)
+
+    def not_running(self, spec, kind):
+        never = kind != "start"
+        why = "no record of this attempt on the host" if never else "its task is gone"
         self.emit(
             ev="exit",
             id=spec["id"],
             record=None,
             files={},
             large=[],
-            never_started=not rec,
+            never_started=never,
             error=f"not running: {why}",
         )
+
+    def hold_gpu(self, job):
+        """An adopted task keeps the GPU it was given: no new task gets it meanwhile."""
+        gpu = env_of(job.pid, "CUDA_VISIBLE_DEVICES")
+        if gpu is not None and gpu in self.free_gpus:
+            self.free_gpus.remove(gpu)
+            job.gpu = gpu
 
     def pong(self, msg):
         disk = None
@@ -809,8 +1137,205 @@ class _NotStarted:
         return 127
 
 
+class Keeper:
+    """The agent's parent (see the module's docstring). While the agent lives it only
+    waits; once the agent is gone, the tasks it left reparent here and the keeper
+    journals each one's exit, in the agent's own journal, as the agent would have, and
+    stops what an ended task left behind. It exits when no child is left."""
+
+    def __init__(self, agent, paths_fd):
+        self.agent = agent
+        self.paths_fd = paths_fd  # the agent writes its journal's path here
+        self.paths = []
+        self.journals = {}  # directory -> Journal
+        self.host = socket.gethostname()
+        self.status = 0
+
+    def run(self):
+        while True:
+            ended = peek_child(block=True)
+            if ended is None:
+                return self.status
+            pid, code = ended
+            if pid == self.agent:
+                self.agent = None
+                self.status = exit_code_of(code)[0]
+                self.read_paths()
+                reap(pid)
+                self.resolve_launches()
+            else:
+                st = proc_stat(pid)  # a zombie still says when it started
+                task = self.record(pid, st[1] if st else None, code)
+                reap(pid)
+                if task:
+                    kill_group(pid, signal.SIGKILL)  # the rest of its group
+            if self.agent is None:
+                self.stop_leftovers()
+
+    def read_paths(self):
+        data = b""
+        try:
+            while True:
+                chunk = os.read(self.paths_fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        os.close(self.paths_fd)
+        for line in data.decode("utf-8", "surrogateescape").splitlines():
+            if line and line not in self.paths:
+                self.paths.append(line)
+
+    def refreshed(self):
+        for path in self.paths:
+            directory, name = os.path.split(path)
+            journal = self.journals.setdefault(directory, Journal(directory))
+            yield path, name, journal.refresh(only=name)
+
+    def record(self, pid, ticks, returncode):
+        """Journal the exit of the task `pid` was, if it was one of the agent's."""
+        for path, name, journal in self.refreshed():
+            for key, rec in journal.starts.items():
+                if rec.get("journal") != name or rec.get("pid") != pid or key in journal.exits:
+                    continue
+                if ticks is not None and rec.get("pid_start") not in (None, ticks):
+                    continue
+                rc, sig = exit_code_of(returncode)
+                record = {
+                    "exit_code": rc,
+                    "signal": sig,
+                    "attempt": key[1],
+                    "start": rec.get("start"),
+                    "end": time.time(),
+                    "host": self.host,
+                    "cancelled": False,
+                    "timed_out": False,
+                    "layout": LAYOUT,
+                    "keeper": True,  # recorded by the keeper: its agent had been killed
+                }
+                self.append(path, {"e": "exit", "dir": key[0], "attempt": key[1], "record": record})
+                journal.exits[key] = record
+                return True
+        return False
+
+    def resolve_launches(self):
+        """The agent journals `launch` before it starts a task and `start` after; killed
+        in between, it leaves a task its journal cannot name. Find that process among the
+        orphans (at most one: the agent starts one task at a time) and journal its start
+        for it, or journal that none was made, so that a new agent neither loses it nor
+        starts it a second time."""
+        for path, name, journal in list(self.refreshed()):
+            known = {rec.get("pid") for rec in journal.starts.values()}
+            for key, launch in list(journal.launches.items()):
+                if launch.get("journal") != name or key in journal.exits:
+                    continue
+                if journal.state(key)[0] != "launch":
+                    continue
+                pid = self.find_launched(key, launch, known)
+                if pid is None:
+                    line = {"e": "unstarted", "dir": key[0], "attempt": key[1], "time": time.time()}
+                else:
+                    st = proc_stat(pid)
+                    line = {"e": "start", "dir": key[0], "attempt": key[1], "pid": pid}
+                    line.update(pid_start=st[1] if st else None, start=launch.get("start"))
+                    line.update(
+                        keeper=launch.get("keeper"), keeper_start=launch.get("keeper_start")
+                    )
+                self.append(path, line)
+                journal.refresh(only=name)
+
+    def find_launched(self, key, launch, known):
+        """The process made for `launch`: by the HSM_TASK_DIR and HSM_ATTEMPT it was
+        started with; once ended (a zombie keeps no environment), as the session leader
+        that started at or after the launch. A process still between fork and exec (it
+        still bears the agent's name) is waited for."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            waiting = False
+            ended = []
+            for pid in children():
+                if pid in known:
+                    continue
+                st = proc_stat(pid)
+                if st is None:
+                    continue
+                if st[0] not in ("Z", "X"):
+                    if comm_of(pid) == "hsm-agent":
+                        waiting = True
+                    elif env_of(pid, "HSM_TASK_DIR") == key[0] and env_of(
+                        pid, "HSM_ATTEMPT"
+                    ) == str(key[1]):
+                        return pid
+                    continue
+                ticks = launch.get("ticks")
+                if session_of(pid) == pid and ticks is not None and int(st[1]) >= ticks - 1:
+                    ended.append((int(st[1]), pid))
+            if ended:
+                return min(ended)[1]
+            if not waiting or time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+
+    def append(self, path, line):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, json.dumps(line).encode("ascii") + b"\n")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def stop_leftovers(self):
+        known, live = set(), {}
+        for _, name, journal in self.refreshed():
+            for key, rec in journal.starts.items():
+                if rec.get("journal") == name and key not in journal.exits:
+                    known.add(rec.get("pid"))
+                    live[key[0]] = rec.get("pid_start")
+        for pid in leftovers(known, live):
+            signal_tree(pid, signal.SIGKILL)
+
+
 def main():
-    Agent().main()
+    """The keeper, which forks the agent (where prctl and os.waitid exist), else the
+    agent alone."""
+    if not (hasattr(os, "fork") and hasattr(os, "waitid") and subreaper()):
+        Agent().main()
+        return
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, lambda s, f: None)  # as the agent: a closed terminal or channel
+    keeper = os.getpid()
+    st = proc_stat(keeper)
+    paths_r, paths_w = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(paths_r)
+            os.set_blocking(paths_w, False)  # a full pipe must never stop the agent
+            os.setsid()  # its own group and session: one group kill never takes both
+            agent = Agent(keeper=(keeper, st[1] if st else None), reaper=subreaper())
+            agent.keeper_fd = paths_w
+            set_name("hsm-agent")
+            agent.main()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(paths_w)
+    set_name("hsm-keeper")
+    # The channel is the agent's: it must end when the agent ends, even if we live on.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.exit(Keeper(pid, paths_r).run())
 
 
 if __name__ == "__main__":

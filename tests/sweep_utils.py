@@ -124,3 +124,24 @@ def check_own_results(store: SweepStore) -> None:
     own = [json.loads((store.task_dir(t) / "result.json").read_text()) for t in tasks[:3]]
     assert own == [{"exit_code": 0}, {"exit_code": 0}, {"acc": 0.9}]
     assert not (store.task_dir(tasks[3]) / "result.json").exists()
+
+
+# A task that leaves two processes behind and exits 0: one in its own process group, one
+# that left it with setsid (issue 11 item 8: both must end with the task, on every source).
+LEAVES_BEHIND = [
+    "sh",
+    "-c",
+    'sleep 60 & echo $! > "$HSM_TASK_DIR/results/same"; '
+    'setsid sleep 61 & echo $! > "$HSM_TASK_DIR/results/own"; exit 0',
+]
+
+
+def check_nothing_left_behind(store: SweepStore) -> None:
+    from hsm_core.procs import pid_alive
+
+    latest = store.latest_attempts()
+    for task in store.tasks():
+        assert latest[task.key].state is TaskState.COMPLETED, latest[task.key]
+        for name in ("same", "own"):
+            pid = int((store.task_dir(task) / "results" / name).read_text())
+            wait_for(lambda p=pid: not pid_alive(p), timeout=15, message=f"{name} child {pid}")

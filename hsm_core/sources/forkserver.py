@@ -41,6 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hsm_core import remote_agent
+
 Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
 Prefork = Callable[[Mapping[str, Any]], None]
 
@@ -60,6 +62,7 @@ class _Child:
     job: Mapping[str, Any] = field(default_factory=dict)
     started: float = 0.0
     why: str | None = None  # why the server signalled it: cancel, timeout, orphaned
+    ticks: str | None = None  # its start (clock ticks): whose leftovers are whose
 
 
 @dataclass
@@ -75,6 +78,7 @@ class _State:
     buf: bytes = b""
     closing: bool = False
     journal: _Journal | None = None
+    reaper: bool = False  # a child subreaper: what a job leaves behind reparents here
 
 
 class _Journal:
@@ -230,6 +234,7 @@ def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> N
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sel = selectors.DefaultSelector()
     st = _State(cmd_r, evt_w, wake_r, wake_w, sel, prefork, journal=_Journal())
+    st.reaper = remote_agent.subreaper()
     sel.register(cmd_r, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     while True:
@@ -315,16 +320,16 @@ def _escalate(st: _State) -> None:
 
 
 def _reap(st: _State) -> None:
-    while st.children:
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         jid = st.pids.pop(pid, None)
         if jid is None:
-            continue
+            continue  # a process a job left behind (reparented here), now gone
         child = st.children.pop(jid)
         if child.go_w is not None:
             os.close(child.go_w)
@@ -336,6 +341,11 @@ def _reap(st: _State) -> None:
         if st.journal is not None:
             st.journal.exit(child, status)
         _emit(st, {"ev": "exit", "id": jid, "status": status})
+    if st.reaper:
+        # Processes a job left outside its group end with it too (remote_agent.leftovers).
+        live = {str(c.job.get("task_dir") or ""): c.ticks for c in st.children.values()}
+        for pid in remote_agent.leftovers(set(st.pids), live):
+            remote_agent.signal_tree(pid, signal.SIGKILL)
 
 
 def _shutdown(st: _State) -> None:
@@ -375,7 +385,8 @@ def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None
         os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
     except OSError:
         pass
-    child = _Child(pid, go_w, job=job, started=time.time())
+    ticks = (remote_agent.proc_stat(pid) or (None, None))[1]
+    child = _Child(pid, go_w, job=job, started=time.time(), ticks=ticks)
     st.children[jid] = child
     st.pids[pid] = jid
     if st.journal is not None:

@@ -117,6 +117,34 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def _end_leftovers(pgid: int | None) -> None:
+    """What the task left running ends with it, as on every source: the rest of its
+    process group, and any process that left the group (setsid, a daemon) and so
+    reparented to this wrapper, a child subreaper: SIGTERM, SIGKILL after the grace."""
+    from hsm_core import remote_agent as ra
+
+    def others() -> list[int]:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:  # zombies of orphans that reparented here
+                pass
+        return [p for p in ra.children() if (ra.proc_stat(p) or ("Z",))[0] not in ("Z", "X")]
+
+    deadline = time.monotonic() + KILL_GRACE_S
+    sig = signal.SIGTERM
+    while True:
+        group = ra.kill_group(pgid, sig)
+        left = others()
+        for pid in left:
+            ra.signal_tree(pid, sig)
+        if not group and not left:
+            return
+        if time.monotonic() >= deadline + 1.0:
+            return  # SIGKILL was sent: what still shows is going away
+        if time.monotonic() >= deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.05)
+
+
 def task_argv(job: Mapping[str, Any]) -> list[str]:
     """The argv the orchestrator made (``sources.base.task_argv``: the command, or the Hydra
     worker), with the python placeholder bound to the interpreter running this job."""
@@ -147,6 +175,9 @@ def run_task(job: Mapping[str, Any]) -> int:
     argv = task_argv(job)
     watch = _Watch(tdir)
     watch.install()
+    from hsm_core.remote_agent import subreaper
+
+    subreaper()  # what leaves the task's group reparents here, and ends with the task
     timeout = job.get("timeout_s")
     if job.get("kind") == "hydra" and argv[1:3] == list(WORKER):
         return _run_worker_here(job, tdir, argv[3:], env, watch, base, started)
@@ -174,6 +205,7 @@ def run_task(job: Mapping[str, Any]) -> int:
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(proc)
+    _end_leftovers(proc.pid)
     rc = proc.returncode
     sig = signal_name(rc)
     record = {
@@ -257,6 +289,7 @@ def _run_worker_here(
         os.dup2(saved[1], 2)
         for fd in (out, err, *saved):
             os.close(fd)
+    _end_leftovers(None)  # the job ran in this process: whatever it started and left
     return _finish(job, tdir, {**base, "exit_code": code}, started)
 
 

@@ -1,11 +1,13 @@
 """Local source: tasks on this machine, started by one hsm agent (hsm_core.remote_agent)
 over pipes, the same agent the ssh source runs on each host.
 
-The agent runs in its own session and is the parent of every task, each in a session of
-its own: it writes each task's exit record, so a killed orchestrator loses nothing (the
-agent finishes the tasks it started, records them, then exits; `hsm complete` finds them
-through a new agent's scan). Output goes straight to the task folder as it is written.
-Cancel and timeout signal the whole process group, so grandchildren die with the task.
+The agent runs in its own session (under its keeper, see remote_agent) and is the parent
+of every task, each in a session of its own: it journals each task's exit record, so a
+killed orchestrator loses nothing (the agent finishes the tasks it started, records them,
+then exits; `hsm complete` finds them through a new agent's scan). A killed agent costs
+a delay: its keeper records its tasks, and a new agent takes them over in their slots.
+Output goes straight to the task folder as it is written. Cancel and timeout signal the
+whole process group, and what a task leaves behind ends with it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_core import taskdir
+from hsm_core.errors import HsmError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.agent_channel import AgentChannel, Event
@@ -34,6 +38,9 @@ from hsm_core.sources.base import (
 
 KILL_GRACE_S = 3.0
 AGENT_START_TIMEOUT_S = 30.0
+# A dead agent is replaced (its tasks taken over) at most this often per minute; beyond,
+# its tasks are LOST as if this machine were a dead host.
+AGENT_RESTARTS_PER_MIN = 5
 
 
 @dataclass
@@ -42,6 +49,8 @@ class _Run:
     attempt: int
     id: str
     slot: int
+    agent: AgentChannel | None = None  # the agent it was sent to
+    started: bool = False
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -60,6 +69,9 @@ class LocalSource(ComputeSource):
         self._free_slots = list(range(spec.max_parallel))
         self._agent: AgentChannel | None = None
         self._agent_lock = asyncio.Lock()
+        self._restarts: list[float] = []
+        self._closing = False
+        self._jobs: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger(f"hsm.source.{self.name}")
 
     def running(self) -> int:
@@ -97,7 +109,10 @@ class LocalSource(ComputeSource):
                         cwd=self.ctx.sweep_dir,
                     )
 
-            agent = AgentChannel(f"local {self.name}", spawn, self._on_event, self._closed)
+            def closed(reason: str) -> None:
+                self._closed(agent, reason)
+
+            agent = AgentChannel(f"local {self.name}", spawn, self._on_event, closed)
             config = {
                 "journal": str(self.ctx.sweep_dir / JOURNAL_DIR),
                 "slots": max(1, self.spec.max_parallel),
@@ -109,6 +124,9 @@ class LocalSource(ComputeSource):
             return agent
 
     async def close(self) -> None:
+        self._closing = True
+        for job in list(self._jobs):
+            job.cancel()
         agent, self._agent = self._agent, None
         if agent is None:
             return
@@ -120,17 +138,61 @@ class LocalSource(ComputeSource):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5.0)
 
-    def _closed(self, reason: str) -> None:
-        self.log.error("%s: the local agent stopped (%s)", self.name, reason)
-        self._agent = None
-        for run in list(self._runs.values()):
-            self._done(run, TaskState.LOST, error=f"the local agent stopped: {reason}")
+    def _closed(self, agent: AgentChannel, reason: str) -> None:
+        """The agent died (killed, crashed). Its tasks do not: its keeper records them.
+        A new agent takes them over: each is adopted in its slot, or launched if it
+        never started; nothing that runs is started a second time."""
+        if self._agent is agent:
+            self._agent = None
+        runs = [r for r in self._runs.values() if r.agent is agent]
+        if self._closing or not runs:
+            return
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+        if len(self._restarts) > AGENT_RESTARTS_PER_MIN:
+            self.log.error("%s: the local agent keeps stopping (%s)", self.name, reason)
+            for run in runs:
+                self._done(run, TaskState.LOST, error=f"the local agent stopped: {reason}")
+            return
+        self.log.warning(
+            "%s: the local agent stopped (%s); a new one takes its %d tasks over",
+            self.name,
+            reason,
+            len(runs),
+        )
+        job = asyncio.create_task(self._take_over(runs))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _take_over(self, runs: list[_Run]) -> None:
+        try:
+            agent = await self._ensure_agent()
+        except (SourceError, HsmError, OSError) as exc:
+            for run in runs:
+                self._done(run, TaskState.LOST, error=f"the local agent stopped: {exc}")
+            return
+        self._scan(agent, [r for r in runs if self._runs.get(r.id) is r])
+
+    def _scan(self, agent: AgentChannel, runs: list[_Run]) -> None:
+        for run in runs:
+            run.agent = agent
+        tasks = [
+            {
+                "id": r.id,
+                "attempt": r.attempt,
+                "dir": str(self.ctx.task_dir(r.task)),
+                "timeout": r.task.timeout_s,
+            }
+            for r in runs
+        ]
+        if tasks:
+            agent.send({"op": "scan", "tasks": tasks})
 
     # ----------------------------------------------------------------- submit
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
         agent = await self._ensure_agent()
         slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
-        run = _Run(task, attempt, f"{task.key}:{attempt}", slot)
+        run = _Run(task, attempt, f"{task.key}:{attempt}", slot, agent)
         self._runs[run.id] = run
         try:
             agent.send(self._launch(run))
@@ -138,6 +200,18 @@ class LocalSource(ComputeSource):
             self._forget(run)
             raise
         return None
+
+    def _resend(self, run: _Run) -> bool:
+        """Launch again an attempt that never started (queued in an agent that died)."""
+        agent = self._agent
+        if agent is None or not agent.alive:
+            return False
+        run.agent = agent
+        try:
+            agent.send(self._launch(run))
+        except SourceError:
+            return False
+        return True
 
     def _launch(self, run: _Run) -> dict[str, Any]:
         task, task_dir = run.task, self.ctx.task_dir(run.task)
@@ -168,6 +242,7 @@ class LocalSource(ComputeSource):
             return
         if kind in ("started", "running"):
             pid = ev.get("pid")
+            run.started = True
             self._report(
                 TaskEvent(run.task.key, run.attempt, TaskState.RUNNING, self.name, handle=str(pid))
             )
@@ -177,6 +252,9 @@ class LocalSource(ComputeSource):
 
     def _exited(self, run: _Run, ev: Event) -> None:
         record = ev.get("record")
+        never = ev.get("never_started") or (record or {}).get("never_started")
+        if never and not run.started and self._resend(run):
+            return  # queued in an agent that died, or made but never run: launch it now
         if record is None:
             error = str(ev.get("error") or "no exit record")
             state = TaskState.FAILED if ev.get("launch_error") else TaskState.LOST
@@ -234,14 +312,14 @@ class LocalSource(ComputeSource):
         """After a crash: the agent that ran them finishes and records them; a new agent
         reports what each became (done, still running and now watched, or lost)."""
         agent = await self._ensure_agent()
-        scan = []
+        runs = []
         for task, att in attempts:
             slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
             run = _Run(task, att.attempt, f"{task.key}:{att.attempt}", slot)
+            run.started = att.state is TaskState.RUNNING
             self._runs[run.id] = run
-            scan.append({"id": run.id, "attempt": run.attempt, "dir": str(self.ctx.task_dir(task))})
-        if scan:
-            agent.send({"op": "scan", "tasks": scan})
+            runs.append(run)
+        self._scan(agent, runs)
 
     # ----------------------------------------------------------------- health
     async def health_check(self) -> HealthReport:

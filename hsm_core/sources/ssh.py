@@ -1,10 +1,11 @@
 """SSH source: tasks on a remote host, detached, through one agent on one connection.
 
 Per host: one asyncssh connection (hsm_core.transport.ssh), one stdlib agent process on
-one channel (hsm_core.remote_agent). The agent launches each attempt under a monitor in
-its own session that survives the channel, the connection and this process; it reports
-starts and exits as events, with the task folder's small files inline, so a slot turns
-over without any polling. The agent holds `max_parallel` slots and we keep `prefetch`
+one channel (hsm_core.remote_agent), under its keeper. The agent launches each attempt
+in its own session; the tasks survive the channel, the connection, this process and the
+agent itself (its keeper records them, the next agent adopts them). It reports starts
+and exits as events, with the task folder's small files inline, so a slot turns over
+without any polling. The agent holds `max_parallel` slots and we keep `prefetch`
 more attempts queued there, so a freed slot refills without a round trip.
 
 Remote layout: `<project_dir>/.hsm/sweeps/<sweep_id>/tasks/task_NNN/`, the task folder
@@ -359,6 +360,8 @@ class SSHSource(ComputeSource):
 
     async def _finish(self, att: _Att, ev: Event) -> None:
         record = ev.get("record")
+        if (record or {}).get("never_started") and not att.started and await self._resend(att):
+            return  # made but never run (its agent died at that moment): launch again
         if record is None:
             error = str(ev.get("error") or "no exit record")
             if ev.get("launch_error"):
@@ -500,7 +503,16 @@ class SSHSource(ComputeSource):
             return
         for att in atts:
             att.finishing = False
-        tasks = [{"id": a.id, "attempt": a.attempt, "dir": a.remote_dir, "skip": []} for a in atts]
+        tasks: list[dict[str, Any]] = [
+            {
+                "id": a.id,
+                "attempt": a.attempt,
+                "dir": a.remote_dir,
+                "skip": [],
+                "timeout": a.task.timeout_s,
+            }
+            for a in atts
+        ]
         try:
             self._agent.send({"op": "scan", "tasks": tasks})
         except SourceError as exc:

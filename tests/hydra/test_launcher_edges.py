@@ -124,3 +124,17 @@ def test_a_jobs_own_result_json_neither_forges_nor_fails_it(tmp_path: Path) -> N
     own = [json.loads((found[n]["dir"] / "result.json").read_text()) for n in range(3)]
     assert own == [{"exit_code": 0}, {"exit_code": 0}, {"acc": 0.9}]
     assert job_return(found[2]["dir"]).return_value == 2
+
+
+def test_what_a_job_leaves_behind_ends_with_it(tmp_path: Path) -> None:
+    """Issue 11, item 8: a child in the job's group and one that called setsid."""
+    from hsm_core.procs import pid_alive
+    from tests.helpers import wait_for
+
+    sweep = tmp_path / "sweep"
+    res = run_app(APPS / "leaves_behind.py", [*HSM, NO_PROGRESS, "x=1,2"], sweep_dir=sweep)
+    assert res.returncode == 0, res.stderr
+    for job in jobs(sweep).values():
+        for name in ("same", "own"):
+            pid = int((job["dir"] / "results" / name).read_text())
+            wait_for(lambda p=pid: not pid_alive(p), timeout=15, message=f"{name} child {pid}")

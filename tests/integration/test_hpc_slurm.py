@@ -30,7 +30,9 @@ from hsm_core.sources.hpc_job import EXIT_FILE, START_FILE
 from hsm_core.store import SweepStore
 from tests.services import SlurmEnv, SshEnv
 from tests.sweep_utils import (
+    LEAVES_BEHIND,
     PY,
+    check_nothing_left_behind,
     check_own_results,
     command_tasks,
     hsm,
@@ -221,6 +223,14 @@ def test_failing_tasks_are_failed_with_their_errors(
     # sacct agrees with hsm: the failed tasks' jobs failed (the original said COMPLETED).
     settles_as(raised.handle or "", "FAILED")
     settles_as(latest[tasks[0].key].handle or "", "COMPLETED")
+
+
+def test_what_a_task_leaves_behind_ends_with_it(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    store = make_sweep(tmp_path, command_tasks([LEAVES_BEHIND] * 2))
+    run_hpc(store, hpc_spec(slurm_env))
+    check_nothing_left_behind(store)
 
 
 def test_a_tasks_own_result_json_neither_forges_nor_fails_it(

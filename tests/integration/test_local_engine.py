@@ -14,7 +14,9 @@ from hsm_core.model import TaskState
 from hsm_core.procs import pid_alive
 from hsm_core.store import SweepStore
 from tests.sweep_utils import (
+    LEAVES_BEHIND,
     PY,
+    check_nothing_left_behind,
     check_own_results,
     command_tasks,
     make_sweep,
@@ -290,3 +292,11 @@ def test_a_tasks_own_result_json_neither_forges_nor_fails_it(tmp_path: Path) -> 
     store = make_sweep(tmp_path, own_result_tasks())
     run_local(store, slots=4)
     check_own_results(store)
+
+
+def test_what_a_task_leaves_behind_ends_with_it(tmp_path: Path) -> None:
+    """A background child in the task's group and one that called setsid are stopped
+    when the task exits 0 (issue 11, item 8)."""
+    store = make_sweep(tmp_path, command_tasks([LEAVES_BEHIND] * 2))
+    assert run_local(store, slots=2).ok
+    check_nothing_left_behind(store)

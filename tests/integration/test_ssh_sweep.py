@@ -17,7 +17,12 @@ from hsm_core.sources.ssh import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
 from tests.services import SshEnv
-from tests.sweep_utils import check_own_results, own_result_tasks
+from tests.sweep_utils import (
+    LEAVES_BEHIND,
+    check_nothing_left_behind,
+    check_own_results,
+    own_result_tasks,
+)
 
 HOSTILE = [
     "it's",
@@ -241,4 +246,12 @@ def test_a_tasks_own_result_json_is_collected_and_decides_nothing(
     store = new_store(tmp_path / "sweep", project, own_result_tasks("python3"))
     asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=4)]))
     check_own_results(store)
+    store.close()
+
+
+def test_what_a_task_leaves_behind_ends_with_it(ssh_env: SshEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    store = new_store(tmp_path / "sweep", project, command_tasks([LEAVES_BEHIND] * 2))
+    asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=2)]))
+    check_nothing_left_behind(store)  # the loopback host shares this machine's processes
     store.close()

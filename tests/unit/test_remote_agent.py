@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,23 +219,89 @@ def test_agent_outlives_its_orchestrator_until_its_tasks_end(tmp_path: Path) -> 
     assert not (tmp_path / "q").exists(), "a launch still queued must not start after EOF"
 
 
-def test_a_task_whose_agent_was_killed_is_reported_lost(tmp_path: Path) -> None:
+# Waits until the test creates `go` beside the task folders (the launch's cwd).
+WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.02; done; "
+
+
+def test_a_task_whose_agent_was_killed_is_recorded_by_its_keeper(tmp_path: Path) -> None:
+    first = Agent(tmp_path)
+    first.send(op="config", slots=1)
+    assert first.hello["keeper"] == first.proc.pid  # the process we started keeps the agent
+    d = tmp_path / "t"
+    launch(first, "x", d, ["sh", "-c", WAIT_FOR_GO + "exit 3"])
+    first.until("started", "x")
+    os.kill(first.hello["pid"], signal.SIGKILL)  # the agent, not its keeper
+    second = Agent(tmp_path)
+    try:
+        second.send(op="scan", tasks=[{"id": "x", "attempt": 1, "dir": str(d)}])
+        assert second.recv()["ev"] == "running"
+        (tmp_path / "go").touch()
+        done = second.until("exit", "x")
+        assert done["record"]["exit_code"] == 3 and done["record"]["keeper"] is True
+        assert first.proc.wait(10) == 128 + 9  # the keeper ends with its last orphan
+    finally:
+        second.close()
+
+
+def test_a_task_whose_agent_and_keeper_were_killed_is_reported_lost(tmp_path: Path) -> None:
     first = Agent(tmp_path)
     first.send(op="config", slots=1)
     d = tmp_path / "t"
-    launch(first, "x", d, ["sh", "-c", "sleep 0.5"])
+    launch(first, "x", d, ["sh", "-c", WAIT_FOR_GO])
     first.until("started", "x")
     first.proc.kill()  # nobody is left to write the exit record
+    os.kill(first.hello["pid"], signal.SIGKILL)
     first.proc.wait()
     second = Agent(tmp_path)
     try:
         second.send(op="scan", tasks=[{"id": "x", "attempt": 1, "dir": str(d)}])
         assert second.recv()["ev"] == "running"
+        (tmp_path / "go").touch()
         gone = second.until("exit", "x")
         assert gone["record"] is None and not gone.get("never_started")
         assert "without an exit record" in gone["error"]
     finally:
         second.close()
+
+
+def test_adopted_tasks_hold_their_slots(tmp_path: Path) -> None:
+    """A new agent that watches another's running tasks starts nothing in their slots."""
+    first = Agent(tmp_path)
+    first.send(op="config", slots=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    launch(first, "a", a, ["sh", "-c", WAIT_FOR_GO])
+    launch(first, "b", b, ["sh", "-c", WAIT_FOR_GO])
+    first.until("started", "a")
+    first.until("started", "b")
+    os.kill(first.hello["pid"], signal.SIGKILL)
+    second = Agent(tmp_path)
+    try:
+        second.send(op="config", slots=2)
+        second.send(op="scan", tasks=[{"id": "a", "attempt": 1, "dir": str(a)}])
+        assert second.recv()["ev"] == "running"
+        launch(second, "c", tmp_path / "c", ["true"])
+        launch(second, "d", tmp_path / "d", ["true"])
+        events = [second.recv() for _ in range(3)]
+        # One slot is held by "a" (adopted): "d" waits until "c" (or "a") is over.
+        kinds = [(e["ev"], e["id"]) for e in events]
+        assert kinds[0] == ("started", "c"), kinds
+        assert ("started", "d") not in kinds[:2], kinds
+    finally:
+        (tmp_path / "go").touch()
+        second.close()
+
+
+def test_what_a_task_leaves_behind_ends_with_it(agent: Agent, tmp_path: Path) -> None:
+    """A background child in the task's group, and one that left it (setsid), are
+    stopped once the task has exited normally (issue 11, item 8)."""
+    d = tmp_path / "t"
+    script = "sleep 60 & echo $! > same; setsid sleep 61 & echo $! > own; sleep 0.3; exit 0"
+    launch(agent, "x", d, ["sh", "-c", f"cd {d}; {script}"])
+    done = agent.until("exit", "x")
+    assert done["record"]["exit_code"] == 0
+    same, own = (int((d / n).read_text()) for n in ("same", "own"))
+    wait_for(lambda: not _alive(same), timeout=10, message="the group's leftover stopped")
+    wait_for(lambda: not _alive(own), timeout=10, message="the setsid leftover stopped")
 
 
 def _alive(pid: int) -> bool:
@@ -270,3 +337,67 @@ def test_no_stream_unless_asked(agent: Agent, tmp_path: Path) -> None:
     while events[-1].get("ev") != "exit":
         events.append(agent.recv())
     assert [e["ev"] for e in events] == ["started", "exit"]
+
+
+def test_the_keeper_names_a_task_its_agent_could_not_journal(tmp_path: Path) -> None:
+    """An agent killed between a launch line and the start line leaves a task only its
+    environment names (or, ended already, its start time): the keeper finds it."""
+    from hsm_core import remote_agent as ra
+
+    keeper = ra.Keeper(agent=None, paths_fd=-1)
+    d = str(tmp_path / "t")
+    launch = {"ticks": ra.ticks_now()}
+    env = {**os.environ, "HSM_TASK_DIR": d, "HSM_ATTEMPT": "2"}
+    live = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
+    other = subprocess.Popen(["sleep", "30"], env={**env, "HSM_ATTEMPT": "1"})
+    try:
+        assert keeper.find_launched((d, 2), launch, known=set()) == live.pid
+    finally:
+        for p in (live, other):
+            p.kill()
+            p.wait()
+    ended = subprocess.Popen(["true"], start_new_session=True)  # a zombie until waited for
+    wait_for(lambda: (ra.proc_stat(ended.pid) or ("",))[0] == "Z", timeout=10)
+    try:
+        assert keeper.find_launched((d, 3), launch, known=set()) == ended.pid
+        assert keeper.find_launched((d, 3), launch, known={ended.pid}) is None
+    finally:
+        ended.wait()
+
+
+def test_a_launch_without_its_start_holds_its_slot_until_the_keeper_says(tmp_path: Path) -> None:
+    """A new agent that finds only a launch line (its agent died in between) waits for
+    the keeper's word: the task's start line (then it watches it), or `unstarted`."""
+    from hsm_core import remote_agent as ra
+
+    me, my_start = os.getpid(), ra.proc_stat(os.getpid())[1]  # type: ignore[index]
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    path = journal / ra.journal_name(ra.boot_id(), 1, "0")  # an agent long gone
+    d_run, d_none = str(tmp_path / "run"), str(tmp_path / "none")
+    who = {"keeper": me, "keeper_start": my_start, "start": time.time()}
+    lines = [{"e": "launch", "dir": d, "attempt": 1, **who} for d in (d_run, d_none)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    agent = Agent(tmp_path)
+    task = subprocess.Popen(["sh", "-c", WAIT_FOR_GO], cwd=tmp_path, start_new_session=True)
+    try:
+        agent.send(op="config", slots=2)
+        tasks = [{"id": "r", "attempt": 1, "dir": d_run}, {"id": "n", "attempt": 1, "dir": d_none}]
+        agent.send(op="scan", tasks=tasks)
+        launch(agent, "c", tmp_path / "c", ["true"])  # both slots held: it must wait
+        start = {"e": "start", "dir": d_run, "attempt": 1, "pid": task.pid, **who}
+        start["pid_start"] = ra.proc_stat(task.pid)[1]  # type: ignore[index]
+        with open(path, "a") as f:
+            f.write(json.dumps(start) + "\n")
+            f.write(
+                json.dumps({"e": "unstarted", "dir": d_none, "attempt": 1, "time": time.time()})
+            )
+            f.write("\n")
+        first = [agent.recv() for _ in range(2)]
+        assert {(e["ev"], e["id"]) for e in first} == {("running", "r"), ("exit", "n")}
+        assert next(e for e in first if e["id"] == "n")["never_started"] is True
+        assert agent.recv()["id"] == "c"  # started once "n" gave its slot back
+    finally:
+        (tmp_path / "go").touch()
+        task.wait()
+        agent.close()
