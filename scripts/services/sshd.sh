@@ -212,7 +212,11 @@ cmd_start() {
     lock_dir "$BASE"
     chmod 755 "$HSM_SERVICES_DIR" "$BASE"
     [ -f "$BASE/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C hsm-test-client -f "$BASE/id_ed25519"
-    install -m 644 "$BASE/id_ed25519.pub" "$BASE/authorized_keys"
+    # Every file the running hosts and other users' tests read is replaced by a rename,
+    # never rewritten in place: a start beside a running test must not show it an empty
+    # authorized_keys (a refused login) or known_hosts (an unknown host key) for a moment.
+    install -m 644 "$BASE/id_ed25519.pub" "$BASE/authorized_keys.new"
+    mv -f "$BASE/authorized_keys.new" "$BASE/authorized_keys"
     install -d -m 755 /run/sshd   # sshd as root checks it on start and on every connection
 
     port=$(choose_port)

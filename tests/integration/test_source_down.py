@@ -367,3 +367,28 @@ def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
         assert "dead could not start" in (first.error or "")
         assert (second.state, second.source) == (TaskState.COMPLETED, "h1")
     store.close()
+
+
+def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    """A busy host: its agent needs 3 s to answer, agent_timeout is 2 s. The first start
+    fails ("did not answer"), the sweep runs on h1, the retry allows 4 s and h2 joins."""
+    slow = shared_dir / "slow-python"
+    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {ssh_env.host("h2").python} "$@"\n')
+    slow.chmod(0o755)
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["sh", "-c", "sleep 0.5", str(i)] for i in range(24)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = [
+        ssh_spec(ssh_env, "h1", 1, **FAST_SSH),
+        ssh_spec(ssh_env, "h2", 2, **FAST_SSH, agent_python=str(slow), agent_timeout=2),
+    ]
+    outcome = asyncio.run(run(store, specs))
+    assert outcome.counts[TaskState.COMPLETED] == 24, outcome.counts
+    assert outcome.not_started == {}
+    assert "h2" in {a.source for a in store.latest_attempts().values()}
+    health = (store.sweep_dir / "logs" / "health_status.log").read_text()
+    assert "h2: disabled: could not start" in health and "did not answer in 2 s" in health
+    assert "h2: re-enabled: started at try 2" in health
+    store.close()
