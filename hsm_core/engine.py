@@ -43,6 +43,9 @@ LOST_LIMIT = 5
 START_AT_ONCE = 8
 # A start that takes longer counts as failed; the source is tried again later.
 START_DEADLINE_S = 180.0
+# The sweep waits this long for every source's first start (so that a mistake stops it
+# before any task); then it begins on those up and a slow one joins when it is ready.
+START_GRACE_S = 30.0
 # A source that could not start is tried again after this, then at doubling intervals.
 RESTART_FIRST_S = 2.0
 RESTART_MAX_S = 60.0
@@ -105,11 +108,13 @@ class SweepEngine:
         self._start_slots = asyncio.Semaphore(max(1, start_at_once))
         self._started: set[str] = set()
         self.not_started: dict[str, str] = {}  # source -> why, while it has not started
-        self._start_phase: list[asyncio.Future[BaseException | None]] = []
+        self._start_phase: list[asyncio.Task[BaseException | None]] = []
         self._restarts: dict[str, asyncio.Task[None]] = {}
         # Each task's spec as the journal stores it (JSON text), parsed when it is placed:
         # a third of the memory of parsed specs, which a 100,000-task sweep notices.
         self._specs: dict[str, str] = {}
+        self._running = False  # the main loop runs: a source that starts now joins it
+        self._ended = False
         self._live: dict[str, _Live] = {}
         self._queue: deque[str] = deque()
         self._inflight: dict[str, int] = {name: 0 for name in self.sources}
@@ -176,6 +181,7 @@ class SweepEngine:
             await self._start_sources()
             self.store.set_meta("started", time.time())
             self.health.start()
+            self._running = True
             pollers = [
                 asyncio.create_task(self._poll_loop(s))
                 for s in self.sources.values()
@@ -184,6 +190,8 @@ class SweepEngine:
             await self._main_loop()
         finally:
             await self.health.stop()
+            self._running = False
+            self._ended = True  # no new retries from here
             for job in self._restarts.values():
                 job.cancel()
             await asyncio.gather(*self._restarts.values(), return_exceptions=True)
@@ -236,41 +244,74 @@ class SweepEngine:
 
     async def _start_sources(self) -> None:
         """Start every source, START_AT_ONCE at a time, and wait until each has started
-        or failed once. A mistake (an HsmError other than SourceUnavailable: a host key
-        to confirm, `sync: fail`) stops the run. An outage (refused, timed out, login
-        refused, no interpreter, an agent that does not answer) disables the source and
-        retries it in the background, unless `require_all`. No source with slots up
-        stops the run: then nothing has started."""
+        or failed once (for START_GRACE_S at most, once one with slots is up). A mistake
+        (an HsmError other than SourceUnavailable: a host key to confirm, `sync: fail`)
+        stops the run. An outage (refused, timed out, login refused, no interpreter, an
+        agent that does not answer) disables the source and retries it in the
+        background, unless `require_all`. No source with slots up stops the run: then
+        nothing has started."""
         for name in self.sources:
             self.health.starting(name)
         sources = list(self.sources.values())
-        self._start_phase = [asyncio.ensure_future(self._try_start(s, 1)) for s in sources]
+        jobs = [asyncio.create_task(self._try_start(s, 1)) for s in sources]
+        self._start_phase = jobs
         try:
-            await asyncio.wait(self._start_phase)
+            await self._first_tries(jobs)
         except asyncio.CancelledError:
-            for job in self._start_phase:
+            for job in jobs:
                 job.cancel()
             raise
+        finally:
+            self._start_phase = []
         down: dict[str, BaseException] = {}
-        for src, job in zip(sources, self._start_phase, strict=True):
-            failure = SourceError("cancelled while starting") if job.cancelled() else job.result()
-            if failure is not None:
-                down[src.name] = failure
-        self._start_phase = []
+        for src, job in zip(sources, jobs, strict=True):
+            if job.done():
+                failure = (
+                    SourceError("cancelled while starting") if job.cancelled() else job.result()
+                )
+                if failure is not None:
+                    down[src.name] = failure
         if not self._cancelling:
-            self._check_start(down)
-        for name, failure in down.items():
-            reason = _reason(failure)
-            self.not_started[name] = reason
-            if self._cancelling or self.sources[name].spec.max_parallel < 1:
-                continue  # only there to re-attach: nothing to retry it for
-            self.health.start_failed(name, reason, 1, RESTART_FIRST_S)
-            self._say(
-                f"source {name} could not start: {reason}; the sweep runs without it and "
-                "tries it again in the background"
-            )
-            self._restarts[name] = asyncio.create_task(self._restart(self.sources[name]))
+            try:
+                self._check_start(down)
+            except BaseException:
+                for job in jobs:
+                    job.cancel()
+                raise
+        for src, job in zip(sources, jobs, strict=True):
+            if src.name in down:
+                self._start_failed(src, down[src.name], 1)
+            elif not job.done():  # slow: the sweep begins without it, it may join later
+                self.not_started[src.name] = f"still starting after {START_GRACE_S:g} s"
+                self.health.slow(src.name, START_GRACE_S)
+                self._say(
+                    f"source {src.name} is still starting after {START_GRACE_S:g} s: the "
+                    "sweep begins without it, and it joins when it is ready"
+                )
+                self._restarts[src.name] = asyncio.create_task(self._late(src, job))
         await self._reattach_all()
+
+    async def _first_tries(self, jobs: list[asyncio.Task[BaseException | None]]) -> None:
+        """Until every first start settled, a mistake showed (any failure when
+        require_all), or START_GRACE_S passed with a source with slots up."""
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + START_GRACE_S
+        pending = set(jobs)
+        while pending:
+            left = grace_end - loop.time()
+            if not self.require_all and left <= 0 and self._usable():
+                return
+            timeout = left if left > 0 and not self.require_all else None
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for job in done:
+                failure = None if job.cancelled() else job.result()
+                if failure is not None and (self.require_all or not _outage(failure)):
+                    return
+
+    def _usable(self) -> bool:
+        return any(self.sources[n].spec.max_parallel > 0 for n in self._started)
 
     def _check_start(self, down: dict[str, BaseException]) -> None:
         for failure in down.values():
@@ -283,7 +324,7 @@ class SweepEngine:
                 f"check it with `hsm sources test {name}`; without --require-all-sources "
                 "the sweep runs on the other sources",
             ) from failure
-        if down and not any(self.sources[n].spec.max_parallel > 0 for n in self._started):
+        if down and not self._usable():
             listed = "; ".join(f"{n}: {_reason(e)}" for n, e in list(down.items())[:3])
             more = f" (and {len(down) - 3} more)" if len(down) > 3 else ""
             test = f"hsm sources test {next(iter(down))}" if len(down) == 1 else "hsm sources test"
@@ -314,28 +355,46 @@ class SweepEngine:
         self._started.add(src.name)
         self.not_started.pop(src.name, None)
         self.enabled[src.name] = True
-        self.health.started(src.name, tries)
-        if tries > 1:
+        self.health.started(src.name, tries, self._running)
+        if self._running:
             self._say(f"source {src.name} started (try {tries}): it joins the sweep")
             self._events.put_nowait(None)  # wake the loop: there are slots to fill
+
+    def _start_failed(self, src: ComputeSource, failure: BaseException, tries: int) -> bool:
+        """Say why; True when the source is to be tried again."""
+        reason = self.not_started[src.name] = _reason(failure)
+        if self._cancelling or self._ended or src.spec.max_parallel < 1:
+            return False  # ending, or only there to re-attach: nothing to retry it for
+        if not _outage(failure):
+            self.health.start_failed(src.name, reason, tries, None)
+            self._say(f"source {src.name} is left out of this run: {reason}")
+            return False
+        delay = min(RESTART_FIRST_S * 2 ** (tries - 1), RESTART_MAX_S)
+        self.health.start_failed(src.name, reason, tries, delay)
+        if tries == 1:
+            self._say(
+                f"source {src.name} could not start: {reason}; the sweep runs without it "
+                "and tries it again in the background"
+            )
+            self._restarts[src.name] = asyncio.create_task(self._restart(src))
+        return True
+
+    async def _late(self, src: ComputeSource, first: asyncio.Task[BaseException | None]) -> None:
+        """A first start still going when the sweep began: it joins, or fails as any."""
+        failure = await first
+        if failure is not None:
+            self._start_failed(src, failure, 1)
 
     async def _restart(self, src: ComputeSource) -> None:
         """Try a source that could not start again, with backoff, until it starts (or a
         mistake shows that it never will in this run)."""
-        delay, tries = RESTART_FIRST_S, 1
+        tries = 1
         while not self._cancelling:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(RESTART_FIRST_S * 2 ** (tries - 1), RESTART_MAX_S))
             tries += 1
             failure = await self._try_start(src, tries)
-            if failure is None:
+            if failure is None or not self._start_failed(src, failure, tries):
                 return
-            reason = self.not_started[src.name] = _reason(failure)
-            if not _outage(failure):
-                self.health.start_failed(src.name, reason, tries, None)
-                self._say(f"source {src.name} is left out of this run: {reason}")
-                return
-            delay = min(2 * delay, RESTART_MAX_S)
-            self.health.start_failed(src.name, reason, tries, delay)
 
     def _say(self, line: str) -> None:
         if self.notify is not None:

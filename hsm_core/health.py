@@ -130,10 +130,21 @@ class HealthMonitor:
                 retry_in,
             )
 
-    def started(self, name: str, tries: int) -> None:
+    def slow(self, name: str, waited: float) -> None:
+        st = self.state[name]
+        st.reason = f"still starting after {waited:g} s"
+        log.warning(
+            "%s: disabled: still starting after %g s; the sweep begins without it, and it "
+            "joins when it is ready",
+            name,
+            waited,
+        )
+
+    def started(self, name: str, tries: int, late: bool) -> None:
+        """Started; `late`: after the sweep began without it."""
         st = self.state[name]
         st.starting, st.enabled, st.reason, st.failures_in_row = False, True, None, 0
-        if tries > 1:
+        if late:
             log.warning("%s: re-enabled: started at try %d; it joins the sweep", name, tries)
 
     # -------------------------------------------------------------- checks

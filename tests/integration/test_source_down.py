@@ -162,10 +162,11 @@ def test_a_mistake_on_one_source_stays_fatal(
     before any task, even though h1 could run them."""
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    sources = {"h1": ssh_entry(ssh_env, "h1"), "h2": ssh_entry(ssh_env, "h2")}
-    sources["h2"]["known_hosts"] = str(empty)
+    # Both on h1 (one host that must be up: other users' tests stop hosts at times).
+    sources = {"good": ssh_entry(ssh_env, "h1"), "unknown": ssh_entry(ssh_env, "h1")}
+    sources["unknown"]["known_hosts"] = str(empty)
     project = _project(tmp_path, shared_dir, sources)
-    res = hsm("run", "-c", "sweep.yaml", "-s", "h1,h2", "--sweep-id", "s", cwd=project)
+    res = hsm("run", "-c", "sweep.yaml", "-s", "good,unknown", "--sweep-id", "s", cwd=project)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = _warnings(res.stderr)
     assert len(lines) == 1 and "is not in" in lines[0] and "ssh-keyscan" in lines[0], lines
@@ -391,4 +392,40 @@ def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
     health = (store.sweep_dir / "logs" / "health_status.log").read_text()
     assert "h2: disabled: could not start" in health and "did not answer in 2 s" in health
     assert "h2: re-enabled: started at try 2" in health
+    store.close()
+
+
+def test_a_slow_start_does_not_hold_up_the_sweep(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h2's agent takes 6 s to answer (within its agent_timeout): after the grace period
+    (2 s here) the sweep begins on h1, and h2 joins when its start completes."""
+    from hsm_core import engine
+
+    monkeypatch.setattr(engine, "START_GRACE_S", 2.0)
+    slow = shared_dir / "slow-python"
+    slow.write_text(f'#!/bin/sh\nsleep 6\nexec {ssh_env.host("h2").python} "$@"\n')
+    slow.chmod(0o755)
+    project = make_project(tmp_path / "proj")
+    tasks = command_tasks([["sh", "-c", "sleep 0.5", str(i)] for i in range(24)])
+    store = new_store(tmp_path / "sweep", project, tasks)
+    specs = [
+        ssh_spec(ssh_env, "h1", 1, **FAST_SSH),
+        ssh_spec(ssh_env, "h2", 2, **FAST_SSH, agent_python=str(slow)),
+    ]
+    first_running: dict[str, float] = {}
+
+    def listener(ev: TaskEvent) -> None:
+        if ev.state is TaskState.RUNNING and ev.source:
+            first_running.setdefault(ev.source, time.monotonic())
+
+    t0 = time.monotonic()
+    outcome = asyncio.run(run(store, specs, listener=listener))
+    assert outcome.counts[TaskState.COMPLETED] == 24, outcome.counts
+    assert outcome.not_started == {}
+    assert first_running["h1"] - t0 < 5.5, first_running  # before h2 could answer
+    assert first_running["h2"] - t0 > 6, first_running
+    health = (store.sweep_dir / "logs" / "health_status.log").read_text()
+    assert "h2: disabled: still starting after 2 s" in health
+    assert "h2: re-enabled: started at try 1" in health
     store.close()
