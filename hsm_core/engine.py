@@ -43,8 +43,9 @@ LOST_LIMIT = 5
 START_AT_ONCE = 8
 # A start that takes longer counts as failed; the source is tried again later.
 START_DEADLINE_S = 180.0
-# The sweep waits this long for every source's first start (so that a mistake stops it
-# before any task); then it begins on those up and a slow one joins when it is ready.
+# The sweep waits for every source's first start (so that a mistake stops it before any
+# task), but not longer than this after the first one with slots is up: then it begins
+# on those up, and a slow one joins when it is ready.
 START_GRACE_S = 30.0
 # A source that could not start is tried again after this, then at doubling intervals.
 RESTART_FIRST_S = 2.0
@@ -293,15 +294,19 @@ class SweepEngine:
 
     async def _first_tries(self, jobs: list[asyncio.Task[BaseException | None]]) -> None:
         """Until every first start settled, a mistake showed (any failure when
-        require_all), or START_GRACE_S passed with a source with slots up."""
+        require_all), or START_GRACE_S passed since the first source with slots was up
+        (a machine so busy that every start is slow delays them all alike)."""
         loop = asyncio.get_running_loop()
-        grace_end = loop.time() + START_GRACE_S
+        first_up: float | None = None
         pending = set(jobs)
         while pending:
-            left = grace_end - loop.time()
-            if not self.require_all and left <= 0 and self._usable():
-                return
-            timeout = left if left > 0 and not self.require_all else None
+            timeout = None
+            if first_up is None and self._usable():
+                first_up = loop.time()
+            if first_up is not None and not self.require_all:
+                timeout = first_up + START_GRACE_S - loop.time()
+                if timeout <= 0:
+                    return
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
