@@ -1,7 +1,8 @@
 """A source that cannot start is a dead host, not the end of the sweep: the sweep runs on
 the sources that started and keeps trying the others. Real loopback sshd hosts; a "dead"
 source is an ssh source pointed at a port where nothing listens (refused at once), or a
-host whose sshd was killed (SshHostControl)."""
+host whose sshd was killed (SshHostControl). Sources that must be up are on h1, under
+names of their own: other tests stop h2 (and this one h3) at times."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hsm_core.model import TaskEvent, TaskState
+from hsm_core.model import SourceSpec, TaskEvent, TaskState
 from hsm_core.store import SweepStore
 from tests.helpers import async_wait_for
 from tests.hydra.util import APPS, job_return, jobs, run_app
@@ -50,6 +51,12 @@ def _closed_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return int(s.getsockname()[1])
+
+
+def _on_h1(ssh_env: SshEnv, name: str, slots: int = 2, **options: Any) -> SourceSpec:
+    """A source named `name` on the loopback host h1 (a project dir of its own)."""
+    base = ssh_spec(ssh_env, "h1", slots, **FAST_SSH, **options)
+    return SourceSpec(name, "ssh", slots, options=dict(base.options))
 
 
 def _dead_entry(ssh_env: SshEnv, alias: str) -> dict[str, Any]:
@@ -95,12 +102,12 @@ def test_one_refused_source_of_three_the_sweep_runs_on_the_other_two(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     sources = {
-        "h1": ssh_entry(ssh_env, "h1"),
-        "h2": ssh_entry(ssh_env, "h2"),
+        "a": ssh_entry(ssh_env, "h1"),
+        "b": ssh_entry(ssh_env, "h1"),
         "dead": _dead_entry(ssh_env, "h3"),
     }
     project = _project(tmp_path, shared_dir, sources)
-    res = hsm("run", "-c", "sweep.yaml", "-s", "h1,h2,dead", "--sweep-id", "s", cwd=project)
+    res = hsm("run", "-c", "sweep.yaml", "-s", "a,b,dead", "--sweep-id", "s", cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
     # One warning line, with the reason, while the sweep goes on.
     lines = _warnings(res.stderr)
@@ -111,7 +118,7 @@ def test_one_refused_source_of_three_the_sweep_runs_on_the_other_two(
     store = _store(project, "s")
     latest = store.latest_attempts()
     assert {a.state for a in latest.values()} == {TaskState.COMPLETED}
-    assert {a.source for a in latest.values()} == {"h1", "h2"}
+    assert {a.source for a in latest.values()} == {"a", "b"}
     assert _runs(shared_dir) == Counter({str(i): 1 for i in range(12)})
     assert "dead" in (store.meta("not_started") or {})
     # Disabled in the health log, so `hsm monitor` shows it.
@@ -300,8 +307,8 @@ def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SshEnv, tmp_
 def test_many_sources_start_a_few_at_a_time_and_all_take_work(
     ssh_env: SshEnv, tmp_path: Path
 ) -> None:
-    """12 ssh sources (aliases over the three hosts) x 1 slot: every one starts and runs
-    tasks; never more than the engine's bound start at once."""
+    """12 ssh sources (each its own connection, agent and project dir) x 1 slot: every
+    one starts and runs tasks; never more than the engine's bound start at once."""
     from hsm_core.engine import START_AT_ONCE
     from hsm_core.orchestrate import context_for
     from hsm_core.sources import make_source
@@ -311,11 +318,7 @@ def test_many_sources_start_a_few_at_a_time_and_all_take_work(
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 0.3", str(i)] for i in range(48)])
     store = new_store(tmp_path / "sweep", project, tasks)
-    specs = []
-    for i in range(n_sources):
-        alias = f"h{i % 3 + 1}"
-        base = ssh_spec(ssh_env, alias, 1, **FAST_SSH)
-        specs.append(type(base)(f"s{i:02d}", "ssh", 1, options=dict(base.options)))
+    specs = [_on_h1(ssh_env, f"s{i:02d}", 1) for i in range(n_sources)]
     ctx = context_for(store, sys.executable)
     sources = [make_source(spec, ctx) for spec in specs]
     starting = 0
@@ -359,14 +362,14 @@ def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
         [TaskEvent(k, 1, s, "dead") for k in left for s in (TaskState.ASSIGNED, TaskState.RUNNING)]
     )
     dead = ssh_spec(ssh_env, "h3", 2, **FAST_SSH, port=_closed_port(ssh_env.host("h3").address))
-    specs = [ssh_spec(ssh_env, "h1", 2, **FAST_SSH), type(dead)("dead", "ssh", 2, dead.options)]
+    specs = [_on_h1(ssh_env, "up"), SourceSpec("dead", "ssh", 2, options=dict(dead.options))]
     outcome = asyncio.run(run(store, specs))
     assert outcome.counts[TaskState.COMPLETED] == 4, outcome.counts
     for key in left:
         first, second = store.attempts(key)
         assert (first.state, first.source) == (TaskState.LOST, "dead")
         assert "dead could not start" in (first.error or "")
-        assert (second.state, second.source) == (TaskState.COMPLETED, "h1")
+        assert (second.state, second.source) == (TaskState.COMPLETED, "up")
     store.close()
 
 
@@ -374,44 +377,46 @@ def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """A busy host: its agent needs 3 s to answer, agent_timeout is 2 s. The first start
-    fails ("did not answer"), the sweep runs on h1, the retry allows 4 s and h2 joins."""
+    fails ("did not answer"), the sweep runs on `fast`, the retry allows 4 s and `slow`
+    joins."""
     slow = shared_dir / "slow-python"
-    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {ssh_env.host("h2").python} "$@"\n')
+    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {ssh_env.host("h1").python} "$@"\n')
     slow.chmod(0o755)
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 1", str(i)] for i in range(30)])
     store = new_store(tmp_path / "sweep", project, tasks)
     specs = [
-        ssh_spec(ssh_env, "h1", 1, **FAST_SSH),
-        ssh_spec(ssh_env, "h2", 2, **FAST_SSH, agent_python=str(slow), agent_timeout=2),
+        _on_h1(ssh_env, "fast", 1),
+        _on_h1(ssh_env, "slow", 2, agent_python=str(slow), agent_timeout=2),
     ]
     outcome = asyncio.run(run(store, specs))
     assert outcome.counts[TaskState.COMPLETED] == 30, outcome.counts
     assert outcome.not_started == {}
-    assert "h2" in {a.source for a in store.latest_attempts().values()}
+    assert "slow" in {a.source for a in store.latest_attempts().values()}
     health = (store.sweep_dir / "logs" / "health_status.log").read_text()
-    assert "h2: disabled: could not start" in health and "did not answer in 2 s" in health
-    assert "h2: re-enabled: started at try " in health  # try 2, or later on a busy machine
+    assert "slow: disabled: could not start" in health and "did not answer in 2 s" in health
+    assert "slow: re-enabled: started at try " in health  # try 2, or later on a busy machine
     store.close()
 
 
 def test_a_slow_start_does_not_hold_up_the_sweep(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """h2's agent takes 15 s to answer (within its agent_timeout): 2 s (the grace period,
-    here) after h1 is up the sweep begins on h1, and h2 joins when its start completes."""
+    """`slow`'s agent takes 15 s to answer (within its agent_timeout): 2 s (the grace
+    period, here) after `fast` is up the sweep begins on it, and `slow` joins when its
+    start completes."""
     from hsm_core import engine
 
     monkeypatch.setattr(engine, "START_GRACE_S", 2.0)
     slow = shared_dir / "slow-python"
-    slow.write_text(f'#!/bin/sh\nsleep 15\nexec {ssh_env.host("h2").python} "$@"\n')
+    slow.write_text(f'#!/bin/sh\nsleep 15\nexec {ssh_env.host("h1").python} "$@"\n')
     slow.chmod(0o755)
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 1", str(i)] for i in range(30)])
     store = new_store(tmp_path / "sweep", project, tasks)
     specs = [
-        ssh_spec(ssh_env, "h1", 1, **FAST_SSH),
-        ssh_spec(ssh_env, "h2", 2, **FAST_SSH, agent_python=str(slow)),
+        _on_h1(ssh_env, "fast", 1),
+        _on_h1(ssh_env, "slow", 2, agent_python=str(slow)),
     ]
     first_running: dict[str, float] = {}
 
@@ -422,8 +427,8 @@ def test_a_slow_start_does_not_hold_up_the_sweep(
     outcome = asyncio.run(run(store, specs, listener=listener))
     assert outcome.counts[TaskState.COMPLETED] == 30, outcome.counts
     assert outcome.not_started == {}
-    assert first_running["h1"] < first_running["h2"], first_running
+    assert first_running["fast"] < first_running["slow"], first_running
     health = (store.sweep_dir / "logs" / "health_status.log").read_text()
-    assert "h2: disabled: still starting after 2 s" in health
-    assert "h2: re-enabled: started at try 1" in health
+    assert "slow: disabled: still starting after 2 s" in health
+    assert "slow: re-enabled: started at try 1" in health
     store.close()
