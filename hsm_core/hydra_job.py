@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -72,8 +73,15 @@ def run_here(
     gate: Gate | None = None,
     inplace: bool = False,
     sweep_dir: str | None = None,
+    last_in_process: bool = False,
 ) -> int:
-    """Run the job; write its result files; return the process exit code (0 or 1)."""
+    """Run the job; write its result files; return the process exit code (0 or 1).
+
+    `last_in_process`: the process ends once this returns (a forked job, a worker). Then
+    SIGTERM, SIGINT and SIGHUP are held from the moment the task function returns: a
+    cancel or a dying launcher arriving while Hydra and hsm record the job would kill a
+    job that has finished, and it would run again. The process never takes them; one that
+    hangs on its way out is still ended by the SIGKILL that follows a cancel."""
     from hydra.core.utils import JobReturn, JobStatus, run_job
     from omegaconf import open_dict
 
@@ -89,7 +97,7 @@ def run_here(
                 cfg.hydra.sweep.dir = sweep_dir
         ret = run_job(
             hydra_context=rt.hydra_context,
-            task_function=_wrapped(rt.task_function, task_dir, info, gate),
+            task_function=_wrapped(rt.task_function, task_dir, info, gate, last_in_process),
             config=cfg,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
@@ -113,7 +121,11 @@ def run_here(
 
 
 def _wrapped(
-    fn: Callable[[Any], Any], task_dir: Path, info: dict[str, Any], gate: Gate | None
+    fn: Callable[[Any], Any],
+    task_dir: Path,
+    info: dict[str, Any],
+    gate: Gate | None,
+    hold_signals: bool = False,
 ) -> Callable[[Any], Any]:
     """The task function, preceded by what must happen once run_job has set the job up
     (its output dir, logging, HydraConfig) and before the task itself runs."""
@@ -133,6 +145,11 @@ def _wrapped(
             if exc.code is None or exc.code == 0:
                 return None
             raise JobExit(exc.code) from None
+        finally:
+            if hold_signals:  # see run_here: from here on the job is only being recorded
+                signal.pthread_sigmask(
+                    signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+                )
 
     return job
 

@@ -57,6 +57,7 @@ def run(payload: Path, task_dir: Path) -> int:
         task_dir=task_dir,
         config=job.config,
         sweep_dir=str(sweep_dir) if moved else None,
+        last_in_process=True,
     )
 
 

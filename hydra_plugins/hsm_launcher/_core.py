@@ -234,6 +234,7 @@ class _Launch:
                 task_dir=task_dir,
                 gate=gate,
                 inplace=True,
+                last_in_process=True,
             )
 
         def prefork(req: Any) -> None:  # in the fork server: a template per job shape

@@ -253,3 +253,25 @@ def test_jobs_that_finished_as_their_launcher_died_never_run_again(
     assert {a.state.value for a in store.latest_attempts().values()} == {"COMPLETED"}
     assert all(len(store.attempts(t.key)) == 1 for t in store.tasks())
     assert _finished(log) == Counter({str(x): 1 for x in range(4)})
+
+
+def test_a_job_being_recorded_when_its_launcher_dies_is_not_run_again(tmp_path: Path) -> None:
+    """The job returned; Hydra's on_job_end callbacks and hsm's records are still being
+    written when the launcher is SIGKILLed and its fork server stops the job. Before: the
+    stop killed it there, nothing said it had finished, and `hsm complete` ran it again."""
+    sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
+    slow = ["end_delay=1", "+hydra.callbacks.slow._target_=__main__.SlowEnd"]
+    proc = start_app(MARKER, _args(log, 1, 0, "hsm", *slow), sweep_dir=sweep)
+    try:
+        wait_for(lambda: _finished(log), timeout=60, message="the job returned")
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done = hsm("complete", str(sweep), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = SweepStore.open(sweep, readonly=True)
+    assert [len(store.attempts(t.key)) for t in store.tasks()] == [1]
+    assert _finished(log) == Counter({"0": 1})

@@ -1,14 +1,22 @@
 """Proves how often each job finished: after `sleep` seconds it appends its x to `log`
 (O_APPEND: lines of concurrent jobs never mix). `hold`: a file to wait for before that
 (the test says when jobs may finish). `linger`: seconds the job process still takes after
-the job returned (a log handler slow to close), a window to cancel it in."""
+the job returned (a log handler slow to close), a window to cancel it in. `end_delay`:
+seconds the `SlowEnd` callback (`+hydra.callbacks.slow._target_=__main__.SlowEnd`) takes
+in on_job_end, after the job returned and before hsm has recorded it."""
 
 import logging
 import os
 import time
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+
+class SlowEnd(Callback):
+    def on_job_end(self, config: DictConfig, job_return: object, **kwargs: object) -> None:
+        time.sleep(float(config.end_delay))
 
 
 class _SlowClose(logging.Handler):
