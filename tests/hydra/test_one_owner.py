@@ -4,12 +4,14 @@ so a job that finished twice shows up."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,19 @@ def _owned(sweep: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _app(args: list[str], sweep: Path) -> Iterator[subprocess.Popen[str]]:
+    """The marker app running a multirun into `sweep`; killed (its whole session) if it
+    still runs when the test leaves."""
+    proc = start_app(MARKER, args, sweep_dir=sweep)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _refused(res: subprocess.CompletedProcess[str], owner_pid: int) -> None:
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "Traceback" not in out, out
@@ -60,18 +75,13 @@ def test_the_same_multirun_twice_on_one_sweep_dir(tmp_path: Path, sweeper: str) 
     """Before: every job ran twice (basic sweeper: 16 of 16; hsm sweeper: 16 of 16)."""
     sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
     args = _args(log, 6, 0, sweeper, f"hold={go}")  # no job finishes before `go` exists
-    first = start_app(MARKER, args, sweep_dir=sweep)
-    try:
+    with _app(args, sweep) as first:
         wait_for(lambda: _owned(sweep), timeout=60, message="the first owns the sweep")
         second = run_app(MARKER, args, sweep_dir=sweep)
         _refused(second, first.pid)
         go.touch()
         _, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     assert _finished(log) == Counter({str(x): 1 for x in range(6)})
     store = SweepStore.open(sweep, readonly=True)
     assert all(len(store.attempts(t.key)) == 1 for t in store.tasks())
@@ -82,8 +92,7 @@ def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None
     runs: the second comer is refused, nothing runs twice."""
     sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
     args = _args(log, 6, 0, "hsm", f"hold={go}")  # no job finishes before `go` exists
-    first = start_app(MARKER, args, sweep_dir=sweep)
-    try:
+    with _app(args, sweep) as first:
         wait_for(
             lambda: _owned(sweep) and (sweep / "sweep.db").exists(),
             timeout=60,
@@ -94,10 +103,6 @@ def test_hsm_complete_and_a_multirun_never_share_a_sweep(tmp_path: Path) -> None
         os.killpg(first.pid, signal.SIGINT)
         first.communicate(timeout=60)
         assert first.returncode == 130
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     completing = hsm_popen("complete", str(sweep), "-s", "local:2", cwd=tmp_path)
     try:
         wait_for(lambda: _owned(sweep), timeout=60, message="hsm complete owns the sweep")
@@ -120,8 +125,7 @@ def test_interrupt_under_the_basic_sweeper_prints_the_summary_and_exits_130(
     """Before: INT and TERM printed a 30-line SweepInterrupted traceback and exited 1;
     HUP exited 129 with no summary."""
     sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
-    proc = start_app(MARKER, _args(log, 8, 1.0, "basic"), sweep_dir=sweep)
-    try:
+    with _app(_args(log, 8, 1.0, "basic"), sweep) as proc:
         wait_for(lambda: len(_finished(log)) >= 2, timeout=60, message="two jobs done")
         if how == "hsm cancel":
             res = hsm("cancel", str(sweep), cwd=tmp_path)
@@ -131,10 +135,6 @@ def test_interrupt_under_the_basic_sweeper_prints_the_summary_and_exits_130(
         else:
             os.kill(proc.pid, getattr(signal, f"SIG{how}"))
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, out + err
     assert "Traceback" not in out + err and "SweepInterrupted" not in out + err
     assert "hsm sweep: 8 jobs:" in out and "cancelled" in out
@@ -191,16 +191,11 @@ def test_a_job_cancelled_after_it_finished_is_completed_not_run_again(tmp_path: 
     """The job returned and hsm's worker recorded it; Ctrl-C reaches it while its process
     ends. Before: CANCELLED, and run a second time by `hsm complete`."""
     sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
-    proc = start_app(MARKER, _args(log, 1, 0, "hsm", "linger=20"), sweep_dir=sweep)
-    record = sweep / "tasks" / "task_001" / WORKER_RECORD  # written once the job returned
-    try:
+    with _app(_args(log, 1, 0, "hsm", "linger=20"), sweep) as proc:
+        record = sweep / "tasks" / "task_001" / WORKER_RECORD  # written once the job returned
         wait_for(record.exists, timeout=60, message="the job returned")
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, out + err
     store = SweepStore.open(sweep, readonly=True)
     assert [a.state.value for a in store.latest_attempts().values()] == ["COMPLETED"]
@@ -219,28 +214,23 @@ def test_jobs_that_finished_as_their_launcher_died_never_run_again(
     multirun ran all 4 finished jobs again (in 9 of 10 random kills, 1 to 4 jobs)."""
     sweep, log, go = tmp_path / "sweep", tmp_path / "finished.txt", tmp_path / "go"
     args = _args(log, 4, 0, "hsm", f"hold={go}", "hydra.launcher.sources=local:4")
-    proc = start_app(MARKER, args, sweep_dir=sweep)
-    folders = [sweep / "tasks" / f"task_{n:03d}" for n in range(1, 5)]
+    with _app(args, sweep) as proc:
+        folders = [sweep / "tasks" / f"task_{n:03d}" for n in range(1, 5)]
 
-    def job_pids() -> list[int]:
-        infos = [read_info(f) for f in folders]
-        return [int(i["pid"]) for i in infos if i and i.get("pid")]
+        def job_pids() -> list[int]:
+            infos = [read_info(f) for f in folders]
+            return [int(i["pid"]) for i in infos if i and i.get("pid")]
 
-    def ended() -> bool:
-        done = all((f / WORKER_RECORD).exists() for f in folders)
-        return done and not any(pid_alive(p) for p in job_pids())
+        def ended() -> bool:
+            done = all((f / WORKER_RECORD).exists() for f in folders)
+            return done and not any(pid_alive(p) for p in job_pids())
 
-    try:
         wait_for(lambda: len(job_pids()) == 4, timeout=60, message="4 jobs started")
         os.kill(proc.pid, signal.SIGSTOP)  # it can no longer journal anything
         go.touch()
         wait_for(ended, timeout=60, message="the jobs finished and exited")
         proc.kill()
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     store = SweepStore.open(sweep, readonly=True)
     assert {a.state.value for a in store.latest_attempts().values()} <= {"ASSIGNED", "RUNNING"}
     store.close()
@@ -261,15 +251,10 @@ def test_a_job_being_recorded_when_its_launcher_dies_is_not_run_again(tmp_path: 
     stop killed it there, nothing said it had finished, and `hsm complete` ran it again."""
     sweep, log = tmp_path / "sweep", tmp_path / "finished.txt"
     slow = ["end_delay=1", "+hydra.callbacks.slow._target_=__main__.SlowEnd"]
-    proc = start_app(MARKER, _args(log, 1, 0, "hsm", *slow), sweep_dir=sweep)
-    try:
+    with _app(_args(log, 1, 0, "hsm", *slow), sweep) as proc:
         wait_for(lambda: _finished(log), timeout=60, message="the job returned")
         proc.kill()
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     done = hsm("complete", str(sweep), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     store = SweepStore.open(sweep, readonly=True)
