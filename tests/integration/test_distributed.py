@@ -142,8 +142,9 @@ def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, seed: int
 ) -> None:
     """The kill harness, as a hostile user runs it: `hsm run` SIGKILLed at a random
-    moment; then twice over two `hsm complete` started together, and whichever owns the
-    sweep SIGKILLed at a random moment; then a last pair that finishes. Every task runs
+    moment; two `hsm complete` started together, the owner SIGKILLed at a random moment;
+    one `hsm complete` whose local agent is SIGKILLed at a random moment (it goes on);
+    another pair with the owner killed; then a last pair that finishes. Every task runs
     exactly once (its own side effect says so), wherever it ran; the second of a pair is
     refused (exit 2, naming the owner) or finds nothing left to do."""
     n = 24
@@ -157,11 +158,13 @@ def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
     rng = random.Random(seed)
     sources = "local:2,ssh:h1:2,ssh:h2:2"
     complete = ["complete", "crash", "-s", sources]
+    # (commands started together, what is SIGKILLed at a random moment)
     steps = [
-        ([["run", "-c", "sweep.yaml", "-s", sources, "--sweep-id", "crash"]], True),
-        ([complete, complete], True),
-        ([complete, complete], True),
-        ([complete, complete], False),
+        ([["run", "-c", "sweep.yaml", "-s", sources, "--sweep-id", "crash"]], "owner"),
+        ([complete, complete], "owner"),
+        ([complete], "agent"),  # its local agent: the tasks are adopted, the run goes on
+        ([complete, complete], "owner"),
+        ([complete, complete], None),
     ]
     sweep_dir = project / "sweeps" / "outputs" / "crash"
     history: list[str] = []  # what happened, for the assertion messages
@@ -178,7 +181,9 @@ def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
             return (sweep_dir / "sweep.db").exists() and sum(_runs(shared_dir).values()) >= t
 
         wait_for(reached, 60)
-        killed = _kill_owner(sweep_dir, procs) if kill else None
+        killed = _kill_owner(sweep_dir, procs) if kill == "owner" else None
+        if kill == "agent":
+            _kill_local_agent(procs[0], history)
         for p in procs:
             out, err = p.communicate(timeout=120)
             what = "SIGKILL" if p is killed else f"exit {p.returncode}"
@@ -195,6 +200,26 @@ def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
     assert _runs(shared_dir) == Counter({str(i): 1 for i in range(n)}), history
     for t in store.tasks():
         assert (store.task_dir(t) / "stdout.log").is_file(), t.name
+
+
+def _kill_local_agent(proc: subprocess.Popen[str], history: list[str]) -> None:
+    """SIGKILL the agent that runs `proc`'s local tasks (below its keeper, if any)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"remote_agent" in cmd:
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    agents = children.get(proc.pid, [])
+    agents = [c for a in agents for c in children.get(a, [a])]  # below a keeper
+    assert agents or proc.poll() is not None, f"no local agent under pid {proc.pid}"
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    history.append(f"killed local agent(s) {agents}")
 
 
 def _kill_owner(
