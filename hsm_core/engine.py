@@ -68,6 +68,7 @@ class _Live:
     failures: int = 0
     losses: int = 0
     lost_on: frozenset[str] = frozenset()  # shared empty set: 100,000 of them cost nothing
+    failed_on: tuple[str, ...] = ()  # the source of each failure counted in `failures`
     completed_attempt: int | None = None  # an older attempt that finished after all
 
 
@@ -139,6 +140,7 @@ class SweepEngine:
             inflight=lambda name: self._inflight[name],
         )
         self.stalled: str | None = None  # why the run ended with work left, if it did
+        self._rate_disabled: set[str] = set()  # disabled by the failure-rate rule
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -558,15 +560,22 @@ class SweepEngine:
         name = task_name(live.num)
         if ev.source in self._inflight:
             self._inflight[ev.source] -= 1
-        if ev.source in self.sources and ev.state is not TaskState.CANCELLED:
-            if ev.state is TaskState.LOST:
-                self.health.check_soon(ev.source)
-            else:
-                self.health.record_outcome(ev.source, ev.state is TaskState.COMPLETED)
         if live.completed_attempt:
+            self._health_outcome(ev)
             return  # an older attempt already delivered the result
-        if ev.state is TaskState.FAILED:
+        if ev.state is TaskState.FAILED and ev.source in self._rate_disabled:
+            # The source broke most of its tasks (a host without the project): not this
+            # task's failure. It runs elsewhere.
+            log.warning(
+                "%s failed on %s, disabled for its failure rate: %s", name, ev.source, ev.error
+            )
+            if not self._cancelling:
+                live.lost_on = live.lost_on | {ev.source}
+                self._reopen(ev.key)
+        elif ev.state is TaskState.FAILED:
             live.failures += 1
+            if ev.source:
+                live.failed_on = (*live.failed_on, ev.source)
             log.info("%s failed on %s: %s", name, ev.source, ev.error)
             if live.failures <= self.max_retries and not self._cancelling:
                 log.info("%s: retry %d of %d", name, live.failures, self.max_retries)
@@ -578,6 +587,15 @@ class SweepEngine:
             log.warning("%s lost on %s: %s", name, ev.source, ev.error)
             if live.losses < LOST_LIMIT and not self._cancelling:
                 self._reopen(ev.key)
+        # Last: a source the failure-rate rule disables now gives its failures back.
+        self._health_outcome(ev)
+
+    def _health_outcome(self, ev: TaskEvent) -> None:
+        if ev.source in self.sources and ev.state is not TaskState.CANCELLED:
+            if ev.state is TaskState.LOST:
+                self.health.check_soon(ev.source)
+            else:
+                self.health.record_outcome(ev.source, ev.state is TaskState.COMPLETED)
 
     def _late_report(self, ev: TaskEvent, live: _Live) -> None:
         """A report about an older attempt (its host came back). The store keeps it only
@@ -615,7 +633,30 @@ class SweepEngine:
                     self._report(
                         TaskEvent(key, live.attempt, TaskState.LOST, name, error=f"{name} {reason}")
                     )
+        else:
+            self._redistribute(name)
         self._events.put_nowait(None)  # wake the loop
+
+    def _redistribute(self, name: str) -> None:
+        """`name` was disabled for its failure rate: the failures it caused were not the
+        tasks' own. Each is given back (it no longer counts against --max-retries), and a
+        task whose last attempt failed there goes back to the queue, to run elsewhere; so
+        do those still running there if they fail too (see _handle)."""
+        self._rate_disabled.add(name)
+        moved = 0
+        for key, live in self._live.items():
+            n = live.failed_on.count(name)
+            if not n:
+                continue
+            live.failures -= n
+            live.failed_on = tuple(s for s in live.failed_on if s != name)
+            live.lost_on = live.lost_on | {name}
+            failed_there = live.state is TaskState.FAILED and live.source == name
+            if failed_there and not live.completed_attempt and not self._cancelling:
+                self._reopen(key)
+                moved += 1
+        if moved:
+            log.warning("%s: %d tasks that failed there go back to the queue", name, moved)
 
     def _enable_source(self, name: str) -> None:
         self.enabled[name] = True

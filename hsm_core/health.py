@@ -7,7 +7,8 @@ Two rules disable a source:
 - failure rate: more than `failure_rate` of its finished tasks FAILED, after at least
   `min_tasks`. It stays disabled for the run (a host that breaks every task, e.g. a
   missing package), except that the last enabled source is never disabled this way:
-  tasks failing everywhere are the task's own fault, not a host's.
+  tasks failing everywhere are the task's own fault, not a host's. The engine then gives
+  the tasks it failed back to the queue (SweepEngine._redistribute).
 
 A source that has not started (or could not: its start is retried by the engine) is
 disabled and not checked; `started()` enables it.

@@ -139,9 +139,25 @@ class SyncReport:
     local: Side = field(default_factory=Side)
     remote: Side = field(default_factory=Side)
     differing_files: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)  # of the differing ones
+    compared: int = 0  # files compared by content (0: git said in sync)
     version_mismatches: list[str] = field(default_factory=list)
     fatal: list[str] = field(default_factory=list)
     pushed_files: int = 0
+
+    @property
+    def project_missing(self) -> bool:
+        """No project there at all: project_dir missing, or not one of its files in it.
+        Every task would fail there (a command's script, a Hydra app's modules)."""
+        if not self.remote.exists:
+            return True
+        return self.compared > 0 and len(self.missing_files) == self.compared
+
+    def missing_text(self) -> str:
+        """Why project_missing, in words."""
+        if not self.remote.exists:
+            return f"{self.remote_dir} does not exist"
+        return f"none of the project's {self.compared} files is in {self.remote_dir}"
 
     def summary(self) -> str:
         if self.status == "in_sync":
@@ -150,8 +166,8 @@ class SyncReport:
         if self.status == "pushed":
             return f"{self.source}: pushed {self.pushed_files} file(s); project now in sync"
         bits = []
-        if not self.remote.exists:
-            bits.append(f"{self.remote_dir} does not exist")
+        if self.project_missing:
+            bits.append(self.missing_text())
         if self.remote.git_dirty:
             bits.append(f"remote tree dirty ({', '.join(self.remote.dirty_files[:5])})")
         if self.local.git_commit and self.remote.git_commit != self.local.git_commit:
@@ -159,7 +175,7 @@ class SyncReport:
                 f"commit {_short(self.remote.git_commit)} there, {_short(self.local.git_commit)}"
                 " here"
             )
-        if self.differing_files:
+        if self.differing_files and not self.project_missing:
             more = len(self.differing_files) - 5
             shown = ", ".join(self.differing_files[:5]) + (f" (+{more})" if more > 0 else "")
             bits.append(f"{len(self.differing_files)} file(s) differ: {shown}")
@@ -169,6 +185,8 @@ class SyncReport:
         data = asdict(self)
         data["summary"] = self.summary()
         data["differing_files"] = self.differing_files[:50]
+        data["missing_files"] = self.missing_files[:50]
+        data["project_missing"] = self.missing_text() if self.project_missing else None
         return data
 
 
@@ -376,17 +394,19 @@ async def verify(
     else:
         report.method = "checksum"
         if names is None:
-            report.differing_files = await _differing(
+            report.differing_files, report.missing_files = await _compare(
                 transport, local_root, remote_dir, python, setup, shell, tracked
             )
         else:
             report.differing_files = [f for f in tracked if _differs(hashes.get(f), there.get(f))]
+            report.missing_files = [f for f in tracked if there.get(f) is None]
+        report.compared = len(tracked)
         report.status = "differs" if report.differing_files or not remote.exists else "in_sync"
     if report.status == "differs" and policy == "push":
         report.pushed_files = await push_files(
             transport, local_root, remote_dir, report.differing_files
         )
-        report.differing_files = await _differing(
+        report.differing_files, report.missing_files = await _compare(
             transport, local_root, remote_dir, python, setup, shell, report.differing_files
         )
         if report.differing_files:
@@ -482,7 +502,7 @@ async def local_state_ahead(root: Path, skip: tuple[Path, ...] = ()) -> LocalSta
     return await asyncio.shield(look.fut)  # one caller giving up must not cancel the others
 
 
-async def _differing(
+async def _compare(
     transport: SshTransport,
     local_root: Path,
     remote_dir: str,
@@ -490,10 +510,14 @@ async def _differing(
     setup: tuple[str, ...],
     shell: str,
     files: list[str],
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
+    """The files that differ there, and those of them missing there."""
     here = await asyncio.to_thread(hash_files, local_root, files)
     _, there = await remote_state(transport, remote_dir, python, setup, shell, files)
-    return [f for f in files if _differs(here.get(f), there.get(f))]
+    return (
+        [f for f in files if _differs(here.get(f), there.get(f))],
+        [f for f in files if there.get(f) is None],
+    )
 
 
 async def push_files(

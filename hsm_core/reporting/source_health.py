@@ -63,6 +63,9 @@ async def _check_one(
         # Sources check through the connection they open in start() (ssh: the agent).
         await asyncio.wait_for(source.start(lambda event: None), timeout_s)
         report = await asyncio.wait_for(source.health_check(), timeout_s)
+        problem = await asyncio.wait_for(source.check_ready(), timeout_s) if report.ok else None
+        if problem:
+            return False, problem, report
         return report.ok, report.detail, report
     except asyncio.TimeoutError:
         return False, f"no answer within {timeout_s:g} s", None

@@ -141,6 +141,12 @@ class ComputeSource(abc.ABC):
     async def health_check(self) -> HealthReport:
         return HealthReport(self.name, True, "no checks for this source type")
 
+    async def check_ready(self) -> str | None:
+        """What would make every task fail here although the source answers (a host
+        without the project, a missing interpreter), in one line; None if nothing.
+        `hsm monitor health` reports it as failing."""
+        return None
+
     def live_output(self) -> str:
         """How a job's output can be shown while it runs: "files" (its task folder on this
         machine fills as it runs), "push" (the source sends the lines: `output_to`), "end"

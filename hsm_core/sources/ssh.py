@@ -84,6 +84,7 @@ class SSHSource(ComputeSource):
         self._last_error = ""
         self._recovery: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None  # a sync check that only reports
+        self._sync_error = ""  # why that check failed, if it did
         self._jobs: set[asyncio.Task[Any]] = set()
         self._pongs: dict[int, asyncio.Future[Event]] = {}
         self._seq = itertools.count(1)
@@ -161,7 +162,21 @@ class SSHSource(ComputeSource):
         try:
             await check
         except (HsmError, SourceError) as exc:
+            self._sync_error = str(exc)
             self.log.warning("%s: the project sync check failed: %s", self.name, exc)
+
+    async def check_ready(self) -> str | None:
+        """What the project sync check found that would fail every task here: the task
+        `python:` does not run, or project_dir holds no project."""
+        from hsm_core.sources.ssh_probe import project_problem
+
+        if self._check is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._check), SYNC_REPORT_WAIT_S)
+        if self._sync_error:
+            return self._sync_error
+        missing = (self.metadata.get("sync") or {}).get("project_missing")
+        return project_problem(missing, self.opts.sync, self.opts.target.label)
 
     async def _start_agent(self) -> None:
         agent = ssh_agent_channel(

@@ -109,12 +109,27 @@ async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -
             announce=False,  # the table shows it
         )
         result.sync = report.summary().split(": ", 1)[-1]
-        result.ok = not gpu_error
+        missing_text = report.missing_text() if report.project_missing else None
+        missing = project_problem(missing_text, opts.sync, opts.target.label)
+        if missing:
+            result.error = f"{gpu_error}; {missing}" if gpu_error else missing
+        result.ok = not gpu_error and not missing
     except (HsmError, SourceError, ValueError, KeyError, IndexError) as exc:
         result.error = str(exc)
     finally:
         await transport.close()
     return result
+
+
+def project_problem(missing: str | None, policy: str, host: str) -> str | None:
+    """One line if the project is not in project_dir at all (`missing` says how; every
+    task would fail there), unless the sweep itself sends it (`sync: push`); else None."""
+    if policy == "push" or not missing:
+        return None
+    return (
+        f"{missing} on {host}: every task would fail there; copy the "
+        "project there (git clone, rsync), or set `sync: push` for this source in hsm.yaml"
+    )
 
 
 def check_gpus(configured: Sequence[str], found: Sequence[str], none_found: str) -> str | None:

@@ -57,6 +57,34 @@ def test_source_whose_tasks_all_fail_is_disabled(tmp_path: Path) -> None:
     assert "bad: disabled: failure rate" in log
 
 
+def test_tasks_a_broken_source_failed_run_elsewhere_and_are_not_failures(tmp_path: Path) -> None:
+    """Issue 11, item 7: a source that breaks every task (here: an environment variable;
+    on a host, a project_dir without the project) is disabled for its failure rate, and
+    the tasks it failed go back to the queue, without retries asked for and without
+    counting as the tasks' own failures."""
+    code = "import os, sys, time; time.sleep(0.05); sys.exit(1 if os.environ.get('BROKEN') else 0)"
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", code, str(i)] for i in range(12)]))
+    ctx = context_for(store)
+    good = LocalSource(SourceSpec("good", "local", 2), ctx)
+    bad = LocalSource(SourceSpec("bad", "local", 3, {"env": {"BROKEN": "1"}}), ctx)
+    engine = SweepEngine(
+        store,
+        ctx,
+        [good, bad],
+        strategy="round_robin",
+        max_retries=0,
+        health=HealthSettings(interval_s=60, min_tasks=3, failure_rate=0.4),
+    )
+    counts = asyncio.run(engine.run())
+    assert counts[TaskState.COMPLETED] == 12, counts
+    assert not engine.health.state["bad"].enabled
+    attempts = store.attempts()
+    failed_on_bad = [a for a in attempts if a.state is TaskState.FAILED]
+    assert failed_on_bad and {a.source for a in failed_on_bad} == {"bad"}
+    latest = store.latest_attempts()
+    assert {a.source for a in latest.values()} == {"good"}
+
+
 def test_last_source_is_never_disabled_by_failure_rate(tmp_path: Path) -> None:
     store = make_sweep(
         tmp_path, command_tasks([[PY, "-c", "raise SystemExit(1)", str(i)] for i in range(6)])

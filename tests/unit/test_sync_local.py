@@ -40,3 +40,17 @@ def test_a_project_inside_a_repository(tmp_path: Path) -> None:
     (project / "train.py").write_text("print(2)\n")
     side, _ = local_state(project)
     assert side.git_dirty and side.dirty_files == [" M train.py"]
+
+
+def test_a_project_dir_without_the_project_is_told_apart_from_one_that_differs() -> None:
+    from hsm_core.sync import SyncReport
+
+    report = SyncReport("h1", "h1", "warn", "/p", status="differs", compared=3)
+    report.differing_files = report.missing_files = ["a.py", "b.py", "c.py"]
+    assert report.project_missing
+    assert "none of the project's 3 files is in /p" in report.summary()
+    report.missing_files = ["c.py"]  # two are there, one differs from ours
+    assert not report.project_missing and "3 file(s) differ" in report.summary()
+    report.remote.exists = False
+    assert report.project_missing and "/p does not exist" in report.summary()
+    assert report.to_meta()["project_missing"] == "/p does not exist"
