@@ -52,7 +52,8 @@ def configured_sources(config: HsmConfig) -> dict[str, Mapping[str, Any]]:
 async def _check_one(
     name: str, entry: Mapping[str, Any], ctx: SweepContext, timeout_s: float
 ) -> tuple[bool, str, HealthReport | None]:
-    if entry.get("sync") == "push":
+    pushes = entry.get("sync") == "push"
+    if pushes:
         # Looking must not change anything: never push the working tree from a health check.
         entry = {**entry, "sync": "warn"}
     try:
@@ -63,7 +64,10 @@ async def _check_one(
         # Sources check through the connection they open in start() (ssh: the agent).
         await asyncio.wait_for(source.start(lambda event: None), timeout_s)
         report = await asyncio.wait_for(source.health_check(), timeout_s)
-        problem = await asyncio.wait_for(source.check_ready(), timeout_s) if report.ok else None
+        problem = None
+        if report.ok:
+            ready = source.check_ready(project_sent=pushes)
+            problem = await asyncio.wait_for(ready, timeout_s)
         if problem:
             return False, problem, report
         return report.ok, report.detail, report

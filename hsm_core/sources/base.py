@@ -141,9 +141,10 @@ class ComputeSource(abc.ABC):
     async def health_check(self) -> HealthReport:
         return HealthReport(self.name, True, "no checks for this source type")
 
-    async def check_ready(self) -> str | None:
+    async def check_ready(self, *, project_sent: bool = False) -> str | None:
         """What would make every task fail here although the source answers (a host
         without the project, a missing interpreter), in one line; None if nothing.
+        `project_sent`: a sweep would send the project here, so its absence is no fault.
         `hsm monitor health` reports it as failing."""
         return None
 

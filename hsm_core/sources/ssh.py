@@ -165,7 +165,7 @@ class SSHSource(ComputeSource):
             self._sync_error = str(exc)
             self.log.warning("%s: the project sync check failed: %s", self.name, exc)
 
-    async def check_ready(self) -> str | None:
+    async def check_ready(self, *, project_sent: bool = False) -> str | None:
         """What the project sync check found that would fail every task here: the task
         `python:` does not run, or project_dir holds no project."""
         from hsm_core.sources.ssh_probe import project_problem
@@ -176,7 +176,8 @@ class SSHSource(ComputeSource):
         if self._sync_error:
             return self._sync_error
         missing = (self.metadata.get("sync") or {}).get("project_missing")
-        return project_problem(missing, self.opts.sync, self.opts.target.label)
+        policy = "push" if project_sent else self.opts.sync
+        return project_problem(missing, policy, self.opts.target.label)
 
     async def _start_agent(self) -> None:
         agent = ssh_agent_channel(

@@ -371,7 +371,8 @@ def test_health_of_ssh_hosts_up_and_down(tmp_path: Path, ssh_env: SshEnv) -> Non
     (tmp_path / "hsm.yaml").write_text(
         "sources:\n"
         f"  h1: {{type: ssh, host: h1, ssh_config: {ssh_env.ssh_config}, python: {h1.python},"
-        f" project_dir: {h1.project_dir}/t_monitor_health, sync: warn}}\n"
+        # push: a sweep sends the project, so its absence in project_dir is no fault.
+        f" project_dir: {h1.project_dir}/t_monitor_health, sync: push}}\n"
         f"  gone: {{type: ssh, host: 127.0.0.9, port: 2299, ssh_config: {ssh_env.ssh_config},"
         " project_dir: /tmp/none, connect_timeout: 1, reconnect_window: 1}\n"
         "health: {timeout_s: 10}\n"
