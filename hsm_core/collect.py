@@ -18,17 +18,19 @@ import base64
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import logging
 import os
 import posixpath
 import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
+from hsm_core import integrity
 from hsm_core.sources.base import SourceError
 from hsm_core.taskdir import LEGACY_AGENT_FILES, LOCAL_OWNED, RESULTS
 from hsm_core.yamlio import write_fd
@@ -44,11 +46,14 @@ class CollectStats:
     written: int = 0
     skipped: int = 0
     bytes: int = 0
+    # Inline files whose bytes are not what the host's sums say: pulled again by SFTP.
+    suspect: list[str] = field(default_factory=list)
 
     def add(self, other: CollectStats) -> None:
         self.written += other.written
         self.skipped += other.skipped
         self.bytes += other.bytes
+        self.suspect += other.suspect
 
 
 def excluded(rel: str, patterns: Sequence[str]) -> bool:
@@ -163,7 +168,10 @@ def _same_meta(path: Path, size: int, mtime: float) -> bool:
 
 
 def write_inline(
-    local_dir: Path, files: Mapping[str, str], exclude: Sequence[str] = ()
+    local_dir: Path,
+    files: Mapping[str, str],
+    exclude: Sequence[str] = (),
+    sums: Mapping[str, integrity.Sum] | None = None,
 ) -> CollectStats:
     """Write the base64 files of an exit event. Blocking: use a thread.
 
@@ -180,6 +188,10 @@ def write_inline(
             continue
         path = os.path.join(root, norm)
         data = base64.b64decode(files[rel])
+        want = sums.get(rel) if sums is not None else None
+        if want is not None and (len(data), hashlib.sha256(data).hexdigest()) != tuple(want):
+            stats.suspect.append(rel)
+            continue
         same = _same_content(path, data)
         if same:
             stats.skipped += 1
@@ -199,18 +211,24 @@ async def pull_files(
     local_dir: Path,
     entries: Iterable[Sequence[Any]],
     exclude: Sequence[str] = (),
+    sums: Mapping[str, integrity.Sum] | None = None,
 ) -> CollectStats:
-    """SFTP the listed files ([rel, size, mtime]); those already here unchanged are skipped."""
+    """SFTP the listed files ([rel, size, mtime]); those already here unchanged are
+    skipped. With the host's `sums`, every file is checked against them (one here
+    already too: same size and mtime is not proof)."""
     stats = CollectStats()
     for entry in entries:
         rel, size, mtime = str(entry[0]), int(entry[1]), float(entry[2])
         target = _safe_target(local_dir, rel)
         if target is None or excluded(rel, exclude):
             continue
-        if await asyncio.to_thread(_same_meta, target, size, mtime):
+        want = sums.get(rel) if sums is not None else None
+        if await asyncio.to_thread(_same_meta, target, size, mtime) and (
+            want is None or await asyncio.to_thread(integrity.matches, target, want)
+        ):
             stats.skipped += 1
             continue
-        await _get(sftp, posixpath.join(remote_dir, rel), target, mtime)
+        await _get(sftp, posixpath.join(remote_dir, rel), target, mtime, want)
         stats.written += 1
         stats.bytes += size
     return stats
@@ -223,24 +241,58 @@ async def collect_folder(
     large: Sequence[Sequence[Any]],
     sftp: Callable[[], Awaitable[asyncssh.SFTPClient]],
     exclude: Sequence[str] = (),
+    sums: Mapping[str, integrity.Sum] | None = None,
 ) -> CollectStats:
     """One finished folder from an exit event: the inline files (one trip to a thread),
-    then SFTP for the large ones."""
-    stats = await asyncio.to_thread(write_inline, local_dir, inline, exclude)
-    if large:
-        stats.add(await pull_files(await sftp(), remote_dir, local_dir, large, exclude))
+    then SFTP for the large ones (and for an inline one that does not match its sum).
+    IntegrityError if a file still differs from the host's sums after a second pull."""
+    stats = await asyncio.to_thread(write_inline, local_dir, inline, exclude, sums)
+    again = [[rel, (sums or {})[rel][0], 0.0] for rel in stats.suspect]
+    if large or again:
+        pulled = await pull_files(
+            await sftp(), remote_dir, local_dir, [*large, *again], exclude, sums
+        )
+        stats.add(pulled)
     return stats
 
 
-async def _get(sftp: asyncssh.SFTPClient, remote: str, target: Path, mtime: float) -> None:
+# Pulls of one file before a copy that differs from the host's sum is an error.
+PULLS = 2
+
+
+async def _get(
+    sftp: asyncssh.SFTPClient,
+    remote: str,
+    target: Path,
+    mtime: float,
+    want: integrity.Sum | None = None,
+) -> None:
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     try:
-        await sftp.get(remote, str(tmp))
-        await asyncio.to_thread(os.utime, tmp, (mtime, mtime))
+        for pull in range(1, PULLS + 1):
+            await sftp.get(remote, str(tmp))
+            if want is None or await asyncio.to_thread(integrity.matches, tmp, want):
+                break
+            got = await asyncio.to_thread(integrity.sha256_of, tmp)
+            log.warning(
+                "%s arrived as %d bytes, sha256 %.12s, but the host recorded %d bytes, "
+                "sha256 %.12s (pull %d of %d)",
+                remote, got[0], got[1], want[0], want[1], pull, PULLS,
+            )  # fmt: skip
+        else:
+            raise integrity.IntegrityError(
+                f"{remote} differs from what its host recorded when the task ended, "
+                f"pulled {PULLS} times (something on the host still writing it? a "
+                "failing disk or network?)"
+            )
+        if mtime:
+            await asyncio.to_thread(os.utime, tmp, (mtime, mtime))
         await asyncio.to_thread(os.replace, tmp, target)
-    except (OSError, asyncssh.Error) as exc:
+    except (OSError, asyncssh.Error, integrity.IntegrityError) as exc:
         await asyncio.to_thread(_unlink, tmp)
+        if isinstance(exc, integrity.IntegrityError):
+            raise
         if isinstance(exc, asyncssh.SFTPError) and not isinstance(exc, asyncssh.SFTPFailure):
             # The file vanished or cannot be read: a task-side problem, not a lost host.
             log.warning("cannot pull %s: %s", remote, exc)

@@ -13,7 +13,7 @@ by os.fsencode here).
 
   {"op": "config", "journal": DIR, "slots": N, "gpus": [..]|null, "inline_max": BYTES,
    "exclude": [globs], "grace": S, "listing": true|false,
-   "stream": true|false}                                        (keys absent: unchanged)
+   "stream": true|false, "checksums": true|false}               (keys absent: unchanged)
   {"op": "launch", "id": ID, "attempt": N, "dir": ABS, "cwd": ABS, "argv": [..], "env": {..},
    "timeout": S|null, "files": {PATH: BASE64} (relative to dir, or absolute; written
    as the message arrives, before it is queued),
@@ -27,10 +27,15 @@ by os.fsencode here).
   {"ev": "started", "id", "pid"}            the task runs, as process group `pid`
   {"ev": "running", "id", "pid"}            scan: still running, now watched
   {"ev": "exit", "id", "record": {..}|null, "error": str|null, "files": {REL: BASE64},
-   "large": [[REL, SIZE, MTIME]..], "launch_error": bool, "never_started": bool}
+   "large": [[REL, SIZE, MTIME]..], "launch_error": bool, "never_started": bool,
+   "sums": {REL: [SIZE, SHA256]}, "excluded": [[REL, SIZE]..]}
                                             record null: no exit record (lost), or
                                             launch_error: the task could not be started,
-                                            never_started: scan found no trace of it
+                                            never_started: scan found no trace of it;
+                                            with `checksums` on: `sums` of every listed
+                                            file (large ones hashed off the loop, so
+                                            their exit comes once hashed), `excluded`:
+                                            what `exclude` kept back (SIZE -1: a folder)
   {"ev": "out", "id", "stream": "stdout"|"stderr", "text", "skipped": BYTES}
                                             with `stream` on: new whole lines of a task's
                                             stdout.log/stderr.log as it runs, the rest
@@ -47,6 +52,11 @@ Starting a task costs one spawn, not a monitor process per task. Losing the
 orchestrator (EOF on stdin: the connection dropped, hsm was killed) does not stop the
 agent: it stops taking work, waits for the tasks it started, records them and only then
 exits.
+
+`python -I -c SOURCE --sums` (no agent, no protocol): reads {"dirs": [ABS|REL..],
+"exclude": [globs]} on stdin and prints {"home", "dirs": {DIR: {"files": {REL: [SIZE,
+SHA256]}, "excluded": [[REL, SIZE]..]}|null}}, the same listing the exit events carry:
+`hsm monitor collection --verify-integrity` compares a host's copies with it.
 
 Every agent appends what it starts and how each ended to its own journal,
 `JOURNAL_DIR/agent-<boot>-<pid>-<start>.jsonl` (one line per event, one write each: no
@@ -88,17 +98,25 @@ from __future__ import annotations
 import base64
 import collections
 import fnmatch
+import hashlib
 import json
 import os
+import queue
 import selectors
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
-PROTOCOL = 3  # 2: journals instead of per-task files; 3: keeper, start lines by the task
+# 2: journals instead of per-task files; 3: keeper, start lines by the task; 4: sha256 sums
+# in exit events (`checksums`). The orchestrator ships this file's text, so an agent it
+# talks to always has its version (agent_channel checks the hello); older agents still
+# running on a host are never spoken to, only their journals read, whose lines are
+# unchanged.
+PROTOCOL = 4
 JOURNAL_DIR = ".agents"  # where orchestrators put the journals, relative to a sweep dir
 # Copies of hsm_core.taskdir's names (this file needs the standard library only; a unit
 # test pins them equal).
@@ -109,6 +127,8 @@ RESULTS = "results"
 WORKER_RECORD = ".hsm_result.json"
 # hsm's records of an attempt: removed before the next one starts in the same folder.
 HSM_RECORDS = (WORKER_RECORD, "job_return.pkl", "hydra_job.json", ".hsm_job.json", ".hsm_exit.json")
+# The orchestrator's record of a collected folder (taskdir.FILES_RECORD): never listed.
+FILES_RECORD = ".hsm_files.json"
 # Per-task records of agents before protocol 2: never copied back, removed before a launch.
 OWN_FILES = (".hsm_pid.json", ".hsm_exit.json")
 # How long a new agent waits for another (live) agent to write the exit record of a task
@@ -371,6 +391,117 @@ def leftovers(known, live):
     return out
 
 
+def is_excluded(rel, name, patterns):
+    return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in patterns)
+
+
+def walk_tree(d, skip=(), exclude=()):
+    """The files of a task folder that go back to the orchestrator: ([(REL, SIZE,
+    MTIME)], [[REL, SIZE]] kept back by `exclude`, SIZE -1 for a whole folder). hsm's
+    own per-task files, temp files (`.tmp`) and `skip` are neither."""
+    found, excluded = [], []
+    for root, dirs, names in os.walk(d):
+        rel_root = os.path.relpath(root, d)
+        keep = []
+        for n in dirs:
+            rel = os.path.normpath(os.path.join(rel_root, n))
+            if is_excluded(rel, n, exclude):
+                excluded.append([rel + "/", -1])
+            else:
+                keep.append(n)
+        dirs[:] = keep
+        for n in names:
+            rel = os.path.normpath(os.path.join(rel_root, n))
+            if n in OWN_FILES or rel in skip or ".tmp" in n or rel == FILES_RECORD:
+                continue
+            try:
+                st = os.stat(os.path.join(root, n))
+            except OSError:
+                continue
+            if is_excluded(rel, n, exclude):
+                excluded.append([rel, st.st_size])
+            else:
+                found.append((rel, st.st_size, st.st_mtime))
+    return found, excluded
+
+
+HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path):
+    """[size, sha256 hex] of what a file holds now, read once."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(HASH_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+    return [size, h.hexdigest()]
+
+
+def tree_sums(d, exclude=()):
+    """What `--sums` says of one folder: every file's [size, sha256] and what `exclude`
+    kept back; None if there is no such folder."""
+    if not os.path.isdir(d):
+        return None
+    found, excluded = walk_tree(d, (), exclude)
+    files = {}
+    for rel, _, _ in found:
+        try:
+            files[rel] = file_sha256(os.path.join(d, rel))
+        except OSError:
+            continue
+    return {"files": files, "excluded": excluded}
+
+
+def sums_main():
+    """`--sums`: the listing of each folder named on stdin, as one JSON line."""
+    request = json.loads(sys.stdin.read() or "{}")
+    exclude = list(request.get("exclude") or [])
+    home = os.path.expanduser("~")
+    # `~/x` and relative folders start at the home folder, as a source's project_dir.
+    out = {}
+    for d in request.get("dirs") or []:
+        out[d] = tree_sums(os.path.join(home, os.path.expanduser(d)), exclude)
+    sys.stdout.write(json.dumps({"home": home, "dirs": out}) + "\n")
+
+
+class Hasher:
+    """One thread that hashes the large files of finished tasks, so that a big
+    checkpoint does not hold up the agent's loop (pings, starts, other exits). The loop
+    is woken through its wake-up pipe and sends each exit event once it is complete."""
+
+    def __init__(self, wake_fd):
+        self.wake_fd = wake_fd
+        self.todo: queue.Queue[Any] = queue.Queue()
+        self.finished: collections.deque[dict[str, Any]] = collections.deque()
+        threading.Thread(target=self.run, name="hsm-hasher", daemon=True).start()
+
+    def put(self, event, d, large):
+        self.todo.put((event, d, large))
+
+    def run(self):
+        while True:
+            event, d, large = self.todo.get()
+            for rel, _, _ in large:
+                try:
+                    event["sums"][rel] = file_sha256(os.path.join(d, rel))
+                except OSError:
+                    pass  # gone: the pull says so
+            self.finished.append(event)
+            try:
+                os.write(self.wake_fd, b"h")
+            except OSError:
+                pass
+
+    def done(self):
+        while self.finished:
+            yield self.finished.popleft()
+
+
 def signal_tree(pid, sig):
     """`sig` to the process group `pid` leads, or to the process alone if it leads none."""
     try:
@@ -462,6 +593,9 @@ class Agent:
         self.exclude = []
         self.grace = 5.0
         self.send_files = True
+        self.checksums = False  # sha256 of every listed file in exit events
+        self.hasher = None  # Hasher, made at the first large file to hash
+        self.wake_fd = None  # the loop's wake-up pipe (signals, the hasher)
         self.stream = False  # send tasks' output lines as they come (`out` events)
         self.next_stream = 0.0
         self.journal_dir = None
@@ -533,6 +667,7 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, lambda s, f: None)
         signal.set_wakeup_fd(w)
+        self.wake_fd = w
         self.sel.register(r, selectors.EVENT_READ, "wake")
         self.sel.register(0, selectors.EVENT_READ, "stdin")
         self.emit(
@@ -558,6 +693,7 @@ class Agent:
                     except OSError:
                         pass
                     self.reap()
+                    self.drain_hashed()
                 else:  # the pidfd of an adopted task: it ended
                     self.adopted_ended(key.data)
             self.tick()
@@ -614,6 +750,8 @@ class Agent:
             self.send_files = bool(msg["listing"])
         if "stream" in msg:
             self.stream = bool(msg["stream"])
+        if "checksums" in msg:
+            self.checksums = bool(msg["checksums"])
         if msg.get("journal") and msg["journal"] != self.journal_dir:
             if self.journal_fd is not None:
                 os.close(self.journal_fd)
@@ -956,28 +1094,32 @@ class Agent:
         error = None
         if record is None:
             error = "the task ended without an exit record (its agent was killed)"
-        files, large = self.listing(d, spec.get("skip") or ()) if self.send_files else ({}, [])
-        self.emit(ev="exit", id=spec["id"], record=record, error=error, files=files, large=large)
+        event = {"ev": "exit", "id": spec["id"], "record": record, "error": error}
+        if not self.send_files:
+            self.emit(**event, files={}, large=[])
+            return
+        files, large, sums, excluded = self.listing(d, spec.get("skip") or ())
+        event.update(files=files, large=large)
+        if not self.checksums:
+            self.emit(**event)
+            return
+        event.update(sums=sums, excluded=excluded)
+        if not large:
+            self.emit(**event)
+            return
+        # Reading a big file takes a while: a thread hashes it while the loop goes on
+        # (hashlib lets go of the GIL), and the exit goes out once it is done.
+        if self.hasher is None:
+            self.hasher = Hasher(self.wake_fd)
+        self.hasher.put(event, d, large)
 
     def listing(self, d, skip):
-        """Small files inline (hsm's worker record first), the rest named for SFTP."""
-        entries = []
-        for root, dirs, names in os.walk(d):
-            rel_root = os.path.relpath(root, d)
-            dirs[:] = [
-                n for n in dirs if not self.excluded(os.path.normpath(os.path.join(rel_root, n)), n)
-            ]
-            for n in names:
-                rel = os.path.normpath(os.path.join(rel_root, n))
-                if n in OWN_FILES or rel in skip or ".tmp" in n or self.excluded(rel, n):
-                    continue
-                try:
-                    st = os.stat(os.path.join(root, n))
-                except OSError:
-                    continue
-                entries.append((rel != WORKER_RECORD, st.st_size, rel, st.st_mtime))
+        """Small files inline (hsm's worker record first), the rest named for SFTP; with
+        `checksums`, the sums of the inline ones and what `exclude` kept back."""
+        found, excluded = walk_tree(d, skip, self.exclude)
+        entries = [(rel != WORKER_RECORD, size, rel, mtime) for rel, size, mtime in found]
         entries.sort()
-        files, large, budget = {}, [], self.inline_max
+        files, large, sums, budget = {}, [], {}, self.inline_max
         for _, size, rel, mtime in entries:
             if size <= budget:
                 try:
@@ -987,13 +1129,17 @@ class Agent:
                     continue
                 if len(data) == size:
                     files[rel] = base64.b64encode(data).decode("ascii")
+                    if self.checksums:
+                        sums[rel] = [size, hashlib.sha256(data).hexdigest()]
                     budget -= size
                     continue
             large.append([rel, size, mtime])
-        return files, large
+        return files, large, sums, excluded
 
-    def excluded(self, rel, name):
-        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in self.exclude)
+    def drain_hashed(self):
+        if self.hasher is not None:
+            for event in self.hasher.done():
+                self.emit(**event)
 
     # -- kill, scan, ping -------------------------------------------------------------
     def kill(self, ids):
@@ -1300,7 +1446,10 @@ class Keeper:
 
 def main():
     """The keeper, which forks the agent (where prctl and os.waitid exist), else the
-    agent alone."""
+    agent alone; `--sums`: only the listing of some folders (see the docstring)."""
+    if sys.argv[1:2] == ["--sums"]:
+        sums_main()
+        return
     if not (hasattr(os, "fork") and hasattr(os, "waitid") and subreaper()):
         Agent().main()
         return

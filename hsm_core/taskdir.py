@@ -12,6 +12,8 @@ a task is a property of one object.)
       .hsm_result.json             Hydra job: hsm's worker's record (status, error,
                                    traceback, output dir)
       .hsm_job.json .hsm_exit.json hpc: the job wrapper's start and exit records
+      .hsm_files.json              collected from a host: every file's size and sha256
+                                   as the host listed them (hsm_core.integrity)
       attempt_N/                   the files of an earlier attempt, moved aside
 
 Whose word counts: an attempt's exit status comes from the task's parent, which a task
@@ -55,9 +57,11 @@ HPC_START = ".hsm_job.json"
 HPC_EXIT = ".hsm_exit.json"
 LEGACY_RESULT = "result.json"  # hsm's record before LAYOUT 2; the task's own file since
 LEGACY_AGENT_FILES = (".hsm_pid.json", ".hsm_exit.json")  # agents before protocol 2
+# The host's list of a collected folder's files with their sha256 (hsm_core.integrity).
+FILES_RECORD = ".hsm_files.json"
 
 # Written by the orchestrator on its side: never overwritten by a collected copy.
-LOCAL_OWNED = frozenset({PARAMS, STATUS})
+LOCAL_OWNED = frozenset({PARAMS, STATUS, FILES_RECORD})
 # hsm's records of one attempt: removed (or moved aside) before the next attempt runs in
 # the same folder, so that none of them can speak for it.
 HSM_RECORDS = (WORKER_RECORD, JOB_RETURN, JOB_INFO, HPC_START, HPC_EXIT)

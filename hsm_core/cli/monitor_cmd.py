@@ -1,4 +1,4 @@
-"""`hsm monitor watch|health|errors`: look at sweeps and sources without touching them.
+"""`hsm monitor watch|health|errors|collection`: look at sweeps and sources without touching them.
 
 Every sweep is opened read-only: watching from another terminal never gets in the way of
 the run, and Ctrl-C leaves the watcher only.
@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--limit", type=int, default=10, help="tasks listed per group")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    from hsm_core.cli import collection_cmd
+
+    collection_cmd.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +55,15 @@ def run(args: argparse.Namespace) -> int:
         "watch": _watch,
         "health": _health,
         "errors": _errors,
+        "collection": _collection,
     }
     return handlers[args.monitor_command](args)
+
+
+def _collection(args: argparse.Namespace) -> int:
+    from hsm_core.cli import collection_cmd
+
+    return collection_cmd.run(args)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from hsm_core import collect, taskdir
+from hsm_core import collect, integrity, taskdir
 from hsm_core.errors import HsmError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
@@ -190,6 +190,7 @@ class SSHSource(ComputeSource):
             "exclude": list(self.opts.exclude),
             "grace": self.opts.kill_grace,
             "stream": self._output is not None,
+            "checksums": self.opts.checksums,
         }
         # A host too busy to start Python in time gets more time at each start again.
         timeout = self.opts.agent_timeout * min(max(self._starts, 1), 4)
@@ -390,6 +391,7 @@ class SSHSource(ComputeSource):
         hydra = att.task.kind is TaskKind.HYDRA
         local = self.ctx.task_dir(att.task)
         worker = None
+        sums = integrity.sums_of(ev.get("sums"))
         try:
             stats = await collect.collect_folder(
                 local,
@@ -398,7 +400,17 @@ class SSHSource(ComputeSource):
                 ev.get("large") or [],
                 self.transport.sftp,
                 self.opts.exclude,
+                sums,
             )
+            if sums is not None:
+                files = integrity.FilesRecord(
+                    att.attempt,
+                    self.name,
+                    att.remote_dir,
+                    sums,
+                    integrity.excluded_of(ev.get("excluded")),
+                )
+                await asyncio.to_thread(integrity.write_record, local, files)
             if hydra:
                 legacy = taskdir.is_legacy(record)
                 worker = await asyncio.to_thread(taskdir.read_worker_record, local, legacy=legacy)
@@ -406,7 +418,13 @@ class SSHSource(ComputeSource):
         except SourceError as exc:
             # Never COMPLETED without the folder. Connection gone: the exit record stays
             # on the host and the re-attach after reconnecting (or LOST) decides.
-            self.log.warning("collecting %s failed: %s", att.task.name, exc)
+            bad = isinstance(exc, integrity.IntegrityError)
+            self.log.log(
+                logging.ERROR if bad else logging.WARNING,
+                "collecting %s failed: %s",
+                att.task.name,
+                exc,
+            )
             att.finishing = False
             if self.transport.connected:  # the host is fine, the copy is not: retry once
                 att.collect_failures += 1

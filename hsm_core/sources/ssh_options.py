@@ -12,6 +12,7 @@ Example (every key is described in docs/ssh.md)::
       gpus: [0, 1]
       sync: warn                    # warn | fail | push
       exclude: ["*.ckpt"]           # never pulled back
+      checksums: true               # sha256 of every collected file, checked on arrival
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ KNOWN_KEYS = (
     "gpus",
     "sync",
     "exclude",
+    "checksums",
     "prefetch",
     "inline_max",
     "reconnect_window",
@@ -55,6 +57,7 @@ class SshOptions:
     gpus: tuple[str, ...] = ()
     sync: str = "warn"
     exclude: tuple[str, ...] = ()
+    checksums: bool = True
     prefetch: int = 2
     inline_max: int = 64 * 1024
     reconnect_window: float = 20.0
@@ -102,6 +105,9 @@ class SshOptions:
             exclude = [exclude]
         if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
             raise fail("exclude", "must be a list of glob patterns, e.g. ['*.ckpt']")
+        checksums = options.get("checksums", True)
+        if not isinstance(checksums, bool):
+            raise fail("checksums", f"must be true or false, got {checksums!r}")
         numbers = {
             key: _number(options, key, default, fail)
             for key, default in (
@@ -125,6 +131,7 @@ class SshOptions:
             gpus=tuple(str(g) for g in gpus),
             sync=str(sync),
             exclude=tuple(exclude),
+            checksums=checksums,
             prefetch=int(numbers["prefetch"]),
             inline_max=int(numbers["inline_max"]),
             reconnect_window=numbers["reconnect_window"],

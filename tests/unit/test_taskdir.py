@@ -24,6 +24,7 @@ def test_the_agents_copies_of_the_names_are_the_same() -> None:
     assert remote_agent.WORKER_RECORD == taskdir.WORKER_RECORD
     assert remote_agent.HSM_RECORDS == taskdir.HSM_RECORDS
     assert remote_agent.OWN_FILES == taskdir.LEGACY_AGENT_FILES
+    assert remote_agent.FILES_RECORD == taskdir.FILES_RECORD
     assert JOB_FILE == taskdir.JOB_PAYLOAD
 
 
