@@ -363,19 +363,17 @@ async def check_collection(
     by_source: dict[str, list[TaskCheck]] = {}
     for c in checks:
         by_source.setdefault(c.source, []).append(c)
-    for name, group in by_source.items():
-        state = HostState(name, tasks=len(group))
-        report.hosts[name] = state
-        need_host = verify and not offline
-        if not need_host:
-            continue
+
+    async def one_host(name: str, group: list[TaskCheck]) -> int:
+        state = report.hosts[name]
         entry = recorded.get(name) or {}
         try:
             host = _Host(name, dict(entry.get("options") or {}), store.sweep_id)
         except HsmError as exc:
             state.reachable, state.error = False, str(exc)
-            continue
+            return 0
         host.state = state
+        hashed = 0
         try:
             dirs = [c.remote_dir or host.default_dir(c.name) for c in group]
             answer = await host.sums(dirs)
@@ -384,12 +382,18 @@ async def check_collection(
                     c.host = "unreachable"
                     continue
                 folder = sweep_dir / "tasks" / c.name
-                report.hashed_bytes += await asyncio.to_thread(
-                    _apply_host, c, folder, answer.get(d), verify
-                )
+                hashed += await asyncio.to_thread(_apply_host, c, folder, answer.get(d), verify)
                 if repair:
-                    report.hashed_bytes += await _repair(c, host, folder)
+                    hashed += await _repair(c, host, folder)
         finally:
             await host.close()
+        return hashed
+
+    for name, group in by_source.items():
+        report.hosts[name] = HostState(name, tasks=len(group))
+    if verify and not offline:
+        # Every host hashes its copies at the same time.
+        done = await asyncio.gather(*(one_host(n, g) for n, g in by_source.items()))
+        report.hashed_bytes += sum(done)
     report.seconds = time.monotonic() - t0
     return report

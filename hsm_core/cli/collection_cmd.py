@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _size(n: int) -> str:
     if n < 0:
         return "a folder"
@@ -100,6 +104,16 @@ def _print(report: Any, args: argparse.Namespace) -> None:
         say(f"  {source}: {n} tasks wrote their files here directly (nothing collected)")
     if report.not_ended:
         say(f"  {report.not_ended} tasks have not ended with files to collect (not checked)")
+    excl = [(rel, size) for t in report.tasks for rel, size in t.excluded.items()]
+    if excl:
+        names = sorted({rel for rel, _ in excl})
+        more = f", ... {len(names) - 3} more names" if len(names) > 3 else ""
+        size = sum(s for _, s in excl if s > 0)
+        with_excl = sum(1 for t in report.tasks if t.excluded)
+        say(
+            f"  excluded by `exclude:` (kept on the hosts, not missing): {len(excl)} files, "
+            f"{_size(size)} in {with_excl} tasks: {', '.join(names[:3])}{more}"
+        )
     limit = args.limit
     shown = 0
     for t in report.tasks:
@@ -122,8 +136,8 @@ def _print(report: Any, args: argparse.Namespace) -> None:
         n_extra = sum(len(t.extra) for t in bad)
         n_unver = sum(t.unverified for t in bad)
         say(
-            f"{len(bad)} of {checked} tasks do not match: {n_missing} files missing, "
-            f"{n_diff} differ, {n_extra} extra, {n_unver} tasks unverified"
+            f"{len(bad)} of {checked} tasks do not match: {_n(n_missing, 'file')} missing, "
+            f"{n_diff} differing, {n_extra} extra, {_n(n_unver, 'task')} unverified"
         )
         if (n_missing or n_diff) and not args.repair:
             say(f"to pull them again: hsm monitor collection {report.sweep_id} --repair")
@@ -149,8 +163,6 @@ def _task_lines(t: Any) -> list[str]:
         lines.append(f"extra: {rel} (here, but not among the files its host listed)")
     for rel in t.repaired:
         lines.append(f"repaired: {rel} (pulled again, sha256 checked)")
-    for rel, size in sorted(t.excluded.items()):
-        lines.append(f"excluded: {rel} ({_size(size)}, kept on the host by `exclude:`)")
     if t.host_changed:
         lines.append("changed on the host since the task ended: " + ", ".join(t.host_changed[:5]))
     return lines

@@ -125,8 +125,11 @@ def test_corrupt_missing_and_extra_files_are_found_and_repaired(
     assert "task_001 (h1): differs: results/big.bin" in text.stdout
     assert "task_002 (h2): missing: results/metrics.json" in text.stdout
     assert "task_003 (h1): extra: results/stray.txt" in text.stdout
-    assert "excluded: results/model.ckpt (5.0 KB, kept on the host by `exclude:`)" in text.stdout
-    assert "3 of 6 tasks do not match: 1 files missing, 1 differ, 1 extra" in text.stdout
+    assert (
+        "excluded by `exclude:` (kept on the hosts, not missing): 6 files, 30.0 KB in 6 "
+        "tasks: results/model.ckpt"
+    ) in text.stdout
+    assert "3 of 6 tasks do not match: 1 file missing, 1 differing, 1 extra" in text.stdout
 
     code, doc = _check(project, "--repair")
     assert code == 1  # the stray file is reported, never deleted
