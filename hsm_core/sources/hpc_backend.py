@@ -27,7 +27,8 @@ from typing import Any
 
 from hsm_core.errors import HsmError
 from hsm_core.sources.hpc_job import run_task
-from hsm_core.sources.hpc_options import HpcOptions, slurm_directive
+from hsm_core.sources.hpc_keys import sbatch_option
+from hsm_core.sources.hpc_options import HpcOptions
 from hsm_core.taskdir import (
     ATTEMPT_FILES,
     HPC_EXIT,
@@ -42,7 +43,6 @@ from hsm_core.taskdir import (
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 60.0
-WARN_BEFORE_END_S = 60
 STDERR_TAIL_BYTES = 4096
 
 
@@ -123,28 +123,43 @@ class Slurm(Scheduler):
             ex = SlurmExecutor(folder, python=o.python, max_num_timeout=0)
         except RuntimeError as exc:
             raise SchedulerError(f"{exc} (no `srun` on PATH)") from None
-        extra: dict[str, Any] = dict(slurm_directive(d, "directives") for d in o.directives)
+        extra: dict[str, Any] = dict(sbatch_option(d, "directives") for d in o.directives)
         if not o.requeue:
             # A node failure must reach hsm (LOST, placed again), not be requeued silently.
             extra.setdefault("no-requeue", True)
         # submitit asks for USR2 before the time limit, which Slurm may send up to a minute
         # early: with short limits it kills every process of the job at start (USR2's
-        # default action), the task's own included. URG is ignored by default; the
-        # wrapper only notes it.
-        extra.setdefault("signal", f"URG@{WARN_BEFORE_END_S}")
+        # default action), the task's own included. hsm's default, URG, is ignored by
+        # default; apps that handle USR2 set `signal: USR2`.
+        extra["signal"] = f"{o.signal}@{o.signal_delay_s}"
         params: dict[str, Any] = {
-            "job_name": o.job_name,
+            "job_name": o.name or o.job_name,
             "time": o.time_min,
             "cpus_per_task": o.cpus_per_task,
             "array_parallelism": parallelism,
             "setup": list(o.setup),
             "additional_parameters": extra,
+            "stderr_to_stdout": o.stderr_to_stdout,
         }
-        for key in ("partition", "account", "qos"):
+        if o.srun_args:
+            params["srun_args"] = list(o.srun_args)
+        # submitit's names; unset ones are left out, so sbatch gets no line for them.
+        for key in (
+            "partition",
+            "account",
+            "qos",
+            "gpus_per_task",
+            "gpus_per_node",
+            "comment",
+            "constraint",
+            "exclude",
+            "gres",
+            "cpus_per_gpu",
+            "mem_per_gpu",
+            "mem_per_cpu",
+        ):
             if getattr(o, key):
                 params[key] = getattr(o, key)
-        if o.gpus_per_task:
-            params["gpus_per_task"] = o.gpus_per_task
         if o.mem_gb:
             params["mem"] = _mem(o.mem_gb)
         try:
@@ -289,10 +304,12 @@ class PBS(Scheduler):
         if not o.requeue:
             directives.append("-r n")  # not rerunnable: a failed node reaches hsm
         params: dict[str, Any] = {
-            "job_name": o.job_name,
+            "job_name": o.name or o.job_name,
             "timeout_min": o.time_min,
             "cpus_per_task": o.cpus_per_task,
-            "gpus_per_node": o.gpus_per_task,
+            # One task per node on PBS: per task and per node are the same here.
+            "gpus_per_node": o.gpus_per_node or o.gpus_per_task,
+            "stderr_to_stdout": o.stderr_to_stdout,
             "array_parallelism": parallelism,
             "setup": list(o.setup),
             "directives": directives,

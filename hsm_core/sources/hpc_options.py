@@ -14,9 +14,10 @@ from typing import Any
 
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec
+from hsm_core.sources import hpc_keys
 
 SCHEDULERS = ("slurm", "pbs")
-KEYS = (
+_OWN_KEYS = (
     "scheduler",
     "partition",
     "queue",
@@ -42,9 +43,13 @@ KEYS = (
     "project_dir",
     "remote_dir",
     "login_python",
+    "signal",
 )
+# submitit's names (hpc_keys): `timeout_min` is `time`, `additional_parameters` are
+# `directives` in a mapping; the others are typed options of their own.
+KEYS: tuple[str, ...] = _OWN_KEYS + tuple(k for k in hpc_keys.SUBMITIT_KEYS if k not in _OWN_KEYS)
 DEFAULT_TIME_MIN = 60
-_SLURM_DIRECTIVE = re.compile(r"^--(?P<name>[A-Za-z][A-Za-z0-9-]*)(?:=(?P<value>.+))?$")
+DEFAULT_SIGNAL_DELAY_S = 60
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,24 @@ class HpcOptions:
     time_min: int = DEFAULT_TIME_MIN  # scheduler time limit per task, minutes
     cpus_per_task: int = 1
     gpus_per_task: int = 0
+    gpus_per_node: int = 0
     mem_gb: float | None = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    name: str | None = None  # the job name; None: hsm-<sweep id>
+    comment: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    gres: str | None = None
+    cpus_per_gpu: int | None = None
+    mem_per_gpu: str | None = None
+    mem_per_cpu: str | None = None
+    # The "time limit near" warning: this signal, this long before the limit.
+    signal: str = "URG"
+    signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
+    max_num_timeout: int = 0  # time limits a task may reach and resume after
+    stderr_to_stdout: bool = False  # submitit's logs only: the task's stay apart
+    srun_args: tuple[str, ...] = ()
     array_limit: int = 1000  # most tasks in one array job (the cluster's MaxArraySize - 1)
     array_parallelism: int = 1  # running at once (the `%` throttle); default max_parallel
     max_queued: int = 1000  # attempts handed to the scheduler at once (queued + running)
@@ -85,7 +107,7 @@ class HpcOptions:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HpcOptions:
         values = dict(data)
-        for name in ("setup", "directives"):
+        for name in ("setup", "directives", "srun_args"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
 
@@ -114,13 +136,30 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
         raise ConfigError(
             f"scheduler is {scheduler!r}", key=key("scheduler"), hint="valid: slurm, pbs"
         )
-    if "partition" in opts and "queue" in opts:
-        raise ConfigError("give `partition` or `queue`, not both", key=where)
+    hpc_keys.check_aliases(opts, where)
+    typed = {
+        name: hpc_keys.check_value(name, opts.get(name), key(name))
+        for name in hpc_keys.SUBMITIT_KEYS
+        if name not in ("partition", "account", "qos")  # checked below, as before
+    }
+    hpc_keys.check_scheduler({**opts, **typed}, scheduler, spec.name, key)
     part_key = "queue" if "queue" in opts else "partition"
     partition = _word(opts.get(part_key), key(part_key))
     qos = _word(opts.get("qos"), key("qos"))
     if qos and scheduler == "pbs":
         raise ConfigError("PBS has no qos", key=key("qos"), hint="use `queue` or `directives`")
+    for name in ("tasks_per_node", "nodes"):
+        if (typed[name] or 1) > 1:
+            raise ConfigError(
+                "multi-rank jobs are not supported yet",
+                key=key(name),
+                hint="run one process per job (tasks_per_node: 1, nodes: 1)",
+            )
+    if scheduler == "pbs" and typed["gpus_per_task"] and typed["gpus_per_node"]:
+        raise ConfigError(
+            "PBS jobs run one task per node: give gpus_per_node or gpus_per_task, not both",
+            key=key("gpus_per_node"),
+        )
     slots = spec.max_parallel
     array_limit = _int(opts.get("array_limit", 1000), key("array_limit"), 1)
     parallelism = _int(opts.get("array_parallelism", slots), key("array_parallelism"), 1)
@@ -151,17 +190,38 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
         raise ConfigError("must be true or false", key=key("requeue"))
     directives = _lines(opts.get("directives"), key("directives"))
     if scheduler == "slurm":
-        for line in directives:
-            slurm_directive(line, key("directives"))
+        given = {**typed, "partition": partition, "account": opts.get("account"), "qos": qos}
+        if "time" in opts:
+            given["timeout_min"] = opts["time"]
+        directives = hpc_keys.slurm_extra(
+            directives, typed["additional_parameters"] or {}, given, key
+        )
+    time_key = "timeout_min" if "timeout_min" in opts else "time"
     return HpcOptions(
         scheduler=scheduler,
         partition=partition,
         account=_word(opts.get("account"), key("account")),
         qos=qos,
-        time_min=parse_time(opts.get("time", DEFAULT_TIME_MIN), key("time")),
+        time_min=parse_time(opts.get(time_key, DEFAULT_TIME_MIN), key(time_key)),
         cpus_per_task=_int(opts.get("cpus_per_task", 1), key("cpus_per_task"), 1),
         gpus_per_task=_int(opts.get("gpus_per_task", 0), key("gpus_per_task"), 0),
+        gpus_per_node=typed["gpus_per_node"] or 0,
         mem_gb=_number(opts["mem_gb"], key("mem_gb")) if opts.get("mem_gb") is not None else None,
+        nodes=typed["nodes"] or 1,
+        tasks_per_node=typed["tasks_per_node"] or 1,
+        name=typed["name"],
+        comment=typed["comment"],
+        constraint=typed["constraint"],
+        exclude=typed["exclude"],
+        gres=typed["gres"],
+        cpus_per_gpu=typed["cpus_per_gpu"],
+        mem_per_gpu=typed["mem_per_gpu"],
+        mem_per_cpu=typed["mem_per_cpu"],
+        signal=hpc_keys.check_signal(opts.get("signal", "URG"), key("signal")),
+        signal_delay_s=_or(typed["signal_delay_s"], DEFAULT_SIGNAL_DELAY_S),
+        max_num_timeout=typed["max_num_timeout"] or 0,
+        stderr_to_stdout=bool(typed["stderr_to_stdout"]),
+        srun_args=tuple(typed["srun_args"] or ()),
         array_limit=array_limit,
         array_parallelism=parallelism,
         max_queued=max_queued,
@@ -180,6 +240,10 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
         login_python=_text(opts.get("login_python"), key("login_python")),
         job_name=f"hsm-{spec.name}",
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def parse_time(value: Any, key: str) -> int:
@@ -210,18 +274,6 @@ def parse_time(value: Any, key: str) -> int:
     if minutes < 1:
         raise ConfigError("must be at least 1 minute", key=key)
     return minutes
-
-
-def slurm_directive(line: str, key: str) -> tuple[str, str | bool]:
-    """`--constraint=a100` -> ("constraint", "a100"); `--exclusive` -> ("exclusive", True)."""
-    m = _SLURM_DIRECTIVE.match(line.strip())
-    if not m:
-        raise ConfigError(
-            f"directive {line!r} is not a long sbatch option",
-            key=key,
-            hint='write them as "--name=value" or "--flag", e.g. "--constraint=a100"',
-        )
-    return m.group("name"), m.group("value") if m.group("value") is not None else True
 
 
 def _ssh(value: Any, key: str) -> Mapping[str, Any] | None:

@@ -8,6 +8,7 @@ with the CLI's syntax; empty, it takes every source of the pool.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from hsm_core.config import (
 from hsm_core.errors import ConfigError
 from hsm_core.job_output import check_mode
 from hsm_core.model import SourceSpec
+from hsm_core.sources import hpc_keys
+
+log = logging.getLogger(__name__)
 
 SYNC_POLICIES = ("warn", "fail", "push")
 WHERE = "hydra.launcher"
@@ -45,6 +49,8 @@ class Settings:
     require_all_sources: bool | None = None  # None: hsm.yaml's
     output: str = "failed"
     output_rate: float = 20.0
+    # submitit's keys set on the launcher (hpc_keys), for every hpc source of the run.
+    hpc: dict[str, Any] = field(default_factory=dict)
 
 
 def _plain(value: Any) -> Any:
@@ -111,7 +117,15 @@ def settings_from(params: Mapping[str, Any], pool_choice: str | None = None) -> 
         require_all_sources=require_all,
         output=check_mode(params.get("output", "failed"), f"{WHERE}.output"),
         output_rate=_rate(params.get("output_rate", 20.0)),
+        hpc=_hpc_keys(params),
     )
+
+
+def _hpc_keys(params: Mapping[str, Any]) -> dict[str, Any]:
+    keys = hpc_keys.launcher_keys(params, WHERE)
+    if params.get("signal") is not None:
+        keys["signal"] = hpc_keys.check_signal(params["signal"], f"{WHERE}.signal")
+    return keys
 
 
 def _rate(value: Any) -> float:
@@ -181,6 +195,8 @@ def resolve_sources(settings: Settings, base: HsmConfig) -> list[SourceSpec]:
             file=f"hydra/launcher/pool={settings.pool_name}",
             hint="add one under `sources:`, or set hydra.launcher.sources=local:2",
         )
+    if settings.hpc:
+        specs = _with_hpc_keys(specs, settings.hpc)
     if settings.sync:
         specs = [
             s
@@ -191,3 +207,23 @@ def resolve_sources(settings: Settings, base: HsmConfig) -> list[SourceSpec]:
             for s in specs
         ]
     return specs
+
+
+def _with_hpc_keys(specs: list[SourceSpec], keys: dict[str, Any]) -> list[SourceSpec]:
+    """The launcher's submitit keys over every hpc source's own; a run without one
+    (a config tried on the local pool first) only says they are not used."""
+    if not any(s.type == "hpc" for s in specs):
+        log.warning(
+            "%s apply to hpc sources; this run has none, so they are not used",
+            ", ".join(f"{WHERE}.{k}" for k in sorted(keys)),
+        )
+        return specs
+    out = []
+    for s in specs:
+        if s.type == "hpc":
+            scheduler = str(s.options.get("scheduler", "slurm"))
+            hpc_keys.check_scheduler(keys, scheduler, s.name, lambda k: f"{WHERE}.{k}")
+            merged = hpc_keys.merge(s.options, keys)
+            s = SourceSpec(s.name, s.type, s.max_parallel, merged, s.weight)
+        out.append(s)
+    return out

@@ -60,6 +60,37 @@ class HsmLauncherConf:
     # prefixed by the job: [#3] ...), none. At most output_rate lines a second.
     output: str = "failed"
     output_rate: float = 20.0
+    # hydra-submitit-launcher's keys, for every hpc source of the run (over the pool's
+    # and hsm.yaml's values). null: not set here (the source's value, else its default:
+    # see docs/hpc.md). submitit_folder is accepted and not used.
+    submitit_folder: str | None = None
+    timeout_min: int | None = None
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int | None = None
+    mem_gb: float | None = None
+    nodes: int | None = None
+    name: str | None = None
+    stderr_to_stdout: bool | None = None
+    partition: str | None = None
+    qos: str | None = None
+    comment: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    gres: str | None = None
+    cpus_per_gpu: int | None = None
+    gpus_per_task: int | None = None
+    mem_per_gpu: str | None = None
+    mem_per_cpu: str | None = None
+    account: str | None = None
+    signal_delay_s: int | None = None
+    max_num_timeout: int | None = None
+    python: str | None = None
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int | None = None
+    setup: list[str] | None = None
+    srun_args: list[str] | None = None
+    signal: str | None = None  # hsm's: the warning signal (default URG)
 
 
 @dataclass
