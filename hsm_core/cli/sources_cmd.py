@@ -18,6 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("test", help="connect and check python, hsm, disk, load, GPUs, sync")
     t.add_argument("name", nargs="?", help="source to test (default: all)")
     t.add_argument("--all", action="store_true", help="test every configured source")
+    t.add_argument(
+        "--simulate-failures",
+        action="store_true",
+        help="failure drills: run a tiny sweep there and break it (dropped connection, "
+        "killed agent, killed task, cancelled job); check recovery; clean up",
+    )
+    t.add_argument("--json", action="store_true", help="drill results as JSON")
     for q in (lst, t):
         q.add_argument(
             "--project-root", type=Path, default=Path.cwd(), help="project root (default: cwd)"
@@ -41,9 +48,48 @@ def run(args: argparse.Namespace) -> int:
             hint=f"configured in {config.where}: {', '.join(sorted(sources))}",
         )
     names = [args.name] if args.name and not args.all else sorted(sources)
+    if args.simulate_failures:
+        return _drills({n: sources[n] for n in names}, root, args.json)
     results = asyncio.run(_test_all({n: sources[n] for n in names}, root))
     _show_tests(results)
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def _drills(sources: dict[str, Any], root: Path, as_json: bool) -> int:
+    from hsm_core.drills import drill_sources, results_json
+
+    con = render.console()
+    if not as_json:
+        con.print(
+            "failure drills: a tiny sweep in a scratch folder per scenario, broken while "
+            "it runs (your sweeps are not touched)"
+        )
+
+    def show(r: Any) -> None:
+        if as_json:
+            return
+        t = lambda s: f"{s:.1f} s" if s is not None else "-"  # noqa: E731
+        verdict = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
+        con.print(
+            f"{verdict}  {r.source:<10} {r.scenario:<22} detected {t(r.detect_s):>7}  "
+            f"recovered {t(r.recover_s):>7}  ({r.total_s:.0f} s)",
+            soft_wrap=True,
+        )
+        con.print(f"      {r.detail}", soft_wrap=True, highlight=False, markup=False)
+        if r.leftovers:
+            con.print(f"      left behind: {', '.join(r.leftovers)}", soft_wrap=True)
+
+    results = asyncio.run(drill_sources(sources, root, show))
+    if as_json:
+        print(results_json(results))
+    elif results:
+        passed = sum(r.ok for r in results)
+        con.print(f"{passed} of {len(results)} scenarios passed; nothing left behind"
+                  if all(not r.leftovers for r in results)
+                  else f"{passed} of {len(results)} scenarios passed")  # fmt: skip
+    else:
+        con.print("no drill for these sources")
+    return 0 if results and all(r.ok for r in results) else 1
 
 
 def _list(sources: dict[str, Any], where: str) -> None:

@@ -1,0 +1,97 @@
+"""`hsm sources test --all --simulate-failures` on a real loopback ssh host, the one-node
+Slurm and this machine: every drill scenario passes, with times, and leaves nothing
+behind (no scratch folder here or on the host, no process, no sweep of the user's)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from tests.integration.ssh_support import make_project, ssh_entry
+from tests.services import SlurmEnv, SshEnv
+from tests.sweep_utils import hsm
+
+
+def _drill_processes() -> list[str]:
+    """Processes of this machine (the loopback hosts share it) started by a drill."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"HSM_SWEEP_ID=drill-" in env:
+            found.append(pid)
+    return found
+
+
+def test_every_drill_passes_and_leaves_nothing_behind(
+    ssh_env: SshEnv, slurm_env: SlurmEnv, tmp_path: Path
+) -> None:
+    h1 = ssh_entry(ssh_env, "h1")
+    sources = {
+        "h1": h1,
+        "cluster": {
+            "type": "hpc",
+            "scheduler": "slurm",
+            "partition": slurm_env.partition,
+            "time": 2,
+            "max_parallel": 2,
+            "poll_interval": 1,
+            "poll_min": 0.5,
+            "batch_window": 0.2,
+            "vanish_after": 10,  # a cancelled job sacct does not show yet is LOST by then
+        },
+    }
+    project = make_project(tmp_path / "proj")
+    project.chmod(0o755)  # Slurm's jobs write the drill's sweep below it
+    (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": sources}))
+    scratch_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "hsm-drill-*")))
+
+    res = hsm("sources", "test", "--all", "--simulate-failures", "--json", cwd=project,
+              timeout=600)  # fmt: skip
+
+    assert res.returncode == 0, res.stdout + res.stderr
+    results = json.loads(res.stdout)
+    got = {(r["source"], r["scenario"]): r for r in results}
+    assert set(got) == {
+        ("cluster", "queued job cancelled"),
+        ("h1", "connection dropped"),
+        ("h1", "agent killed"),
+        ("h1", "task killed"),
+        ("local", "agent killed"),
+        ("local", "task killed"),
+    }
+    for r in results:
+        assert r["ok"], r
+        assert r["leftovers"] == [], r
+        assert 0 <= r["detect_s"] <= r["recover_s"], r  # times: reported, not judged
+    assert "LOST" in got[("cluster", "queued job cancelled")]["detail"]
+    assert "FAILED (killed by SIGKILL)" in got[("h1", "task killed")]["detail"]
+    assert "none LOST" in got[("h1", "agent killed")]["detail"]
+
+    # Nothing left: no scratch folder here, in the project or on the host, no process,
+    # and no sweep where the user's go.
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "hsm-drill-*"))) == scratch_before
+    assert not (project / ".hsm-drills").exists()
+    assert not (project / "sweeps").exists()
+    assert not Path(h1["project_dir"], ".hsm", "drills").exists()
+    assert _drill_processes() == []
+    jobs = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
+    assert not [j for j in jobs.stdout.split() if j.startswith("hsm-drill-")]
+
+    # The human form: one line per scenario with its times.
+    text = hsm("sources", "test", "local", "--simulate-failures", cwd=project, timeout=600)
+    assert text.returncode == 0, text.stdout + text.stderr
+    lines = [ln for ln in text.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 2 and all(ln.startswith("PASS  local") for ln in lines), text.stdout
+    assert "detected" in lines[0] and "recovered" in lines[0]
+    assert "2 of 2 scenarios passed; nothing left behind" in text.stdout
