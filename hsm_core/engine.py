@@ -38,8 +38,9 @@ CANCEL_DEADLINE_S = 15.0
 # A task lost this many times in a row is not the hosts' fault any more.
 LOST_LIMIT = 5
 # Sources starting at once (each: a connection, an agent, a sync check). More only
-# compete for this machine's CPU, and for an sshd's cap on connections still logging in
-# (MaxStartups, 10 by default); see bench/bench_sources.py.
+# compete for this machine's CPU: 16 started 50 loopback sources no sooner than 8 (see
+# bench/README.md). Logins to any one sshd are bounded apart (LOGINS_PER_HOST in
+# transport/ssh.py), reconnects mid-sweep included.
 START_AT_ONCE = 8
 # A start that takes longer counts as failed; the source is tried again later.
 START_DEADLINE_S = 180.0

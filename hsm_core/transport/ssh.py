@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 # floods the job logs. Quiet by default; a level the user set explicitly is kept.
 if logging.getLogger("asyncssh").level == logging.NOTSET:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+# An sshd drops connections still logging in beyond its MaxStartups (10 by default):
+# this process logs in to one sshd (address and port, whatever names the sources give
+# it) at most this many at a time, as many sources may share a host. Per event loop:
+# a semaphore belongs to the loop it first waited in.
+LOGINS_PER_HOST = 8
+_logins: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _login_slot(sshd: str) -> asyncio.Semaphore:
+    per_loop = _logins.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault(sshd, asyncio.Semaphore(LOGINS_PER_HOST))
+
 
 # Keys of a source's options that describe how to reach the host.
 TARGET_KEYS = (
@@ -198,6 +214,7 @@ class SshTransport:
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
         self.generation = 0  # bumped on every new connection (lets callers spot a reconnect)
+        self._sshd: str | None = None  # address:port the target resolves to
 
     # -- connection -------------------------------------------------------------------
 
@@ -239,8 +256,10 @@ class SshTransport:
 
     async def _open(self) -> asyncssh.SSHClientConnection:
         t = self.target
+        sshd = await self._sshd_key()
         try:
-            conn = await asyncssh.connect(t.host, **t.connect_kwargs())
+            async with _login_slot(sshd):
+                conn = await asyncssh.connect(t.host, **t.connect_kwargs())
         except asyncssh.HostKeyNotVerifiable:
             raise await self._host_key_error() from None
         except asyncssh.PermissionDenied as exc:
@@ -259,6 +278,17 @@ class SshTransport:
             ) from None
         log.info("%s: connected to %s", self.name, t.label)
         return conn
+
+    async def _sshd_key(self) -> str:
+        """The sshd this target reaches, after the ssh config: two aliases of one host
+        share its bound on logins. Resolved once (it reads the config and keys)."""
+        if self._sshd is None:
+            try:
+                address, port, _, _ = await asyncio.to_thread(self.target.resolved)
+                self._sshd = f"{address}:{port}"
+            except (OSError, ValueError, asyncssh.Error):
+                self._sshd = self.target.label  # connect() says what is wrong with it
+        return self._sshd
 
     async def _host_key_error(self) -> HsmError:
         """Say whether the key is unknown or changed, show the offered fingerprint and the fix."""

@@ -305,44 +305,63 @@ def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SshEnv, tmp_
 
 
 def test_many_sources_start_a_few_at_a_time_and_all_take_work(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """12 ssh sources (each its own connection, agent and project dir) x 1 slot: every
-    one starts and runs tasks; never more than the engine's bound start at once."""
+    """More ssh sources on one host than start at once (each its own connection, agent
+    and project dir) x 1 slot, half of them naming it by its ssh config alias and half by
+    address and port: every one starts and runs tasks; never more than the engine's bound
+    start at once, and never more than the bound per sshd log in at once, whatever the
+    sources call it (a bound lowered here, so that it binds whatever the engine's is)."""
     from hsm_core.engine import START_AT_ONCE
     from hsm_core.orchestrate import context_for
     from hsm_core.sources import make_source
+    from hsm_core.transport import ssh
 
-    n_sources = 12
-    assert n_sources > START_AT_ONCE
+    logins = 3
+    assert 2 * logins < START_AT_ONCE  # either name alone could take more
+    monkeypatch.setattr(ssh, "LOGINS_PER_HOST", logins)
+    n_sources = START_AT_ONCE + 4
+    n_tasks = 3 * n_sources
     project = make_project(tmp_path / "proj")
-    tasks = command_tasks([["sh", "-c", "sleep 0.3", str(i)] for i in range(48)])
+    tasks = command_tasks([["sh", "-c", "sleep 0.3", str(i)] for i in range(n_tasks)])
     store = new_store(tmp_path / "sweep", project, tasks)
-    specs = [_on_h1(ssh_env, f"s{i:02d}", 1) for i in range(n_sources)]
+    h1 = ssh_env.host("h1")
+    by_address = {
+        "host": h1.address,
+        "port": h1.port,
+        "user": h1.user,
+        "key": str(ssh_env.identity_file),
+        "known_hosts": str(ssh_env.known_hosts),
+        "ssh_config": None,
+    }
+    specs = [
+        _on_h1(ssh_env, f"s{i:02d}", 1, **(by_address if i % 2 else {})) for i in range(n_sources)
+    ]
     ctx = context_for(store, sys.executable)
     sources = [make_source(spec, ctx) for spec in specs]
-    starting = 0
-    most = 0
+    now = {"starts": 0, "logins": 0}
+    most = {"starts": 0, "logins": 0}
 
-    def counted(src: Any) -> None:
-        real = src.start
-
-        async def start(report: Any) -> None:
-            nonlocal starting, most
-            starting += 1
-            most = max(most, starting)
+    def counted(what: str, real: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            now[what] += 1
+            most[what] = max(most[what], now[what])
             try:
-                await real(report)
+                return await real(*args, **kwargs)
             finally:
-                starting -= 1
+                now[what] -= 1
 
-        src.start = start
+        return wrapper
 
     for src in sources:
-        counted(src)
+        src.start = counted("starts", src.start)  # type: ignore[method-assign]
+    import asyncssh
+
+    monkeypatch.setattr(asyncssh, "connect", counted("logins", asyncssh.connect))
     outcome = asyncio.run(run(store, specs, sources=sources))
-    assert outcome.counts[TaskState.COMPLETED] == 48, outcome.counts
-    assert 1 < most <= START_AT_ONCE, most
+    assert outcome.counts[TaskState.COMPLETED] == n_tasks, outcome.counts
+    assert most["starts"] == START_AT_ONCE, most
+    assert 1 < most["logins"] <= logins, most
     per_source = Counter(a.source for a in store.latest_attempts().values())
     assert set(per_source) == {s.name for s in specs}, per_source
     store.close()
