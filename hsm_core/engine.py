@@ -180,9 +180,11 @@ class SweepEngine:
         # Task folders, status files, the mapping: made and kept up to date in the
         # background from here on (the agents make a task's folder if it is not there yet).
         self.views.start()
+        began = False
         try:
             # Inside the try: when one source cannot start, the ones that did are closed.
             await self._start_sources()
+            began = True
             self.store.set_meta("started", time.time())
             self.health.start()
             self._running = True
@@ -204,8 +206,13 @@ class SweepEngine:
             await asyncio.gather(*pollers, return_exceptions=True)
             if self._submits:
                 await asyncio.gather(*self._submits, return_exceptions=True)
-            await self._flush()
-            self.store.set_meta("ended", time.time())
+            if began:
+                await self._flush()
+                self.store.set_meta("ended", time.time())
+            else:
+                # The run stops before any task (no source could start, or a mistake):
+                # the journal stays as it was, tasks to retry not reopened yet.
+                self._writes.clear()
             # The views catch up with the journal while the sources close their
             # connections; before anything else ends (a failed start may remove the
             # sweep folder next).

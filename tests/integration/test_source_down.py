@@ -214,6 +214,33 @@ def test_complete_runs_on_the_sources_that_start(
     store.close()
 
 
+def test_complete_with_every_source_down_is_one_line_and_exit_2(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    """`hsm complete` on sources that are all down: one line, exit 2, and the journal as
+    it was (the tasks to retry are still FAILED, no attempt was added)."""
+    sources = {"dead1": _dead_entry(ssh_env, "h2"), "dead2": _dead_entry(ssh_env, "h3")}
+    project = _project(tmp_path, shared_dir, sources, n=4)
+    sweep = yaml.safe_load((project / "sweep.yaml").read_text())
+    sweep["command"] = ["sh", "-c", "exit 1"]
+    (project / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    first = hsm("run", "-c", "sweep.yaml", "-s", "local:2", "--sweep-id", "s", cwd=project)
+    assert first.returncode == 1, first.stdout + first.stderr  # every task FAILED
+    store = _store(project, "s")
+    before = {k: (a.attempt, a.state) for k, a in store.latest_attempts().items()}
+    store.close()
+
+    res = hsm("complete", "s", "--retry-failed", "-s", "dead1,dead2", cwd=project)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = _warnings(res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("hsm: error: no source could start"), lines
+    assert "dead1: " in lines[0] and "dead2: " in lines[0] and "Traceback" not in res.stderr
+    store = _store(project, "s")
+    after = {k: (a.attempt, a.state) for k, a in store.latest_attempts().items()}
+    store.close()
+    assert after == before and len(before) == 4
+
+
 def test_a_source_that_comes_up_mid_sweep_receives_tasks(
     ssh_env: SshEnv, ssh_host_control: Any, tmp_path: Path
 ) -> None:
