@@ -7,6 +7,8 @@ names of their own: other tests stop h2 (and this one h3) at times."""
 from __future__ import annotations
 
 import asyncio
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import yaml
 
 from hsm_core.model import SourceSpec, TaskEvent, TaskState
 from hsm_core.store import SweepStore
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, wait_for
 from tests.hydra.util import APPS, job_return, jobs, run_app
 from tests.integration.ssh_support import (
     FAST_SSH,
@@ -34,7 +36,7 @@ from tests.integration.ssh_support import (
     ssh_spec,
 )
 from tests.services import SshEnv
-from tests.sweep_utils import hsm
+from tests.sweep_utils import hsm, hsm_popen
 
 
 @pytest.fixture
@@ -477,4 +479,36 @@ def test_a_slow_start_does_not_hold_up_the_sweep(
     health = (store.sweep_dir / "logs" / "health_status.log").read_text()
     assert "slow: disabled: still starting after 2 s" in health
     assert "slow: re-enabled: started at try 1" in health
+    store.close()
+
+
+def test_the_summary_says_how_to_use_a_source_once_it_is_back(
+    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+) -> None:
+    """A run stopped with tasks left names the source that never started and the
+    `hsm complete` line to finish on it; pasted once the host is back, that line does."""
+    sources = {"a": ssh_entry(ssh_env, "h1", 1), "dead": _dead_entry(ssh_env, "h3")}
+    project = _project(tmp_path, shared_dir, sources, n=6)
+    sweep = yaml.safe_load((project / "sweep.yaml").read_text())
+    sweep["command"] = ["sh", "-c", f'echo "$0" >> {shared_dir}/ran.txt; sleep 2', "{i}"]
+    (project / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    proc = hsm_popen("run", "-c", "sweep.yaml", "-s", "a,dead", "--sweep-id", "s", cwd=project)
+    wait_for(lambda: _runs(shared_dir), timeout=60, message="a first task on a")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "never started dead: " in out
+    hints = [line for line in out.splitlines() if line.startswith("once they are back: ")]
+    assert len(hints) == 1, out
+    argv = shlex.split(hints[0].removeprefix("once they are back: "))
+    assert argv[:2] == ["hsm", "complete"] and argv[-2:] == ["--sources", "dead"], argv
+    # The host is back: its entry now reaches h1's sshd.
+    sources["dead"] = ssh_entry(ssh_env, "h1", 2)
+    (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": sources}))
+    res = hsm(*argv[1:], cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = _store(project, "s")
+    latest = store.latest_attempts()
+    assert {a.state for a in latest.values()} == {TaskState.COMPLETED}
+    assert "dead" in {a.source for a in latest.values()}
     store.close()
