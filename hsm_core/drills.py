@@ -37,7 +37,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,14 +283,20 @@ async def _cancel_queued(run: _Run, place: _Place, info: dict[str, Any]) -> None
     await _wait_running(run, 1)
 
     def queued() -> tuple[str, int, str] | None:
+        from hsm_core.sources.hpc_states import Phase, phase_of
+
         running = {ev.key for ev in run.running()}
-        for job in list(src._jobs.values()):  # the hpc source's jobs (hsm_core.sources.hpc)
-            if job.job_id and job.task.key not in running:
-                return job.task.key, job.attempt, job.job_id
-        return None
+        # Not started by what we saw; waiting in the queue by the scheduler's last word
+        # if it said so already (its word comes at the source's pace).
+        waiting = [j for j in list(src._jobs.values()) if j.job_id and j.task.key not in running]
+        waiting.sort(key=lambda j: phase_of(j.state) is not Phase.QUEUED)
+        return (waiting[0].task.key, waiting[0].attempt, waiting[0].job_id) if waiting else None
 
     key, attempt, job_id = await run.until(queued, 60, "a queued job")
     info["victim"] = key
+    info["job"] = job_id
+    log.info("drill: cancelling job %s of %s; jobs: %s", job_id, key,
+             {j.task.key: j.job_id for j in src._jobs.values()})  # fmt: skip
     t0 = time.monotonic()
     await src.client.call("cancel", job_ids=[job_id])
     await run.until(lambda: run.first(key, TaskState.LOST, attempt), 120, "its end as LOST")
@@ -388,17 +394,17 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
         )
         try:
             done, _ = await asyncio.wait(
-                {breaker, sweep}, timeout=SCENARIO_TIMEOUT_S, return_when=asyncio.FIRST_EXCEPTION
+                {breaker, sweep}, timeout=SCENARIO_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
             )
-            if breaker in done and breaker.exception() is not None:
-                raise breaker.exception()  # type: ignore[misc]
-            if not sweep.done():
-                await asyncio.wait_for(
-                    sweep, max(1.0, SCENARIO_TIMEOUT_S - (time.monotonic() - t_start))
-                )
-            if not breaker.done():
-                breaker.cancel()
-                raise DrillFailed("the sweep ended before the break was made")
+            if breaker in done:
+                breaker.result()  # DrillFailed: the break could not be made, or went wrong
+                left = SCENARIO_TIMEOUT_S - (time.monotonic() - t_start)
+                await asyncio.wait_for(sweep, max(1.0, left))
+            elif sweep in done:
+                sweep.result()
+                raise DrillFailed("the sweep ended before the break was made (too fast)")
+            else:
+                raise DrillFailed(f"not over after {SCENARIO_TIMEOUT_S:g} s")
         finally:
             for job in (breaker, sweep):
                 if not job.done():
@@ -453,9 +459,10 @@ def _judge(store: Any, finished: list[str], victim: str | None, scenario: str) -
             elif done != 1:
                 problems.append(f"{name} finished {done} times")
         elif states != [TaskState.COMPLETED] or done != 1:
+            why = "; ".join(f"{a.state.value}: {a.error}" for a in atts if a.error)
             problems.append(
                 f"{name}: attempts {'/'.join(s.value for s in states)}, finished {done} times "
-                "(expected one COMPLETED attempt, finished once)"
+                f"(expected one COMPLETED attempt, finished once){': ' + why if why else ''}"
             )
     if problems:
         raise DrillFailed("; ".join(problems))
@@ -507,20 +514,28 @@ async def drill_sources(
     disturb another's drill). The warnings hsm logs about the breaks it is made to see
     are the drill's own doing: the results say what happened."""
     results = []
-    handlers = logging.getLogger().handlers
-    for h in handlers:  # the terminal's; a run sets the levels of the sweep's own logs
-        h.addFilter(_quiet)
-    try:
+    with quiet_logs():
         for name, entry in sources.items():
             for scenario in SCENARIOS.get(str(entry.get("type")), ()):
                 res = await run_drill(name, entry, root, scenario)
                 results.append(res)
                 if on_result is not None:
                     on_result(res)
+    return results
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Keep hsm's warnings about breaks made on purpose off the terminal: a filter on
+    the root logger's handlers (a run sets the levels of the sweep's own logs)."""
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(_quiet)
+    try:
+        yield
     finally:
         for h in handlers:
             h.removeFilter(_quiet)
-    return results
 
 
 def _quiet(record: logging.LogRecord) -> bool:

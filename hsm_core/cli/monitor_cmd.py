@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--refresh", type=float, default=30.0, help="seconds between checks")
     h.add_argument("--sources", help="comma-separated source names (default: all)")
     h.add_argument(
+        "--test-recovery",
+        action="store_true",
+        help="drop an ssh source's connection once and show its detection and recovery; "
+        "exit 0 if it recovered within its bound",
+    )
+    h.add_argument(
         "--project-root", type=Path, default=Path.cwd(), help="where hsm.yaml is (default: cwd)"
     )
     e = sub.add_parser("errors", help="failed and lost tasks grouped by cause")
@@ -141,19 +147,65 @@ def _health(args: argparse.Namespace) -> int:
         where = config.where if config.path else "no hsm.yaml: local only"
         return rows, health_view(rows, f"sources ({where})")
 
+    if args.test_recovery:
+        return _test_recovery(args, config, root, names, con)
+    from hsm_core.reporting.health_timeline import Timelines
+
+    timelines = Timelines()
+
+    def watched() -> Any:
+        rows = asyncio.run(check_sources(config, root, names=names, history=history))
+        timelines.add_round(rows)
+        where = config.where if config.path else "no hsm.yaml: local only"
+        return health_view(rows, f"sources ({where})", timelines)
+
     rows, view = table()
     if not args.watch:
         con.print(view)
         return 0 if all(r.ok for r in rows) else 1
+    timelines.add_round(rows)
     try:
         with Live(view, console=con, auto_refresh=False) as live:
             while True:
                 time.sleep(refresh)
-                rows, view = table()
-                live.update(view, refresh=True)
+                live.update(watched(), refresh=True)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _test_recovery(
+    args: argparse.Namespace, config: Any, root: Path, names: list[str] | None, con: Any
+) -> int:
+    import asyncio
+
+    from hsm_core.cli.monitor_view import health_view
+    from hsm_core.reporting.health_timeline import Timelines, pick_ssh_source, test_recovery
+    from hsm_core.reporting.source_health import check_sources, configured_sources
+
+    entries = configured_sources(config)
+    unknown = [n for n in names or () if n not in entries]
+    if unknown:
+        raise ConfigError(f"unknown source {unknown[0]!r}", key="--sources")
+    name = pick_ssh_source(entries, names)
+    from hsm_core.drills import quiet_logs
+
+    def say(t: float, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        con.print(f"{stamp}  {t:+5.1f} s  {line}", soft_wrap=True, highlight=False, markup=False)
+
+    con.print(f"recovery test: {name} (ssh) is disconnected once, on purpose")
+    with quiet_logs():
+        result = asyncio.run(test_recovery(name, entries[name], config.health, root, say))
+    rows = asyncio.run(check_sources(config, root, names=names or [name]))
+    timelines = Timelines()
+    timelines[name] = result.timeline
+    timelines.add_round(rows)
+    where = config.where if config.path else "no hsm.yaml"
+    con.print(health_view(rows, f"sources ({where})", timelines))
+    verdict = "[green]PASS[/]" if result.ok else "[red]FAIL[/]"
+    con.print(f"{verdict} {name}: {result.detail}", soft_wrap=True)
+    return 0 if result.ok else 1
 
 
 # ----------------------------------------------------------------------- errors

@@ -26,6 +26,10 @@ _BAR_ORDER = (
 _HEALTH_STYLE = {"ok": "green", "healthy": "green", "warning": "yellow", "failing": "yellow"}
 
 
+def _at(when: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when)) if when else "-"
+
+
 def clock(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -169,13 +173,17 @@ def frame_view(frame: Frame) -> Group:
     return Group(*parts)
 
 
-def health_view(rows: list[Any], title: str) -> Group:
+def health_view(rows: list[Any], title: str, timelines: Any = None) -> Group:
     """The numbers in a table; what each check said (and why a source is disabled) below
-    it, one line per source, so that long messages stay readable in a narrow terminal."""
+    it, one line per source, so that long messages stay readable in a narrow terminal.
+    With `timelines` (--watch): when each source last failed, was disabled, re-enabled."""
     table = Table(title=title, title_justify="left", box=None)
     for col in ("source", "type", "state", "checked", "load/cpus", "mem free", "disk free"):
         table.add_column(col, no_wrap=True)
     table.add_column("GPUs")
+    if timelines is not None:
+        for col in ("last failure", "disabled", "re-enabled"):
+            table.add_column(col, no_wrap=True)
     notes: list[Text] = []
     for r in rows:
         rep = r.report
@@ -186,7 +194,7 @@ def health_view(rows: list[Any], title: str) -> Group:
         disk = f"{rep.disk_free_gb:.1f} GB" if rep and rep.disk_free_gb is not None else "-"
         gpus = ", ".join(rep.gpus) if rep and rep.gpus else "-"
         style = _HEALTH_STYLE.get(r.state, "red")
-        table.add_row(
+        cells = [
             r.name,
             r.type,
             Text(r.state, style=style),
@@ -195,11 +203,18 @@ def health_view(rows: list[Any], title: str) -> Group:
             mem,
             disk,
             gpus,
-        )
+        ]
+        tl = timelines.get(r.name) if timelines is not None else None
+        if timelines is not None:
+            cells += [_at(tl.last_failure if tl else None), _at(tl.disabled_at if tl else None),
+                      _at(tl.reenabled_at if tl else None)]  # fmt: skip
+        table.add_row(*cells)
         note = Text(f"{r.name}: ", style="bold")
         if r.disabled_reason:
             note.append(f"disabled: {r.disabled_reason}", style="red")
         else:
             note.append(r.detail or "-", style="" if r.ok else style)
         notes.append(note)
+        if tl is not None and tl.last_failure is not None and r.ok:
+            notes.append(Text(f"{r.name}: last failure: {tl.last_failure_detail}", style="dim"))
     return Group(table, *notes)

@@ -172,8 +172,26 @@ class Slurm(Scheduler):
         if self.accounting:
             found = self._sacct(job_ids)
             if found is not None:
-                return found
+                return self._still_live(found)
         return self._squeue(job_ids)
+
+    def _still_live(self, found: dict[str, str]) -> dict[str, str]:
+        """sacct lags: cancel the pending rest of an array and, for a while, it lists the
+        whole array as one `123_[0-2%2] CANCELLED` line, its running elements included
+        (a failure drill ran such elements twice: LOST, placed again, while they ran on).
+        squeue knows what is alive: a job it lists as queued or running is not over,
+        whatever sacct says. Asked only when sacct says some job is over."""
+        from hsm_core.sources.hpc_states import phase_of
+
+        over = [j for j, state in found.items() if phase_of(state).over]
+        if not over:
+            return found
+        live = {
+            j: state
+            for j, state in self._squeue(over).items()
+            if not phase_of(state).over and state != "VANISHED"
+        }
+        return {**found, **live}
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, str] | None:
         from submitit.slurm.slurm import SlurmInfoWatcher

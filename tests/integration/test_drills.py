@@ -95,3 +95,34 @@ def test_every_drill_passes_and_leaves_nothing_behind(
     assert len(lines) == 2 and all(ln.startswith("PASS  local") for ln in lines), text.stdout
     assert "detected" in lines[0] and "recovered" in lines[0]
     assert "2 of 2 scenarios passed; nothing left behind" in text.stdout
+
+
+def test_health_watch_test_recovery_shows_detection_and_re_enabling(
+    ssh_env: SshEnv, tmp_path: Path
+) -> None:
+    """`hsm monitor health --watch --test-recovery`: h1's connection is dropped once; with
+    `consecutive_failures: 1` the first failed check disables it, and it is re-enabled
+    once it reconnected, well within reconnect_window + timeout_s."""
+    project = make_project(tmp_path / "proj")
+    config = {"sources": {"h1": ssh_entry(ssh_env, "h1")}, "health": {"consecutive_failures": 1}}
+    (project / "hsm.yaml").write_text(yaml.safe_dump(config))
+
+    res = hsm("monitor", "health", "--watch", "--test-recovery", "--sources", "h1", cwd=project)
+
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    steps = [ln.split("s  ", 1)[-1] for ln in out.splitlines() if " s  " in ln]
+    assert steps[0].startswith("h1 healthy") and "dropping its connection now" in steps[0]
+    disabled = next(i for i, s in enumerate(steps) if s.startswith("h1 disabled: unreachable"))
+    enabled = next(i for i, s in enumerate(steps) if s == "h1 re-enabled")
+    assert 0 < disabled < enabled, steps
+    assert any(s.startswith("check passed: h1") for s in steps[enabled:]), steps
+    header = next(ln for ln in out.splitlines() if "last failure" in ln)
+    assert "disabled" in header and "re-enabled" in header
+    assert "PASS h1: detected after" in out and "(bound 22 s: reconnect_window 2 s" in out
+
+    # Nothing to disconnect: one clear line, exit 2.
+    (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": {}}))
+    bad = hsm("monitor", "health", "--test-recovery", cwd=project)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--test-recovery disconnects an ssh source, and none is selected" in bad.stderr
