@@ -212,11 +212,13 @@ def _plan(
         if state not in COLLECTED_STATES or not source:
             not_ended += 1
             continue
-        stype = str(
-            (recorded.get(source) or {}).get("type") or ("local" if source == "local" else "")
-        )
+        entry = recorded.get(source) or {}
+        stype = str(entry.get("type") or ("local" if source == "local" else ""))
         if stype not in COLLECTED_TYPES:
-            in_place[source] = in_place.get(source, 0) + 1
+            # An hpc source over ssh copies its folders back too, without records yet.
+            remote = stype == "hpc" and (entry.get("options") or {}).get("ssh")
+            label = f"{source} (copied back by hpc over ssh, without records)" if remote else source
+            in_place[label] = in_place.get(label, 0) + 1
             continue
         checks.append(TaskCheck(f"task_{num:03d}", num, source, state, attempt))
     checks.sort(key=lambda c: c.num)

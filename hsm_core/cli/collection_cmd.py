@@ -101,7 +101,10 @@ def _print(report: Any, args: argparse.Namespace) -> None:
             where = f"host unreachable ({h.error}): checked against the records only"
         say(f"  {name}: {h.tasks} tasks; {where}")
     for source, n in sorted(report.in_place.items()):
-        say(f"  {source}: {n} tasks wrote their files here directly (nothing collected)")
+        if "copied back" in source:
+            say(f"  {source}: {n} tasks not checked")
+        else:
+            say(f"  {source}: {n} tasks wrote their files here directly (nothing collected)")
     if report.not_ended:
         say(f"  {report.not_ended} tasks have not ended with files to collect (not checked)")
     excl = [(rel, size) for t in report.tasks for rel, size in t.excluded.items()]
