@@ -1480,9 +1480,14 @@ def main():
     os.close(paths_w)
     set_name("hsm-keeper")
     # The channel is the agent's: it must end when the agent ends, even if we live on.
+    # stderr too: sshd ends a channel's output only once stdout AND stderr are closed,
+    # so a keeper holding stderr kept a killed agent's channel open until the keeper
+    # exited, i.e. until the last of its tasks ended (a failure drill saw 12 s with 12 s
+    # tasks; hours with real ones), and no new agent took over meanwhile.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     os.close(devnull)
     sys.exit(Keeper(pid, paths_r).run())
 

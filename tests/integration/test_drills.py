@@ -10,6 +10,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -126,3 +127,54 @@ def test_health_watch_test_recovery_shows_detection_and_re_enabling(
     bad = hsm("monitor", "health", "--test-recovery", cwd=project)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--test-recovery disconnects an ssh source, and none is selected" in bad.stderr
+
+
+def test_a_killed_ssh_agent_ends_its_channel_while_its_task_runs(
+    ssh_env: SshEnv, tmp_path: Path
+) -> None:
+    """The keeper must not hold the channel open: sshd ends a channel's output only once
+    stdout and stderr are both closed, and a keeper that kept stderr hid a killed agent
+    until its last task ended (the drill saw detection take as long as the tasks)."""
+    import asyncio
+    import contextlib
+    import posixpath
+    import signal
+
+    from hsm_core.sources.ssh_agent import ssh_agent_channel
+    from hsm_core.transport.ssh import SshTarget, SshTransport
+    from tests.integration.ssh_support import remote_project
+
+    remote = remote_project(ssh_env, "h1")
+    task_dir = posixpath.join(remote, "tasks", "task_001")
+
+    async def scenario() -> float:
+        transport = SshTransport(SshTarget("h1", ssh_config=str(ssh_env.ssh_config)), name="h1")
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        closed = asyncio.Event()
+
+        def on_event(ev: dict[str, Any]) -> None:
+            if ev.get("ev") == "started" and not started.done():
+                started.set_result(int(ev["pid"]))
+
+        agent = ssh_agent_channel(
+            transport, ssh_env.host("h1").python, on_event, lambda why: closed.set()
+        )
+        task = 0
+        try:
+            hello = await agent.start({"journal": posixpath.join(remote, ".agents")}, 60)
+            launch = {"op": "launch", "id": "t", "attempt": 1, "dir": task_dir, "cwd": "/"}
+            agent.send({**launch, "argv": ["sleep", "60"], "env": {}, "timeout": None})
+            task = await asyncio.wait_for(started, 30)
+            os.kill(int(hello["pid"]), signal.SIGKILL)
+            t0 = asyncio.get_running_loop().time()
+            await asyncio.wait_for(closed.wait(), 30)  # before the fix: only after 60 s
+            return asyncio.get_running_loop().time() - t0
+        finally:
+            if task:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(task, signal.SIGKILL)
+            await agent.close()
+            await transport.close()
+
+    noticed = asyncio.run(scenario())
+    assert noticed < 10, noticed
