@@ -34,6 +34,7 @@ import os
 import posixpath
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -72,6 +73,7 @@ class DrillResult:
     total_s: float = 0.0
     detail: str = ""
     leftovers: list[str] = field(default_factory=list)
+    skipped: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class DrillResult:
             "total_s": round(self.total_s, 2),
             "detail": self.detail,
             "leftovers": self.leftovers,
+            "skipped": self.skipped,
         }
 
 
@@ -150,8 +153,9 @@ class _Place:
     """Where the drill's sweep runs, to run commands there, read the finished list and
     clean up: this machine, or an ssh host."""
 
-    def __init__(self, transport: Any = None) -> None:
+    def __init__(self, transport: Any = None, python: str = sys.executable) -> None:
         self.transport = transport
+        self.python = python
 
     async def sh(self, argv: list[str]) -> str:
         if self.transport is None:
@@ -215,7 +219,7 @@ class _Place:
             "  if int(p) in pids: print(p, 'hsm agent')\n"
             "  elif m in env.split(b'\\0'): print(p, 'drill task')\n"
         )
-        argv = ["python3", "-c", script, marker, *map(str, pids)]
+        argv = [self.python, "-c", script, marker, *map(str, pids)]
         out = await self.sh(argv)
         return [line.strip() for line in out.splitlines() if line.strip()]
 
@@ -346,6 +350,10 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
     t_start = time.monotonic()
     drill_id = f"drill-{uuid.uuid4().hex[:10]}"
     stype = str(entry.get("type"))
+    if stype == "hpc" and entry.get("ssh"):
+        # The cluster's side of such a drill (its sweep folder there) is not cleaned up yet.
+        why = "skipped: drills of an hpc source over ssh are not done yet"
+        return DrillResult(name, scenario, True, detail=why, skipped=True)
     if stype == "hpc":
         scratch = root / ".hsm-drills" / drill_id
         scratch.mkdir(parents=True)
@@ -359,7 +367,8 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
         from hsm_core.sources.ssh_options import SshOptions
         from hsm_core.transport.ssh import SshTransport
 
-        place = _Place(SshTransport(SshOptions.parse(name, spec.options).target, name=name))
+        opts = SshOptions.parse(name, spec.options)
+        place = _Place(SshTransport(opts.target, name=name), opts.agent_python)
     store = SweepStore.create(
         scratch / "sweep",
         sweep_id=drill_id,

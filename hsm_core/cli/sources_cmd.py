@@ -69,7 +69,7 @@ def _drills(sources: dict[str, Any], root: Path, as_json: bool) -> int:
         if as_json:
             return
         t = lambda s: f"{s:.1f} s" if s is not None else "-"  # noqa: E731
-        verdict = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
+        verdict = "[yellow]SKIP[/]" if r.skipped else "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
         con.print(
             f"{verdict}  {r.source:<10} {r.scenario:<22} detected {t(r.detect_s):>7}  "
             f"recovered {t(r.recover_s):>7}  ({r.total_s:.0f} s)",
@@ -83,10 +83,12 @@ def _drills(sources: dict[str, Any], root: Path, as_json: bool) -> int:
     if as_json:
         print(results_json(results))
     elif results:
-        passed = sum(r.ok for r in results)
-        con.print(f"{passed} of {len(results)} scenarios passed; nothing left behind"
-                  if all(not r.leftovers for r in results)
-                  else f"{passed} of {len(results)} scenarios passed")  # fmt: skip
+        skipped = sum(r.skipped for r in results)
+        passed = sum(r.ok and not r.skipped for r in results)
+        line = f"{passed} of {len(results) - skipped} scenarios passed"
+        line += f", {skipped} skipped" if skipped else ""
+        line += "; nothing left behind" if all(not r.leftovers for r in results) else ""
+        con.print(line)
     else:
         con.print("no drill for these sources")
     return 0 if results and all(r.ok for r in results) else 1
