@@ -3,6 +3,7 @@ host whose remote project dir differs from the local one (real sshd)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,16 @@ def test_example_app_runs_on_the_ssh_host_and_comes_back(tmp_path: Path) -> None
     for job in ("0", "1"):  # Hydra's job dirs are here, on the launching machine
         assert (sweep_dir / job / "metrics.json").is_file()
         assert (sweep_dir / job / ".hydra" / "overrides.yaml").is_file()
+    # Each task folder came back as its host recorded it (issue 16), the job's pickle
+    # (sent, never collected) not counted as extra.
+    check = subprocess.run(
+        [sys.executable, "-m", "hsm_core.cli.main", "monitor", "collection", str(sweep_dir),
+         "--verify-integrity", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    doc = json.loads(check.stdout)
+    assert doc["checked"] == 2 and doc["hosts"]["h1"]["reachable"] is True, doc
 
 
 def test_many_jobs_on_several_hosts_all_find_their_payload(
