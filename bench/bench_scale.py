@@ -19,7 +19,13 @@ HTML report. Goals (issue 12): per task at the largest size within 1.25x of the 
 orchestrator peak under 300 MB at 100,000; status and watch under 1 s, report under 10 s,
 its HTML under 5 MB.
 
+With `--interrupt K` it measures Ctrl-C instead: for each size and round, `hsm run` is
+started, sent SIGINT once K tasks are COMPLETED in the journal, and timed from the signal
+to its exit; then (untimed) the views are checked against the journal: the mapping's
+state of every task, every status.yaml there is, the metadata's counts.
+
     python bench/bench_scale.py [--sizes 1000,10000,100000] [--rounds 3] [--dir /dev/shm]
+    python bench/bench_scale.py --sizes 100000 --rounds 3 --interrupt 20
 """
 
 from __future__ import annotations
@@ -117,6 +123,76 @@ def check_folder(sweep: Path, n: int) -> None:
         raise SystemExit(f"benchmark aborted: {sweep}: " + "; ".join(problems))
 
 
+def interrupted(argv: list[str], sweep: Path, cwd: Path, env: dict[str, str], after: int) -> float:
+    """Seconds from SIGINT (sent once `after` tasks are COMPLETED) to the exit of `hsm run`."""
+    import signal
+    import sqlite3
+
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A benchmark started in the background inherits SIGINT ignored; hsm must not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    db = sweep / "sweep.db"
+    while proc.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                (done,) = conn.execute(
+                    "SELECT COUNT(*) FROM attempts WHERE state = 'COMPLETED'"
+                ).fetchone()
+        except sqlite3.Error:
+            done = 0
+        if done >= after:
+            break
+        time.sleep(0.05)
+    start = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    took = time.perf_counter() - start
+    if proc.returncode != 130:
+        raise SystemExit(f"benchmark aborted: hsm run exited {proc.returncode}:\n{err[-2000:]}")
+    return took
+
+
+def check_views_agree(sweep: Path) -> str:
+    """The views of an interrupted sweep say what its journal says; returns its counts."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{sweep / 'sweep.db'}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT t.num, a.state FROM attempts a JOIN tasks t ON t.key = a.key "
+            "WHERE a.attempt = (SELECT MAX(attempt) FROM attempts b WHERE b.key = a.key)"
+        ).fetchall()
+    want = dict(rows)
+    mapping = yaml.safe_load((sweep / "task_mapping.yaml").read_text())["tasks"]
+    shown = {int(name.split("_")[1]): v["state"] for name, v in mapping.items()}
+    problems = []
+    if shown != want:
+        bad = [n for n in want if shown.get(n) != want[n]]
+        problems.append(f"task_mapping.yaml: {len(bad)} tasks differ (e.g. task {bad[:3]})")
+    wrong = 0
+    for status in (sweep / "tasks").glob("task_*/status.yaml"):
+        num = int(status.parent.name.split("_")[1])
+        if not status.read_text().startswith(f"state: {want[num]}\n"):
+            wrong += 1
+    if wrong:
+        problems.append(f"{wrong} status.yaml differ from the journal")
+    counts = yaml.safe_load((sweep / "sweep_metadata.yaml").read_text())["counts"]
+    tally: dict[str, int] = {}
+    for state in want.values():
+        tally[state] = tally.get(state, 0) + 1
+    if {k: v for k, v in counts.items() if v} != tally:
+        problems.append(f"sweep_metadata.yaml counts {counts}, journal {tally}")
+    if problems:
+        raise SystemExit(f"benchmark aborted: {sweep}: " + "; ".join(problems))
+    return ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+
+
 def time_reads(hsm: list[str], sweep: Path, cwd: Path, env: dict[str, str], rounds: int) -> dict:
     out: dict[str, list[float]] = {}
     commands = {
@@ -140,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where the sweeps go (e.g. /dev/shm)")
     parser.add_argument("--hsm", help='command that starts hsm (default: the installed "hsm")')
     parser.add_argument("--keep", action="store_true", help="leave the sweeps behind")
+    parser.add_argument(
+        "--interrupt",
+        type=int,
+        metavar="K",
+        help="measure Ctrl-C instead: SIGINT once K tasks are COMPLETED, time to the exit",
+    )
     args = parser.parse_args(argv)
     if args.dir is not None and not args.dir.is_dir():
         parser.error(f"--dir {args.dir}: no such folder")
@@ -151,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hsm-scale-", dir=args.dir))
     env = bench_environ({"XDG_STATE_HOME": str(tmp / "state")})
     inputs = {n: write_sweep(tmp / f"sweep_{n}.yaml", n) for n in (1, *sizes)}
+    if args.interrupt is not None:
+        return interrupt_main(args, sizes, hsm, tmp, env, inputs, out)
     runs: dict[int, list[Run]] = {}
     create_us = file_create_us(tmp)
     progress = Progress(
@@ -203,6 +287,40 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at "
         f"the end; hsm: {shlex.join(hsm)}; Python {sys.version.split()[0]}"
     )
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return 0
+
+
+def interrupt_main(
+    args: argparse.Namespace,
+    sizes: list[int],
+    hsm: list[str],
+    tmp: Path,
+    env: dict[str, str],
+    inputs: dict[int, Path],
+    out: Console,
+) -> int:
+    t = Table(title=f"Ctrl-C once {args.interrupt} tasks are COMPLETED (local:{args.width})")
+    for col in ("tasks", "SIGINT to exit s (median)", "range s", "journal after the last"):
+        t.add_column(col, justify="right")
+    n_out = 0
+    for n in sizes:
+        took: list[float] = []
+        counts = ""
+        for _ in range(args.rounds):
+            n_out += 1
+            sweep = tmp / "out" / f"i{n_out}"
+            argv = [*hsm, "run", "-c", str(inputs[n]), "-s", f"local:{args.width}"]
+            argv += ["--no-progress", "--output-dir", str(sweep)]
+            took.append(interrupted(argv, sweep, tmp, env, args.interrupt))
+            counts = check_views_agree(sweep)
+        t.add_row(
+            f"{n:,}", f"{statistics.median(took):.2f}", f"{min(took):.2f}-{max(took):.2f}", counts
+        )
+    out.print(t)
+    load = os.getloadavg()
+    out.print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; hsm: {shlex.join(hsm)}")
     if not args.keep:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return 0

@@ -60,6 +60,14 @@ class _Handle:
     handle: str
 
 
+@dataclass(frozen=True)
+class _Cancelled:
+    """Queued attempts cancelled before they were placed (SweepStore.cancel_pending)."""
+
+    attempts: list[tuple[str, int]]
+    time: float
+
+
 @dataclass(slots=True)
 class _Live:
     attempt: int
@@ -123,7 +131,7 @@ class SweepEngine:
         self._inflight: dict[str, int] = {name: 0 for name in self.sources}
         self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
-        self._writes: list[TaskEvent | tuple[str, int] | _Handle] = []
+        self._writes: list[TaskEvent | tuple[str, int] | _Handle | _Cancelled] = []
         # One thread for the journal's writes, in order, on the store's connection. The
         # views are another thread's business (ViewWriter): it reads the journal through
         # its own connection, and the engine never waits for it while tasks are placed.
@@ -215,9 +223,11 @@ class SweepEngine:
                 self._writes.clear()
             # The views catch up with the journal while the sources close their
             # connections; before anything else ends (a failed start may remove the
-            # sweep folder next).
+            # sweep folder next). Interrupted: what the views writer reads back of
+            # older views is left to the next run (Ctrl-C must not wait for it).
+            close_views = functools.partial(self.views.close, audit=not self._cancelling)
             await asyncio.gather(
-                asyncio.to_thread(self.views.close),
+                asyncio.to_thread(close_views),
                 *(s.close() for s in self.sources.values()),
                 return_exceptions=True,
             )
@@ -535,11 +545,15 @@ class SweepEngine:
 
     # --------------------------------------------------------------- reports
     def _record(self, ev: TaskEvent) -> None:
+        self._follow(ev)
+        self._writes.append(ev)
+
+    def _follow(self, ev: TaskEvent) -> None:
+        """An accepted event in memory, and to the listeners (the journal: `_writes`)."""
         live = self._live[ev.key]
         self._set_state(live, ev.state)
         if ev.source:
             live.source = ev.source
-        self._writes.append(ev)
         for listener in self.listeners:
             listener(ev)
 
@@ -683,7 +697,7 @@ class SweepEngine:
         writes, self._writes = self._writes, []
         await self._in_io(self._write, writes)
 
-    def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle]) -> None:
+    def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle | _Cancelled]) -> None:
         # Only the journal here: it must be on disk before anything starts. The views
         # follow it in their own thread (ViewWriter).
         events: list[TaskEvent] = []
@@ -696,6 +710,9 @@ class SweepEngine:
                 events = []
             if isinstance(w, _Handle):
                 self.store.set_handle(w.key, w.attempt, w.handle)
+                continue
+            if isinstance(w, _Cancelled):
+                self.store.cancel_pending(w.attempts, w.time)
                 continue
             key, attempt = w
             got = self.store.new_attempt(key)
@@ -720,9 +737,17 @@ class SweepEngine:
         log.warning(
             "cancelling: %d queued, %d running", len(self._queue), sum(self._inflight.values())
         )
+        # Every queued task at once, journaled in one set-wide statement: on a fresh
+        # sweep of 100,000 tasks, one statement triple per task would hold Ctrl-C back.
+        queued: list[tuple[str, int]] = []
+        now = time.time()
         while self._queue:
             key = self._queue.popleft()
-            self._record(TaskEvent(key, self._live[key].attempt, TaskState.CANCELLED, None))
+            live = self._live[key]
+            self._follow(TaskEvent(key, live.attempt, TaskState.CANCELLED, None, time=now))
+            queued.append((key, live.attempt))
+        if queued:
+            self._writes.append(_Cancelled(queued, now))
         if self._submits:
             await asyncio.gather(*self._submits, return_exceptions=True)
         await asyncio.gather(

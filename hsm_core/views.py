@@ -6,17 +6,29 @@ through a connection of its own, so that no view write ever waits in front of a 
 
 What is behind is known without looking at the files: every change to an attempt is a
 row of the journal's `events` table, and the journal's meta `views_event` is the last
-event id whose views are written (`views_tasks`: the highest task number whose folder is
-made). A refresh reads the events after the mark, rewrites the views of those tasks only,
-then moves the mark. A writer killed at any moment leaves the mark behind, never ahead, so
-the next one (any orchestrator of the sweep, or `hsm cancel`) redoes what may be missing.
-`task_mapping.yaml` keeps each task's state, source and attempt in fixed-width fields that
-are updated in place, so its refresh too costs what changed, not the size of the sweep.
+event id whose views are written. A refresh reads the events after the mark, rewrites the
+views of those tasks only, then moves the mark. A writer killed at any moment leaves the
+mark behind, never ahead, so the next one (any orchestrator of the sweep, or `hsm
+cancel`) redoes what may be missing. `task_mapping.yaml` keeps each task's state, source
+and attempt in fixed-width fields that are updated in place, so its refresh too costs
+what changed, not the size of the sweep.
 
-Once per writer, an audit reads the existing status files and the mapping back and repairs
-any that disagree with the journal (a file truncated by a power cut, edited by hand, or
+A task's folder (params.yaml, status.yaml) is made when the task is first placed on a
+source; until then the task is in `task_mapping.yaml` only, with its parameters and
+state. So stopping a sweep of 100,000 tasks a second after its start (Ctrl-C: 99,990
+tasks CANCELLED) changes the mapping's fields, not 99,990 files. A status.yaml that
+exists is always kept right, whoever made it (an older hsm made one for every task).
+
+When a task completes, the writer also reads its metrics once (hsm_core.reporting.
+results.read_metrics) into the journal's `metrics` table: `hsm results` and the reports
+then read one table instead of every task folder.
+
+Once per writer, an audit reads the status files and the mapping back and repairs any
+that disagree with the journal (a file truncated by a power cut, edited by hand, or
 written by an older hsm), in the background; `close()` finishes it, so when an
-orchestrator ends every view agrees with the journal.
+orchestrator ends every view agrees with the journal. (An interrupted run leaves the rest
+of the audit to the next writer: what this writer wrote is right, and Ctrl-C must not wait
+for reading every file of a big sweep back.)
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hsm_core.journal_sql import METRICS_TABLE, REPRESENTATIVE
 from hsm_core.model import Attempt, TaskState
 from hsm_core.yamlio import (
     dump_flat_yaml,
@@ -236,10 +249,8 @@ _COLS = (
     "a.key, a.attempt, a.state, a.source, a.handle, a.created, a.started, a.ended, "
     "a.exit_code, a.error"
 )
-_ORDER = (
-    "ROW_NUMBER() OVER (PARTITION BY a.key ORDER BY a.state = 'COMPLETED' DESC, "
-    "CASE WHEN a.state = 'COMPLETED' THEN a.attempt ELSE -a.attempt END) AS rn"
-)
+_SCORE = "CASE WHEN a.state = 'COMPLETED' THEN -a.attempt ELSE a.attempt - 1000000000 END"
+REFRESH_EVENTS = 20_000  # events per step of a refresh: what it holds in memory at once
 
 
 def attempt_from_row(row: tuple[Any, ...]) -> Attempt:
@@ -264,19 +275,21 @@ class ViewWriter:
 
     def __init__(self, sweep_dir: Path, interval: float = VIEW_INTERVAL_S) -> None:
         self.sweep_dir = Path(sweep_dir)
+        self._tasks_dir = str(self.sweep_dir / "tasks")
         self.interval = interval
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._audit = True  # finish the audit before stopping (an interrupted run: no)
         self._mapping = _Mapping(self.sweep_dir / MAPPING)
         self._map_fd: int | None = None
         self._map_ok = False  # the mapping file is indexed (or written) and can be patched
         self._event_mark = 0
-        self._tasks_mark = 0
         self._audit_next = 0  # next task number to audit
-        self._audit_end = 0  # audit up to this task number (the folders made before us)
+        self._audit_end = 0  # audit up to this task number (the tasks there were at start)
         self._states: dict[str, str] = {}  # task key -> state its views show
+        self._made = bytearray()  # by task number: 1 once its folder has its params.yaml
         self._max_num = 0  # highest task number the mapping holds
         self.refreshes = 0
         self.error: BaseException | None = None
@@ -290,9 +303,11 @@ class ViewWriter:
         """Refresh now rather than at the next interval."""
         self._wake.set()
 
-    def close(self) -> None:
-        """Finish every pass and refresh once more, so the views agree with the journal
-        as it is now; blocking (call it from a thread when in an event loop)."""
+    def close(self, *, audit: bool = True) -> None:
+        """Refresh once more, so the views agree with the journal as it is now, having
+        finished the audit (unless `audit=False`: an interrupted run leaves the rest of
+        it to the next writer); blocking (call it from a thread when in an event loop)."""
+        self._audit = audit
         if self._thread is not None:
             self._stop.set()
             self._wake.set()
@@ -324,7 +339,7 @@ class ViewWriter:
                     self._wake.clear()
                     self._refresh()
                     next_refresh = time.monotonic() + self.interval
-                elif not self._folders_step() and not self._audit_step():
+                elif not self._audit_step():
                     self._wake.wait(max(0.0, next_refresh - now))
             self._finish()
         except BaseException as exc:  # reported by close(), never kills the orchestrator
@@ -340,21 +355,32 @@ class ViewWriter:
         # Like the engine's connection: durable against a crash of the process, and no
         # fsync per mark moved (which would hold the journal's write lock that long).
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self._conn:
+            self._conn.execute(METRICS_TABLE)  # a sweep made by an older hsm has none
         self._event_mark = int(self._meta(HWM_EVENT) or 0)
-        self._tasks_mark = int(self._meta(HWM_TASKS) or 0)
-        self._audit_next, self._audit_end = 1, self._tasks_mark
-        # What every task's views must show (for the counts); one query, keys only.
-        rows = self._db().execute(
-            f"SELECT key, state FROM (SELECT a.key, a.state, {_ORDER} FROM attempts a) WHERE rn = 1"
-        )
-        self._states = {sys.intern(k): s for k, s in rows}
         self._max_num = self._top_num()
+        # The audit reads back the folders of the tasks placed before this writer (the
+        # others have none, or one an older hsm made: see _write_status); on a new sweep,
+        # nothing.
+        (placed,) = (
+            self._db()
+            .execute(
+                "SELECT COALESCE(MAX(t.num), 0) FROM attempts a JOIN tasks t ON t.key = a.key "
+                "WHERE a.source IS NOT NULL"
+            )
+            .fetchone()
+        )
+        self._audit_next, self._audit_end = 1, int(placed)
+        # What every task's views must show (for the counts); one query, keys only.
+        rows = self._db().execute(f"SELECT key, state FROM ({REPRESENTATIVE})")
+        self._states = {sys.intern(k): s for k, s in rows}
 
     def _reset(self) -> None:
         self._shutdown()
         self._mapping = _Mapping(self.sweep_dir / MAPPING)
         self._map_ok = False
         self._states = {}
+        self._made = bytearray()
 
     def _shutdown(self) -> None:
         if self._map_fd is not None:
@@ -385,74 +411,85 @@ class ViewWriter:
             )
 
     def _finish(self) -> None:
-        while self._folders_step():
-            pass
-        while self._audit_step():
+        while self._audit and self._audit_step():
             pass
         self._refresh()
 
     # ---- representative attempts of a set of tasks, with their numbers
     def _latest(self, where: str, args: tuple[Any, ...]) -> list[tuple[int, Attempt]]:
+        # SQLite's bare columns (see hsm_core.journal_sql): grouped in the primary key's
+        # order, no sort, where a window over 100,000 cancelled tasks costs seconds.
         rows = (
             self._db()
             .execute(
-                f"SELECT * FROM (SELECT {_COLS}, {_ORDER}, t.num FROM attempts a "
-                f"JOIN tasks t ON t.key = a.key WHERE {where}) WHERE rn = 1",
+                f"SELECT {_COLS}, t.num, MAX({_SCORE}) FROM attempts a "
+                f"JOIN tasks t ON t.key = a.key WHERE {where} GROUP BY a.key",
                 args,
             )
             .fetchall()
         )
-        return [(r[11], attempt_from_row(r)) for r in rows]
+        return [(r[10], attempt_from_row(r)) for r in rows]
 
+    # ---- a task's folder: made when the task is first placed
     def _write_status(self, num: int, att: Attempt) -> None:
-        write_status(self.sweep_dir, num, att)
+        """status.yaml of a task that was placed (its folder made if need be), or of one
+        never placed whose folder there is anyway; a task never placed and without a
+        folder has none (the mapping shows its state)."""
+        folder = os.path.join(self._tasks_dir, task_name(num))
+        placed = att.source is not None
+        if placed:
+            self._ensure_folder(num)
+        elif not os.path.isdir(folder):
+            return  # the cheap case of Ctrl-C on a big sweep: one stat per task
+        path = os.path.join(folder, "status.yaml")
+        try:
+            write_atomic(path, status_text(att))
+        except FileNotFoundError:
+            if placed:  # the folder went away under us (removed by hand): make it again
+                self._made[num : num + 1] = b"\0"
+                self._ensure_folder(num)
+                write_atomic(path, status_text(att))
+
+    def _ensure_folder(self, num: int) -> None:
+        """The task's folder with its params.yaml (once per writer; a params.yaml that
+        is there, perhaps edited, is left alone)."""
+        import json
+
+        if num < len(self._made) and self._made[num]:
+            return
+        tdir = self.sweep_dir / "tasks" / task_name(num)
+        params = tdir / "params.yaml"
+        if not params.exists():
+            row = self._db().execute("SELECT spec FROM tasks WHERE num = ?", (num,)).fetchone()
+            tdir.mkdir(parents=True, exist_ok=True)
+            if row is not None:
+                write_atomic(params, dump_flat_yaml(json.loads(row[0]).get("params") or {}))
+        if num >= len(self._made):
+            self._made.extend(bytes(max(num + 1 - len(self._made), len(self._made))))
+        self._made[num] = 1
 
     def _note(self, att: Attempt) -> None:
         self._states[sys.intern(att.key)] = att.state.value
 
-    # ---- pass 1: task folders (params.yaml, status.yaml) of tasks that have none yet
-    def _folders_step(self) -> bool:
-        import json
-
-        rows = (
-            self._db()
-            .execute(
-                "SELECT num, spec FROM tasks WHERE num > ? ORDER BY num LIMIT ?",
-                (self._tasks_mark, CHUNK),
-            )
-            .fetchall()
-        )
-        if not rows:
-            return False
-        lo, hi = self._tasks_mark, rows[-1][0]
-        latest = dict(self._latest("t.num > ? AND t.num <= ?", (lo, hi)))
-        for num, spec in rows:
-            params = json.loads(spec).get("params") or {}
-            tdir = self.sweep_dir / "tasks" / task_name(num)
-            tdir.mkdir(parents=True, exist_ok=True)
-            write_atomic(tdir / "params.yaml", dump_flat_yaml(params))
-            att = latest.get(num)
-            if att is not None:
-                self._write_status(num, att)
-                self._note(att)
-        self._tasks_mark = hi
-        self._set_meta(HWM_TASKS, hi)
-        return True
-
-    # ---- pass 2: read back the views written before this writer, repair what is wrong
+    # ---- the audit: read back the views written before this writer, repair what is wrong
     def _audit_step(self) -> bool:
         if self._audit_next > self._audit_end:
             return False
         lo, hi = self._audit_next, min(self._audit_end, self._audit_next + CHUNK - 1)
         for num, att in self._latest("t.num >= ? AND t.num <= ?", (lo, hi)):
-            path = self.sweep_dir / "tasks" / task_name(num) / "status.yaml"
+            path = os.path.join(self._tasks_dir, task_name(num), "status.yaml")
             try:
-                ok = path.read_text(encoding="utf-8") == status_text(att)
+                with open(path, encoding="utf-8") as f:
+                    ok = f.read() == status_text(att)
+            except FileNotFoundError:
+                ok = att.source is None  # never placed: no status file is right
             except (OSError, UnicodeDecodeError):
                 ok = False
             if not ok:
                 log.info("views: %s was not what the journal says; rewritten", path)
                 self._write_status(num, att)
+            elif att.source is not None:
+                self._ensure_folder(num)
             self._note(att)
             self._patch_mapping(att, check=True)
         self._audit_next = hi + 1
@@ -516,20 +553,63 @@ class ViewWriter:
             self._max_num = top_num
             self._write_mapping()
         self._ensure_mapping()
-        if top > self._event_mark:
+        # In steps of a bounded number of events: Ctrl-C on a fresh 100,000-task sweep
+        # cancels them all at once, and a step's rows are all held in memory.
+        while self._event_mark < top:
+            hi = min(top, self._event_mark + REFRESH_EVENTS)
             changed = self._latest(
                 "a.key IN (SELECT key FROM events WHERE id > ? AND id <= ?)",
-                (self._event_mark, top),
+                (self._event_mark, hi),
             )
             for num, att in changed:
                 self._write_status(num, att)
                 self._note(att)
                 self._patch_mapping(att)
+            self._record_metrics(self._event_mark, hi)
+            self._event_mark = hi
+            self._set_meta(HWM_EVENT, hi)
         self._write_metadata()
-        if top > self._event_mark:
-            self._event_mark = top
-            self._set_meta(HWM_EVENT, top)
         self.refreshes += 1
+
+    def _record_metrics(self, lo: int, hi: int) -> None:
+        """The metrics of the attempts that completed in events (lo, hi], read once from
+        their task folders into the journal (a task's files are all there when it is
+        reported COMPLETED: remote sources collect them first)."""
+        import json
+
+        rows = (
+            self._db()
+            .execute(
+                "SELECT e.key, e.attempt, t.num, t.spec, "
+                "(SELECT MAX(b.attempt) FROM attempts b WHERE b.key = e.key) "
+                "FROM events e JOIN tasks t ON t.key = e.key "
+                "WHERE e.id > ? AND e.id <= ? AND e.state = 'COMPLETED'",
+                (lo, hi),
+            )
+            .fetchall()
+        )
+        if not rows:
+            return
+        from hsm_core.model import TaskKind
+        from hsm_core.reporting.results import read_metrics
+        from hsm_core.taskdir import TaskPaths
+
+        found = []
+        for key, attempt, num, spec_text, newest in rows:
+            spec = json.loads(spec_text)
+            folder = self.sweep_dir / "tasks" / task_name(num)
+            if attempt != newest:  # an older attempt that finished late: its files moved
+                folder = TaskPaths(folder).attempt(attempt)
+            try:
+                kind = TaskKind(spec.get("kind", "command"))
+                metrics, origin = read_metrics(folder, kind, spec.get("params") or {})
+            except Exception:  # a task's files are data: never a reason to stop the views
+                log.exception("views: the metrics of %s could not be read", task_name(num))
+                continue
+            data = {"m": metrics, "o": origin} if metrics else {}
+            found.append((key, attempt, json.dumps(data, allow_nan=True)))
+        with self._db() as c:
+            c.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", found)
 
     def _counts(self) -> dict[str, int]:
         return dict(Counter(self._states.values()))

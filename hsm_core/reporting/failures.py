@@ -9,7 +9,7 @@ when none of those names an exception (some programs print errors there).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,45 +119,34 @@ def _worker_text(folder: Path) -> str:
     return "\n".join(parts)
 
 
-def analyze(data: SweepData, keys: Iterable[str] | None = None) -> ErrorAnalysis:
-    """Classify every task whose newest attempt FAILED or was LOST, and group them."""
-    wanted = set(keys) if keys is not None else None
+def analyze(data: SweepData) -> ErrorAnalysis:
+    """Classify every task whose newest attempt FAILED or was LOST, and group them.
+    (The population for the patterns, `finished_keys`, is read only when there are
+    failures: a sweep without any needs no set of every task.)"""
     groups: dict[tuple[str, str], ErrorGroup] = {}
-    failed = lost = recovered = 0
-    finished: set[str] = set()
-    for key, atts in data.attempts.items():
-        if wanted is not None and key not in wanted:
-            continue
-        last = atts[-1]
-        if last.state in (TaskState.COMPLETED, TaskState.FAILED, TaskState.LOST):
-            finished.add(key)
-        if last.state is TaskState.COMPLETED:
-            if any(a.state in (TaskState.FAILED, TaskState.LOST) for a in atts[:-1]):
-                recovered += 1
-            continue
-        if last.state not in (TaskState.FAILED, TaskState.LOST):
-            continue
-        failed += last.state is TaskState.FAILED
-        lost += last.state is TaskState.LOST
-        task = data.tasks[key]
-        folder = data.attempt_dir(task, last.attempt)
+    failed = lost = 0
+    for row in data.failed():
+        failed += row.state is TaskState.FAILED
+        lost += row.state is TaskState.LOST
+        folder = data.attempt_dir(row.name, row.attempt, row.attempt)
         text, logs = attempt_logs(folder)
-        cause = classify(last.state, last.exit_code, last.error, text)
-        tail = traceback_tail(text) if text else (last.error or "")
+        cause = classify(row.state, row.exit_code, row.error, text)
+        tail = traceback_tail(text) if text else (row.error or "")
         failure = Failure(
-            name=task.name,
-            key=key,
-            attempt=last.attempt,
-            state=last.state,
-            source=last.source,
-            exit_code=last.exit_code,
-            error=last.error,
-            params=data.params.get(key, {}),
+            name=row.name,
+            key=row.key,
+            attempt=row.attempt,
+            state=row.state,
+            source=row.source,
+            exit_code=row.exit_code,
+            error=row.error,
+            params=data.params_of(row.key),
             cause=cause,
             tail=tail,
             logs=tuple(logs),
-            ended=last.ended,
+            ended=row.ended,
         )
         groups.setdefault(cause.group, ErrorGroup(cause)).failures.append(failure)
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.label))
-    return ErrorAnalysis(ordered, failed, lost, recovered, frozenset(finished))
+    finished = data.finished_keys() if groups else frozenset()
+    return ErrorAnalysis(ordered, failed, lost, data.recovered(), finished)

@@ -4,20 +4,25 @@ Each attempt is drawn from the moment it was ASSIGNED (pale: waiting in a queue 
 started) through RUNNING to its end (solid, coloured by state). Attempts are packed into
 lanes greedily, so a source's band has as many lanes as it ran attempts at once: its slots
 as they were really used. Plain SVG, no script: the page works offline and anywhere.
+
+The attempts stream from the journal in start order, one source at a time; a band with
+more attempts than pixels keeps only per-pixel tallies (`_Aggregate`), so the timeline of
+100,000 attempts costs no object per attempt.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from html import escape
 
-from hsm_core.model import Attempt, TaskState
+from hsm_core.model import TaskState
 from hsm_core.reporting.performance import span
-from hsm_core.reporting.sweepdata import SweepData
+from hsm_core.reporting.sweepdata import Bar, SweepData
 
 STATE_COLOURS = {
     TaskState.PENDING: "#9aa0a6",
@@ -53,14 +58,6 @@ _NICE_STEPS = (
 )
 
 
-@dataclass(frozen=True, slots=True)  # one per attempt: 100,000 in a big sweep
-class _Bar:
-    att: Attempt
-    start: float  # assigned (or started when no assignment was journaled)
-    run: float | None  # started
-    end: float
-
-
 def css() -> str:
     """Style rules for the chart's state classes (the page includes them once)."""
     rules = [f".g-{s.value} {{ fill: {c}; }}" for s, c in STATE_COLOURS.items()]
@@ -88,40 +85,23 @@ def _step(total: float, max_ticks: int = 10) -> float:
     return float(math.ceil(total / max_ticks / 86400) * 86400)
 
 
-def _bars(data: SweepData, t1: float) -> dict[str, list[_Bar]]:
-    out: dict[str, list[_Bar]] = {}
-    for att in data.all_attempts():
-        if not att.source:
-            continue
-        assigned = data.assigned.get((att.key, att.attempt))
-        start = assigned if assigned is not None else att.started
-        if start is None:
-            continue
-        if att.ended is not None:
-            end = att.ended
-        elif att.state in (TaskState.ASSIGNED, TaskState.RUNNING):
-            end = t1
-        else:
-            end = max(start, att.started or start)
-        out.setdefault(att.source, []).append(_Bar(att, start, att.started, max(end, start)))
-    return out
+class _Packer:
+    """Greedy interval packing of bars that come ordered by (start, end): each goes to
+    the lane that has been free longest, or a new lane; the fewest lanes such that no two
+    bars in a lane overlap."""
 
+    def __init__(self) -> None:
+        self.free: list[tuple[float, int]] = []  # (end time, lane)
+        self.lanes = 0
 
-def _pack(bars: list[_Bar]) -> list[tuple[int, _Bar]]:
-    """Greedy interval packing: the fewest lanes such that no two bars in a lane overlap."""
-    bars = sorted(bars, key=lambda b: (b.start, b.end))
-    free: list[tuple[float, int]] = []  # (end time, lane)
-    placed: list[tuple[int, _Bar]] = []
-    lanes = 0
-    for bar in bars:
-        if free and free[0][0] <= bar.start:
-            _, lane = heapq.heappop(free)
+    def place(self, bar: Bar) -> int:
+        if self.free and self.free[0][0] <= bar.start:
+            _, lane = heapq.heappop(self.free)
         else:
-            lane = lanes
-            lanes += 1
-        placed.append((lane, bar))
-        heapq.heappush(free, (bar.end, lane))
-    return placed
+            lane = self.lanes
+            self.lanes += 1
+        heapq.heappush(self.free, (bar.end, lane))
+        return lane
 
 
 # Worst first: the colour a pixel of an aggregated lane gets when attempts share it.
@@ -137,56 +117,65 @@ _SEVERITY = (
 AGGREGATE_ABOVE = 2  # attempts per pixel of width in a source's band
 
 
-def _aggregated(
-    placed: list[tuple[int, _Bar]],
-    px: Callable[[float], float],
-    plot_w: float,
-    top: float,
-    lane_h: float,
-    gap: float,
-) -> list[str]:
-    cols = int(plot_w)
+_Tallies = dict[int, dict[TaskState, "array[int]"]]  # lane -> state -> per pixel
 
-    def col(t: float) -> int:
-        return min(cols - 1, max(0, int(px(t))))
 
-    # Per lane: for each state, +1/-1 where its attempts begin and end covering pixels
-    # (a running sum tells which states cover a pixel), and how many begin in each.
-    cover: dict[int, dict[TaskState, list[int]]] = {}
-    starts: dict[int, list[Counter[TaskState]]] = {}
-    for lane, bar in placed:
-        state = bar.att.state
-        diff = cover.setdefault(lane, {}).setdefault(state, [0] * (cols + 1))
-        c0, c1 = col(bar.start), col(bar.end)
+class _Aggregate:
+    """One band drawn as runs of pixels: per lane and state, +1/-1 where its attempts
+    begin and end covering pixels (a running sum tells which states cover a pixel), and
+    how many begin in each pixel. Memory: lanes x states x pixels, whatever the count
+    of attempts."""
+
+    def __init__(self, px: Callable[[float], float], plot_w: float) -> None:
+        self.px = px
+        self.cols = int(plot_w)
+        self.cover: _Tallies = {}
+        self.starts: _Tallies = {}
+
+    def _col(self, t: float) -> int:
+        return min(self.cols - 1, max(0, int(self.px(t))))
+
+    def _row(self, table: _Tallies, lane: int, state: TaskState) -> array[int]:
+        per = table.setdefault(lane, {})
+        row = per.get(state)
+        if row is None:
+            row = per[state] = array("l", bytes(8 * (self.cols + 1)))
+        return row
+
+    def add(self, lane: int, bar: Bar) -> None:
+        c0, c1 = self._col(bar.start), self._col(bar.end)
+        diff = self._row(self.cover, lane, bar.state)
         diff[c0] += 1
         diff[c1 + 1] -= 1
-        if lane not in starts:
-            starts[lane] = [Counter() for _ in range(cols)]
-        starts[lane][c0][state] += 1
-    out: list[str] = []
-    for lane in sorted(cover):
-        running = {s: 0 for s in cover[lane]}
-        runs: list[tuple[int, int, TaskState, Counter[TaskState]]] = []
-        for c in range(cols):
-            for s, diff in cover[lane].items():
-                running[s] += diff[c]
-            worst = next((s for s in _SEVERITY if running.get(s)), None)
-            if worst is None:
-                continue
-            if runs and runs[-1][2] is worst and runs[-1][1] == c:
-                runs[-1][3].update(starts[lane][c])
-                runs[-1] = (runs[-1][0], c + 1, worst, runs[-1][3])
-            else:
-                runs.append((c, c + 1, worst, Counter(starts[lane][c])))
-        y = top + lane * lane_h
-        for c0, c1, state, tally in runs:
-            tip = ", ".join(f"{n} {s.value.lower()}" for s, n in tally.most_common())
-            out.append(
-                f'<rect class="g-{state.value}" x="{LABEL_W + c0}" y="{y:.1f}" '
-                f'width="{c1 - c0}" height="{lane_h - gap:.1f}">'
-                f"<title>{tip or 'continued'}</title></rect>"
-            )
-    return out
+        self._row(self.starts, lane, bar.state)[c0] += 1
+
+    def svg(self, top: float, lane_h: float, gap: float) -> list[str]:
+        out: list[str] = []
+        for lane in sorted(self.cover):
+            cover, starts = self.cover[lane], self.starts[lane]
+            running = dict.fromkeys(cover, 0)
+            runs: list[tuple[int, int, TaskState, Counter[TaskState]]] = []
+            for c in range(self.cols):
+                for s, diff in cover.items():
+                    running[s] += diff[c]
+                worst = next((s for s in _SEVERITY if running.get(s)), None)
+                if worst is None:
+                    continue
+                begun = Counter({s: row[c] for s, row in starts.items() if row[c]})
+                if runs and runs[-1][2] is worst and runs[-1][1] == c:
+                    runs[-1][3].update(begun)
+                    runs[-1] = (runs[-1][0], c + 1, worst, runs[-1][3])
+                else:
+                    runs.append((c, c + 1, worst, begun))
+            y = top + lane * lane_h
+            for c0, c1, state, tally in runs:
+                tip = ", ".join(f"{n} {s.value.lower()}" for s, n in tally.most_common())
+                out.append(
+                    f'<rect class="g-{state.value}" x="{LABEL_W + c0}" y="{y:.1f}" '
+                    f'width="{c1 - c0}" height="{lane_h - gap:.1f}">'
+                    f"<title>{tip or 'continued'}</title></rect>"
+                )
+        return out
 
 
 def gantt_svg(data: SweepData, width: int = 1100) -> str:
@@ -195,16 +184,33 @@ def gantt_svg(data: SweepData, width: int = 1100) -> str:
         return '<p class="muted">No task has started yet: nothing to draw.</p>'
     total = max(t1 - t0, 1e-3)
     plot_w = width - LABEL_W - 10
-    names = {k: t.name for k, t in data.tasks.items()}
 
     def x(t: float) -> float:
         return LABEL_W + (t - t0) / total * plot_w
 
     parts: list[str] = []
     y = 24.0
-    for source, bars in sorted(_bars(data, t1).items()):
-        placed = _pack(bars)
-        lanes = 1 + max(lane for lane, _ in placed)
+    limit = AGGREGATE_ABOVE * plot_w
+    # One source's bars at a time, as the journal streams them (ordered by start):
+    # at most `limit` of them kept, beyond that only the per-pixel tallies.
+    for source, rows in itertools.groupby(data.bars(t1), key=lambda r: r[0]):
+        packer = _Packer()
+        placed: list[tuple[int, Bar]] = []
+        agg: _Aggregate | None = None
+        for _, bar in rows:
+            lane = packer.place(bar)
+            if agg is not None:
+                agg.add(lane, bar)
+                continue
+            placed.append((lane, bar))
+            if len(placed) > limit:
+                # More attempts than pixels: one bar per lane and run of pixels of one
+                # colour (the worst outcome in them), with what it stands for in its tooltip.
+                agg = _Aggregate(lambda t: x(t) - LABEL_W, plot_w)
+                for lane_, bar_ in placed:
+                    agg.add(lane_, bar_)
+                placed = []
+        lanes = packer.lanes
         lane_h = max(2.0, min(14.0, BAND_MAX_H / lanes))
         band_h = lanes * lane_h
         parts.append(f'<line class="g-axis" x1="{LABEL_W}" y1="{y - 3:.1f}" x2="{width - 10}" ')
@@ -215,22 +221,20 @@ def gantt_svg(data: SweepData, width: int = 1100) -> str:
         parts.append(f'<text class="g-tick" x="4" y="{y + 23:.1f}">{lanes} at once</text>')
         band_h = max(band_h, 26.0)
         gap = 1.0 if lane_h >= 4 else 0.0
-        if len(placed) > AGGREGATE_ABOVE * plot_w:
-            # More attempts than pixels: one bar per lane and run of pixels of one colour
-            # (the worst outcome in them), with what it stands for in its tooltip.
-            parts += _aggregated(placed, lambda t: x(t) - LABEL_W, plot_w, y, lane_h, gap)
+        if agg is not None:
+            parts += agg.svg(y, lane_h, gap)
             y += band_h + 18
             continue
+        names = data.names(bar.key for _, bar in placed)
         for lane, bar in placed:
             top = y + lane * lane_h
             h = lane_h - gap
-            att = bar.att
-            name = names.get(att.key, att.key)
             run_s = (bar.end - bar.run) if bar.run is not None else 0.0
             wait_s = (bar.run - bar.start) if bar.run is not None else bar.end - bar.start
-            tip = f"{name} #{att.attempt} {att.state.value} run {run_s:.1f} s, wait {wait_s:.1f} s"
-            if att.error:
-                tip += f": {att.error[:120]}"
+            name = names.get(bar.key, bar.key)
+            tip = f"{name} #{bar.attempt} {bar.state.value} run {run_s:.1f} s, wait {wait_s:.1f} s"
+            if bar.error:
+                tip += f": {bar.error[:120]}"
             run_from = bar.run if bar.run is not None else bar.end
             if run_from > bar.start:
                 w = max(x(run_from) - x(bar.start), 0.5)
@@ -240,7 +244,7 @@ def gantt_svg(data: SweepData, width: int = 1100) -> str:
                 )
             w = max(x(bar.end) - x(run_from), 1.0)
             parts.append(
-                f'<rect class="g-{att.state.value}" x="{x(run_from):.1f}" y="{top:.1f}" '
+                f'<rect class="g-{bar.state.value}" x="{x(run_from):.1f}" y="{top:.1f}" '
                 f'width="{w:.1f}" height="{h:.1f}"><title>{escape(tip)}</title></rect>'
             )
         y += band_h + 18

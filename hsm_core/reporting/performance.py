@@ -1,6 +1,7 @@
 """Where the time went: per-source and per-sweep numbers for reports/performance_analysis.yaml.
 
-Definitions (all from the journal, per attempt):
+Definitions (all from the journal, per attempt; aggregated in SQL, so the numbers of a
+100,000-task sweep cost no object per attempt):
 
 - duration: RUNNING -> end of a COMPLETED attempt (failed runs are not "how long a task takes");
 - queue wait: ASSIGNED -> RUNNING (scheduler queue, connection, process start);
@@ -16,28 +17,47 @@ Definitions (all from the journal, per attempt):
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hsm_core.model import Attempt, TaskState
+from hsm_core.model import TaskState
 from hsm_core.reporting.sweepdata import SweepData
 
 
 def stats(values: Sequence[float]) -> dict[str, float | int | None]:
-    if not values:
+    return sorted_stats(sorted(values))
+
+
+def sorted_stats(ordered: Sequence[float]) -> dict[str, float | int | None]:
+    """stats() of values already in ascending order (as the journal's queries give them)."""
+    if not ordered:
         return {"count": 0, "mean": None, "median": None, "p95": None, "max": None}
-    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
     # nearest-rank percentile: an observed value, never an interpolation
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    p95 = ordered[max(0, math.ceil(0.95 * n) - 1)]
     return {
-        "count": len(ordered),
-        "mean": _r(statistics.fmean(ordered)),
-        "median": _r(statistics.median(ordered)),
+        "count": n,
+        "mean": _r(math.fsum(ordered) / n),
+        "median": _r(median),
         "p95": _r(p95),
         "max": _r(ordered[-1]),
     }
+
+
+def _by_source(rows: Iterable[tuple[str, float]]) -> dict[str, dict[str, float | int | None]]:
+    """stats per source of (source, value) rows: the values kept as plain doubles (8
+    bytes each, not an object), sorted once per source."""
+    values: dict[str, array[float]] = {}
+    for name, v in rows:
+        got = values.get(name)
+        if got is None:
+            got = values[name] = array("d")
+        got.append(v)
+    return {name: sorted_stats(sorted(v)) for name, v in values.items()}
 
 
 def _r(x: float | None, digits: int = 3) -> float | None:
@@ -50,85 +70,53 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
 
 
-def run_time(att: Attempt, now: float) -> float | None:
-    if att.started is None:
-        return None
-    end = att.ended if att.ended is not None else (now if not att.state.terminal else None)
-    return None if end is None else max(0.0, end - att.started)
-
-
 def span(data: SweepData) -> tuple[float | None, float | None]:
     """(first ASSIGNED or RUNNING time, last end or now if something still runs)."""
-    starts: list[float] = list(data.assigned.values())
-    ends: list[float] = []
-    running = False
-    for att in data.all_attempts():
-        if att.started is not None:
-            starts.append(att.started)
-        if att.ended is not None:
-            ends.append(att.ended)
-        if att.state in (TaskState.ASSIGNED, TaskState.RUNNING):
-            running = True
-    if not starts:
-        return None, None
-    end = max(ends) if ends else None
-    if running or end is None:
-        end = max(end or 0.0, data.now)
-    return min(starts), end
+    return data.span
 
 
 def performance(data: SweepData) -> dict[str, Any]:
     t0, t1 = span(data)
     makespan = (t1 - t0) if t0 is not None and t1 is not None else 0.0
+    totals = {row[0]: row[1:] for row in data.per_source()}
+    durations = _by_source(data.durations())
+    waits = _by_source(data.queue_waits())
     per: dict[str, dict[str, Any]] = {}
-    by_source: dict[str, list[Attempt]] = {}
-    for att in data.all_attempts():
-        if att.source:
-            by_source.setdefault(att.source, []).append(att)
     total_busy = useful = 0.0
-    for name in sorted(set(by_source) | set(data.slots)):
-        atts = by_source.get(name, [])
-        states = {s: 0 for s in TaskState}
-        for a in atts:
-            states[a.state] += 1
-        settled = states[TaskState.COMPLETED] + states[TaskState.FAILED] + states[TaskState.LOST]
-        durations = [
-            a.ended - a.started
-            for a in atts
-            if a.state is TaskState.COMPLETED and a.started is not None and a.ended is not None
-        ]
-        waits = [w for a in atts if (w := data.queue_wait(a)) is not None]
-        busy = sum(r for a in atts if (r := run_time(a, data.now)) is not None)
+    for name in sorted(set(totals) | set(data.slots)):
+        tasks, attempts, done, failed, lost, cancelled, running, busy, ran = totals.get(
+            name, (0, 0, 0, 0, 0, 0, 0, 0.0, 0.0)
+        )
         total_busy += busy
-        useful += sum(durations)
+        useful += ran
+        settled = done + failed + lost
         slots = data.slots.get(name) or 0
         per[name] = {
-            "tasks": len({a.key for a in atts}),
-            "attempts": len(atts),
-            "completed": states[TaskState.COMPLETED],
-            "failed": states[TaskState.FAILED],
-            "lost": states[TaskState.LOST],
-            "cancelled": states[TaskState.CANCELLED],
-            "running": states[TaskState.RUNNING] + states[TaskState.ASSIGNED],
-            "success_rate": _r(states[TaskState.COMPLETED] / settled, 4) if settled else None,
-            "duration_s": stats(durations),
-            "queue_wait_s": stats(waits),
+            "tasks": tasks,
+            "attempts": attempts,
+            "completed": done,
+            "failed": failed,
+            "lost": lost,
+            "cancelled": cancelled,
+            "running": running,
+            "success_rate": _r(done / settled, 4) if settled else None,
+            "duration_s": durations.get(name) or sorted_stats(()),
+            "queue_wait_s": waits.get(name) or sorted_stats(()),
             "busy_s": _r(busy),
             "slots": slots or None,
             "utilisation": _r(busy / (slots * makespan), 4) if slots and makespan else None,
         }
-    latest = [atts[-1] for atts in data.attempts.values()]
-    counts = {s.value: 0 for s in TaskState}
-    for a in latest:
-        counts[a.state.value] += 1
-    n_attempts = sum(len(v) for v in data.attempts.values())
+    newest = data.newest_counts()
+    counts = {s.value: newest.get(s, 0) for s in TaskState}
+    n_tasks = sum(newest.values())
+    n_attempts = data.attempt_count()
     all_slots = sum(data.slots.values())
     settled = counts["COMPLETED"] + counts["FAILED"] + counts["LOST"]
     sweep = {
         "id": data.sweep_id,
-        "tasks": len(latest),
+        "tasks": n_tasks,
         "attempts": n_attempts,
-        "reruns": n_attempts - len(latest),
+        "reruns": n_attempts - n_tasks,
         "states": counts,
         "success_rate": _r(counts["COMPLETED"] / settled, 4) if settled else None,
         "first_assigned": _iso(t0),
@@ -138,7 +126,7 @@ def performance(data: SweepData) -> dict[str, Any]:
         "slots": all_slots or None,
         "efficiency": _r(useful / (all_slots * makespan), 4) if all_slots and makespan else None,
         "throughput_per_min": _r(counts["COMPLETED"] / makespan * 60, 3) if makespan else None,
-        "running": bool(data.active),
+        "running": data.active,
     }
     return {
         "generated": _iso(data.now),

@@ -98,7 +98,7 @@ def results_section(store: SweepStore) -> str:
     """The report's Results section; a sweep whose metrics cannot be read still gets
     the rest of its report."""
     try:
-        return results_svg.results_html(load_results(store))
+        return results_svg.results_html(load_results(store, only_metrics=True))
     except Exception:
         log.exception("could not read the results of %s", store.sweep_dir)
         return '<p class="muted">The metrics could not be read (see the sweep log).</p>'

@@ -88,6 +88,7 @@ class Results:
     rows: list[TaskResult]
     params: list[str]  # parameter names, in sweep order
     metrics: list[str]  # metric names, in order of first appearance
+    completed: int = 0  # COMPLETED tasks of the sweep (with or without metrics)
 
     def value(self, row: TaskResult, key: str) -> Any:
         """A parameter's value (as a number when it reads as one) or a metric's."""
@@ -284,32 +285,53 @@ def _tail(path: str) -> str:
 
 
 # ------------------------------------------------------------------- sweep
-def load_results(store: SweepStore) -> Results:
-    """Every task of the sweep with its metrics (COMPLETED tasks only have some).
+def load_results(store: SweepStore, *, only_metrics: bool = False) -> Results:
+    """Every task of the sweep with its metrics (COMPLETED tasks only have some);
+    `only_metrics`: the tasks that have metrics only (what the report's plots need).
 
-    One pass over the journal's rows (task spec and representative attempt together),
+    The metrics come from the journal, where the view writer recorded them once when each
+    task completed; a task folder is read only for what was never recorded (a sweep of an
+    older hsm, a task completed since the last refresh). One pass over the journal's rows,
     keeping of each spec only its parameters and kind: a sweep of 100,000 tasks does not
-    hold every argv and environment in memory."""
-    loaded: list[tuple[TaskSpec, TaskState, str | None]] = []
+    hold every argv and environment in memory, nor a row for each task without metrics
+    when `only_metrics`."""
     params: dict[str, None] = {}
-    for key, num, spec_text, _attempt, state, source in store.task_rows():
+    rows: list[TaskResult] = []
+    seen: dict[str, None] = {}
+    tasks_dir = os.path.join(str(store.sweep_dir), "tasks")
+    unread: list[tuple[int, TaskSpec]] = []  # (row index, task) whose folder must be read
+    for key, num, spec_text, state_name, source, recorded in store.result_rows(
+        only_metrics=only_metrics
+    ):
         spec = json.loads(spec_text)
         task_params = spec.get("params") or {}
         params.update(dict.fromkeys(task_params))
         task = TaskSpec(key, num, task_params, TaskKind(spec.get("kind", "command")))
-        loaded.append((task, TaskState(state), source))
-    names = list(params)
-    rows: list[TaskResult] = []
-    seen: dict[str, None] = {}
-    tasks_dir = os.path.join(str(store.sweep_dir), "tasks")
-    for t, state, source in loaded:
+        state = TaskState(state_name)
         metrics: dict[str, float] = {}
         origin: dict[str, str] = {}
         if state is TaskState.COMPLETED:
-            metrics, origin = read_metrics(os.path.join(tasks_dir, t.name), t.kind, names)
-            seen.update(dict.fromkeys(metrics))
-        values = {k: as_number(v) for k, v in t.params.items()}
-        rows.append(TaskResult(t, state, source, metrics, origin, values))
+            if recorded is None:
+                unread.append((len(rows), task))
+            elif recorded != "{}":
+                doc = json.loads(recorded)
+                metrics, origin = doc.get("m") or {}, doc.get("o") or {}
+        if only_metrics and not metrics and recorded is not None:
+            continue
+        values = {k: as_number(v) for k, v in task_params.items()}
+        rows.append(TaskResult(task, state, source, metrics, origin, values))
+    names = list(params)
+    skip = set(names)
+    for i, task in unread:
+        metrics, origin = read_metrics(os.path.join(tasks_dir, task.name), task.kind, names)
+        rows[i] = dataclasses.replace(rows[i], metrics=metrics, origin=origin)
+    if unread and only_metrics:
+        rows = [r for r in rows if r.metrics]
+    for row in rows:
+        for m in [m for m in row.metrics if m in skip]:  # a name another task sweeps
+            del row.metrics[m]
+            row.origin.pop(m, None)
+        seen.update(dict.fromkeys(row.metrics))
     echoes = _echoes(rows, list(seen), names)
     if echoes:
         for row in rows:
@@ -318,7 +340,10 @@ def load_results(store: SweepStore) -> Results:
                 row.origin.pop(m, None)
     ordered = [RETURN] if RETURN in seen else []
     ordered += [m for m in seen if m != RETURN and m not in echoes]
-    return Results(store.sweep_id, rows, names, ordered)
+    completed = store.counts().get(TaskState.COMPLETED, 0) if only_metrics else None
+    if completed is None:
+        completed = sum(1 for r in rows if r.state is TaskState.COMPLETED)
+    return Results(store.sweep_id, rows, names, ordered, completed)
 
 
 def _echoes(rows: list[TaskResult], metrics: list[str], params: list[str]) -> set[str]:

@@ -375,7 +375,7 @@ def results_html(res: Results) -> str:
         (r for r in res.rows if r.state is TaskState.COMPLETED and r.metrics),
         key=lambda r: r.task.key,
     )
-    completed = sum(1 for r in res.rows if r.state is TaskState.COMPLETED)
+    completed = res.completed
     if not done:
         return (
             f'<p class="muted">No metrics in the {completed} completed tasks. hsm reads a '

@@ -54,20 +54,40 @@ def test_status_view_remakes_a_removed_task_folder(tmp_path: Path) -> None:
     store.close()
 
 
-def test_task_folders_written_later_once(tmp_path: Path) -> None:
+def test_task_folders_are_made_when_tasks_are_first_placed(tmp_path: Path) -> None:
+    """Until it is placed, a task is in task_mapping.yaml only: stopping a big sweep
+    right after its start changes no file per task (issue 12)."""
     specs = [TaskSpec.from_json({"key": f"{i:016x}", "num": i, "params": {"i": i}}) for i in (1, 2)]
     store = SweepStore.create(
         tmp_path / "sweep", sweep_id="s", kind="test", config={}, tasks=specs, task_views=False
     )
-    assert not any(store.task_dir(t).exists() for t in specs)
     sync_views(store.sweep_dir)
-    for t in specs:
-        assert yaml.safe_load((store.task_dir(t) / "params.yaml").read_text()) == dict(t.params)
-        assert status(store, t)["state"] == "PENDING"
+    assert not any(store.task_dir(t).exists() for t in specs)
+    store.apply(TaskEvent(specs[0].key, 1, TaskState.ASSIGNED, "local"))
+    store.apply(TaskEvent(specs[1].key, 1, TaskState.CANCELLED, None))
+    sync_views(store.sweep_dir)
+    assert yaml.safe_load((store.task_dir(specs[0]) / "params.yaml").read_text()) == {"i": 1}
+    assert status(store, specs[0])["state"] == "ASSIGNED"
+    assert not store.task_dir(specs[1]).exists(), "never placed: no folder"
     mine = store.task_dir(specs[0]) / "params.yaml"
     mine.write_text("i: edited\n")
-    shutil.rmtree(store.task_dir(specs[1]))
+    (store.task_dir(specs[0]) / "status.yaml").unlink()
     sync_views(store.sweep_dir)
     assert mine.read_text() == "i: edited\n", "a folder made once is not made again"
-    assert status(store, specs[1])["state"] == "PENDING", "a missing status.yaml comes back"
+    assert status(store, specs[0])["state"] == "ASSIGNED", "a missing status.yaml comes back"
+    shutil.rmtree(store.task_dir(specs[0]))
+    sync_views(store.sweep_dir)
+    assert yaml.safe_load((store.task_dir(specs[0]) / "params.yaml").read_text()) == {"i": 1}
+    store.close()
+
+
+def test_a_status_file_of_a_task_never_placed_is_kept_right(tmp_path: Path) -> None:
+    """An older hsm (and a Hydra launch) made every task's folder at once: those status
+    files follow the journal like any other."""
+    specs = [TaskSpec.from_json({"key": f"{i:016x}", "num": i, "params": {"i": i}}) for i in (1, 2)]
+    store = SweepStore.create(tmp_path / "sweep", sweep_id="s", kind="test", config={}, tasks=specs)
+    assert status(store, specs[1])["state"] == "PENDING"
+    store.apply(TaskEvent(specs[1].key, 1, TaskState.CANCELLED, None))
+    sync_views(store.sweep_dir)
+    assert status(store, specs[1])["state"] == "CANCELLED"
     store.close()

@@ -98,10 +98,13 @@ def test_views_follow_events_and_the_mark_is_in_the_journal(tmp_path: Path) -> N
 
 def test_a_refresh_rewrites_only_what_changed(tmp_path: Path) -> None:
     store, tasks = make(tmp_path, 50)
+    for t in tasks:
+        store.apply(TaskEvent(t.key, 1, TaskState.ASSIGNED, "local"))
     sync_views(store.sweep_dir)
     for t in tasks:
         os.utime(store.task_dir(t) / "status.yaml", (0, 0))
-    finish(store, tasks[7])
+    for state in (TaskState.RUNNING, TaskState.COMPLETED):
+        assert store.apply(TaskEvent(tasks[7].key, 1, state, "local", exit_code=0))
     sync_views(store.sweep_dir)
     touched = [t.num for t in tasks if (store.task_dir(t) / "status.yaml").stat().st_mtime]
     assert touched == [8]
@@ -203,4 +206,50 @@ def test_a_killed_writer_leaves_the_mark_behind_never_ahead(tmp_path: Path) -> N
     conn.close()
     sync_views(store.sweep_dir)
     assert status(store, tasks[0])["state"] == "COMPLETED"
+    store.close()
+
+
+def test_metrics_are_read_once_when_a_task_completes_and_reports_read_the_journal(
+    tmp_path: Path,
+) -> None:
+    """`hsm results` and the report's Results section read the metrics the view writer
+    recorded when each task completed, not 100,000 task folders (issue 12); what was
+    never recorded (an older hsm's sweep, a task completed since) comes from its folder."""
+    import json
+
+    from hsm_core.reporting.results import load_results
+
+    store, tasks = make(tmp_path, 4)
+
+    def complete_with(t: TaskSpec, loss: float) -> None:
+        store.apply(TaskEvent(t.key, 1, TaskState.ASSIGNED, "local"))
+        results = store.task_dir(t) / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "m.json").write_text(json.dumps({"loss": loss, "i": 0}))
+        for state in (TaskState.RUNNING, TaskState.COMPLETED):
+            assert store.apply(TaskEvent(t.key, 1, state, "local", exit_code=0))
+
+    complete_with(tasks[0], 0.5)
+    complete_with(tasks[1], 0.25)
+    store.apply(TaskEvent(tasks[3].key, 1, TaskState.CANCELLED, None))
+    sync_views(store.sweep_dir)
+    for t in tasks[:2]:
+        (store.task_dir(t) / "results" / "m.json").unlink()  # only the journal has them now
+    complete_with(tasks[2], 0.125)  # after the views: its folder is read
+
+    def losses() -> dict[str, float | None]:
+        res = load_results(store)
+        return {r.task.name: r.metrics.get("loss") for r in res.rows}
+
+    assert losses() == {"task_001": 0.5, "task_002": 0.25, "task_003": 0.125, "task_004": None}
+    plotted = load_results(store, only_metrics=True)
+    assert [r.task.name for r in plotted.rows] == ["task_001", "task_002", "task_003"]
+    assert plotted.completed == 3
+    assert all("i" not in r.metrics for r in plotted.rows), "a parameter's echo is no metric"
+    sync_views(store.sweep_dir)
+    (store.task_dir(tasks[2]) / "results" / "m.json").unlink()
+    assert losses()["task_003"] == 0.125, "recorded by the next refresh"
+    with sqlite3.connect(store.sweep_dir / "sweep.db") as db:
+        db.execute("DROP TABLE metrics")  # a sweep of an older hsm
+    assert losses() == {"task_001": None, "task_002": None, "task_003": None, "task_004": None}
     store.close()
