@@ -147,6 +147,8 @@ def setup_project(root: Path, args: argparse.Namespace) -> None:
     }
     if args.partition:
         cluster["partition"] = args.partition
+    if args.max_queued:
+        cluster["max_queued"] = args.max_queued
     (root / "conf" / "hydra" / "launcher" / "pool" / "slurm.yaml").write_text(
         json.dumps({"sources": {"cluster": cluster}})
     )
@@ -280,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="`hsm run` runs `true` instead of a Python script: hsm's own cost at scale "
         "(e.g. --only 'hsm run' --tasks 5000)",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=None,
+        help="the source's max_queued (default: its own, 1000): below the sweep's size, the "
+        "tasks after the first max_queued are refills (sbatch calls per refill)",
     )
     parser.add_argument(
         "--workdir",

@@ -212,6 +212,8 @@ class SweepEngine:
             for p in pollers:
                 p.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
+            for src in self.sources.values():
+                src.submit_now()
             if self._submits:
                 await asyncio.gather(*self._submits, return_exceptions=True)
             if began:
@@ -748,6 +750,8 @@ class SweepEngine:
             queued.append((key, live.attempt))
         if queued:
             self._writes.append(_Cancelled(queued, now))
+        for src in self.sources.values():
+            src.submit_now()  # a held batch would keep its submits waiting
         if self._submits:
             await asyncio.gather(*self._submits, return_exceptions=True)
         await asyncio.gather(

@@ -117,6 +117,10 @@ class ComputeSource(abc.ABC):
 
         Returns once the source has accepted the attempt; progress comes as events."""
 
+    def submit_now(self) -> None:  # noqa: B027 - optional hook
+        """The sweep is stopping (Ctrl-C, the end): a source that holds submits back to
+        batch them sends them at once, so that no `submit` waits for more."""
+
     async def poll(self) -> None:  # noqa: B027 - optional for push-based sources
         """One batched status query for every attempt this source holds."""
 

@@ -101,6 +101,7 @@ class HPCSource(ComputeSource):
         self._batch: list[_Job] = []
         self._batch_full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False  # the sweep is stopping: nothing is held back any more
         self._submit_lock = asyncio.Lock()
         self._arrays: dict[str, _Array] = {}
         self._next_query = 0.0  # monotonic time of the next scheduler query
@@ -145,6 +146,7 @@ class HPCSource(ComputeSource):
         await asyncio.to_thread(self._ledger.parent.mkdir, parents=True, exist_ok=True)
 
     async def close(self) -> None:
+        self.submit_now()
         if self._flusher is not None:
             with contextlib.suppress(Exception):
                 await self._flusher
@@ -172,13 +174,33 @@ class HPCSource(ComputeSource):
         return await job.future
 
     async def _flush_after_window(self) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._batch_full.wait(), self.opts.batch_window_s)
-        async with self._submit_lock:
-            batch, self._batch = self._batch, []
-            self._batch_full.clear()
-            if batch:
-                await self._submit_batch(batch)
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._batch_full.wait(), self.opts.batch_window_s)
+            async with self._submit_lock:
+                self._batch_full.clear()
+                if self._batch and self._hold():
+                    continue  # looked at again a window later
+                batch, self._batch = self._batch, []
+                if batch:
+                    await self._submit_batch(batch)
+                return
+
+    def _hold(self) -> bool:
+        """Keep the batch for more: it is smaller than `min_refill` while the scheduler
+        still holds at least that many tasks waiting beyond the running cap. (A slot
+        freed by each task that ends would otherwise be refilled by an array of its own,
+        one sbatch per poll cycle for the whole sweep.)"""
+        if self._closing:
+            return False
+        wanted = self.opts.min_refill
+        held = len(self._batch)
+        waiting = len(self._jobs) - held - self.opts.array_parallelism
+        return held < wanted and waiting >= wanted
+
+    def submit_now(self) -> None:
+        self._closing = True
+        self._batch_full.set()
 
     def _throttle(self) -> int:
         """`%` for a new array: what the running cap leaves after the arrays still out."""

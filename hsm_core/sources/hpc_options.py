@@ -30,6 +30,7 @@ _OWN_KEYS = (
     "array_limit",
     "array_parallelism",
     "max_queued",
+    "min_refill",
     "python",
     "setup",
     "directives",
@@ -82,6 +83,7 @@ class HpcOptions:
     array_limit: int = 1000  # most tasks in one array job (the cluster's MaxArraySize - 1)
     array_parallelism: int = 1  # running at once (the `%` throttle); default max_parallel
     max_queued: int = 1000  # attempts handed to the scheduler at once (queued + running)
+    min_refill: int = 100  # fewest tasks of a later array while the scheduler has enough queued
     python: str | None = None  # on the compute nodes; None: the orchestrator's interpreter
     setup: tuple[str, ...] = ()  # shell lines run in the job before the task
     directives: tuple[str, ...] = ()  # raw scheduler flags, e.g. "--constraint=a100"
@@ -164,6 +166,9 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
     array_limit = _int(opts.get("array_limit", 1000), key("array_limit"), 1)
     parallelism = _int(opts.get("array_parallelism", slots), key("array_parallelism"), 1)
     max_queued = _int(opts.get("max_queued", max(slots, array_limit)), key("max_queued"), 1)
+    # Slots freed as tasks end are refilled in arrays of at least this many while the
+    # scheduler still holds that many waiting: not an sbatch per poll cycle.
+    min_refill = _int(opts.get("min_refill", max(1, max_queued // 10)), key("min_refill"), 1)
     dialect = opts.get("pbs_dialect")
     if dialect is not None and (scheduler != "pbs" or dialect not in ("pro", "torque")):
         raise ConfigError(
@@ -225,6 +230,7 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
         array_limit=array_limit,
         array_parallelism=parallelism,
         max_queued=max_queued,
+        min_refill=min_refill,
         python=_text(opts.get("python"), key("python")),
         setup=_lines(opts.get("setup"), key("setup")),
         directives=directives,

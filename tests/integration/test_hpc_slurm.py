@@ -437,6 +437,33 @@ def test_one_status_query_per_poll_cycle_whatever_the_sweep_size(
     assert all(k == 1 for k in per_cycle)  # one array id, however many tasks
 
 
+def test_freed_slots_are_refilled_in_arrays_of_min_refill_not_one_per_poll_cycle(
+    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+) -> None:
+    # 45 tasks, 24 handed out at once, 3 running: each poll cycle frees a few slots.
+    # Refilled as they free, that was an sbatch per cycle (9 here; 454 arrays for 3,987
+    # tasks at max_queued 1000); held while the scheduler still has 12 waiting, it is
+    # the first array and a few refills of about 10.
+    store = make_sweep(tmp_path, command_tasks([["true"]] * 45))
+    spec = hpc_spec(slurm_env, slots=3, max_queued=24, min_refill=12, poll_interval=1)
+    out, src = run_hpc(store, spec)
+    assert out.ok, out.counts
+    sizes = [len(c) for c in _sbatch_arrays(tmp_path)]
+    assert sched.count("sbatch") == src.stats["submits"] <= 5, sizes
+    assert sizes[0] == 24 and sum(sizes) == 45, sizes
+
+
+def _sbatch_arrays(tmp_path: Path) -> list[list[str]]:
+    """Task keys of each array the source submitted, from its ledger, in order."""
+    ledger = next((tmp_path / "t").rglob("jobs.jsonl"), None)
+    assert ledger is not None
+    arrays: dict[str, list[str]] = {}
+    for line in ledger.read_text().splitlines():
+        rec = json.loads(line)
+        arrays.setdefault(rec["job"].split("_")[0], []).append(rec["key"])
+    return [arrays[k] for k in sorted(arrays, key=int)]
+
+
 def _sacct_id_lists(sched: SchedulerLog) -> list[list[str]]:
     out = []
     for call in sched.calls("sacct"):
