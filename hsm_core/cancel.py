@@ -95,7 +95,7 @@ def _still_owned_by(sweep_dir: Path, owner: ownership.Owner) -> bool:
 
 
 def _settle_offline(store: SweepStore) -> CancelResult:
-    from hsm_core.sources.hpc_cancel import cancel_recorded
+    from hsm_core.sources.hpc.cancel import cancel_recorded
 
     killed = cancel_recorded(store)  # cluster jobs outlive their orchestrator
     events = []

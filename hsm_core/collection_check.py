@@ -148,7 +148,7 @@ class _Host:
     """One ssh source of the sweep, as recorded in its journal, reached on demand."""
 
     def __init__(self, name: str, options: Mapping[str, Any], sweep_id: str) -> None:
-        from hsm_core.sources.ssh_options import SshOptions
+        from hsm_core.sources.ssh.options import SshOptions
         from hsm_core.transport.ssh import SshTransport
 
         self.name = name
@@ -165,7 +165,7 @@ class _Host:
 
     async def sums(self, dirs: Sequence[str]) -> dict[str, Any] | None:
         """{dir: {"files", "excluded"} | None} from the host; None if it is unreachable."""
-        from hsm_core.sources.ssh_agent import agent_source
+        from hsm_core.sources.ssh.agent import agent_source
 
         t0 = time.monotonic()
         argv = [self.opts.agent_python, "-I", "-c", agent_source(), "--sums"]
@@ -299,7 +299,7 @@ def _apply_host(check: TaskCheck, folder: Path, listing: Any, verify: bool) -> i
 
 
 async def _repair(check: TaskCheck, host: _Host, folder: Path) -> int:
-    from hsm_core import collect
+    from hsm_core.sources.ssh import collect
 
     hashed = 0
     todo = [*check.missing, *check.differing]

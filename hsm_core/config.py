@@ -154,11 +154,11 @@ def _check_source(name: Any, entry: Any, where: str) -> None:
         raise ConfigError("an ssh source needs `host:`", file=where, key=f"{key}.host")
     try:
         if stype == "ssh":
-            from hsm_core.sources.ssh_options import check_keys
+            from hsm_core.sources.ssh.options import check_keys
 
             check_keys(name, entry)  # only the keys: files named there may be elsewhere
         if stype == "hpc":
-            from hsm_core.sources.hpc_options import parse_options
+            from hsm_core.sources.hpc.options import parse_options
 
             parse_options(source_spec(name, entry))
     except ConfigError as err:  # the same line, with the file named

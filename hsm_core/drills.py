@@ -287,7 +287,7 @@ async def _cancel_queued(run: _Run, place: _Place, info: dict[str, Any]) -> None
     await _wait_running(run, 1)
 
     def queued() -> tuple[str, int, str] | None:
-        from hsm_core.sources.hpc_states import Phase, phase_of
+        from hsm_core.sources.hpc.states import Phase, phase_of
 
         running = {ev.key for ev in run.running()}
         # Not started by what we saw; waiting in the queue by the scheduler's last word
@@ -364,7 +364,7 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
     spec = source_spec(name, drill_entry)
     place = _Place()
     if stype == "ssh":
-        from hsm_core.sources.ssh_options import SshOptions
+        from hsm_core.sources.ssh.options import SshOptions
         from hsm_core.transport.ssh import SshTransport
 
         opts = SshOptions.parse(name, spec.options)

@@ -131,14 +131,14 @@ async def _test_one(name: str, entry: dict[str, Any], root: Path) -> dict[str, A
     if stype == "ssh":
         from dataclasses import asdict
 
-        from hsm_core.sources.ssh_probe import probe_ssh
+        from hsm_core.sources.ssh.probe import probe_ssh
 
         return asdict(await probe_ssh(name, entry, root))
     if stype == "local":
         import platform
 
         from hsm_core import __version__
-        from hsm_core.sources.ssh_probe import check_gpus
+        from hsm_core.sources.ssh.probe import check_gpus
 
         st = os.statvfs(root)
         configured = [str(g) for g in entry.get("gpus") or []]

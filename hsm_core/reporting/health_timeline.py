@@ -92,7 +92,7 @@ async def test_recovery(
     from hsm_core.health import HealthMonitor, HealthSettings
     from hsm_core.sources import make_source
     from hsm_core.sources.base import SweepContext
-    from hsm_core.sources.ssh_options import SshOptions
+    from hsm_core.sources.ssh.options import SshOptions
 
     settings = HealthSettings.from_mapping(health)
     entry = {**entry, "sync": "warn"}  # looking must not push anything

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, str] = {
     "local": "hsm_core.sources.local:LocalSource",
-    "ssh": "hsm_core.sources.ssh:SSHSource",
-    "hpc": "hsm_core.sources.hpc:HPCSource",
+    "ssh": "hsm_core.sources.ssh.source:SSHSource",
+    "hpc": "hsm_core.sources.hpc.source:HPCSource",
 }
 
 

@@ -43,7 +43,7 @@ def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> lis
         if not task.payload:
             raise ValueError(f"{task.name} is a Hydra job without a payload")
         payload = f"{sweep_dir.rstrip('/')}/{task.payload}"
-        return [python, "-m", "hsm_core.worker", payload, task_dir]
+        return [python, "-m", "hsm_core.hydra.worker", payload, task_dir]
     argv = list(task.argv)
     if argv and argv[0] == PYTHON:
         argv[0] = python

@@ -26,9 +26,9 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra.errors import CompactHydraException
 
 from hsm_core.errors import HsmError
-from hsm_core.hydra_compose import JobComposer
-from hsm_core.hydra_job import JobRuntime, run_here
-from hsm_core.hydra_payload import (
+from hsm_core.hydra.compose import JobComposer
+from hsm_core.hydra.job import JobRuntime, run_here
+from hsm_core.hydra.payload import (
     PayloadError,
     SweepPart,
     app_fingerprint,
@@ -218,7 +218,7 @@ class _Launch:
     def _fork_server(self, s: _Setup) -> Any:
         if not any(spec.type == "local" for spec in s.specs):
             return None
-        from hsm_core.sources.forkserver import ForkServer
+        from hsm_core.hydra.forkserver import ForkServer
 
         rt = JobRuntime(self.task_function, self.hydra_context, s.composer)
         table = {j.num: j for j in self.jobs}  # the task keys are settled later, with the store

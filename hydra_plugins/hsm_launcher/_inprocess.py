@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from hsm_core.hydra_job import JobRuntime, read_info, run_here
+from hsm_core.hydra.job import JobRuntime, read_info, run_here
 from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
 from hsm_core.taskdir import WORKER_RECORD

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from hsm_core import taskdir
-from hsm_core.hydra_job import note_hard_death, read_info, read_job_return
+from hsm_core.hydra.job import note_hard_death, read_info, read_job_return
 from hsm_core.model import SourceSpec, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import ComputeSource, SweepContext
@@ -124,7 +124,7 @@ def make_sources(
     out: list[ComputeSource] = []
     for spec in specs:
         if spec.type == "local" and server is not None:
-            from hsm_core.sources.fork import ForkSource
+            from hsm_core.hydra.fork import ForkSource
 
             out.append(
                 ForkSource(

@@ -25,7 +25,7 @@ from hsm_core.config import (
 from hsm_core.errors import ConfigError
 from hsm_core.job_output import check_mode
 from hsm_core.model import SourceSpec
-from hsm_core.sources import hpc_keys
+from hsm_core.sources.hpc import keys as hpc_keys
 
 log = logging.getLogger(__name__)
 

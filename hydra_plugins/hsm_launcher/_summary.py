@@ -40,7 +40,7 @@ def _store_rows(sweep_dir: Path, nums: set[int]) -> dict[int, tuple[str, str, st
 
 def _job_log(sweep_dir: Path, ret: JobReturn | None, task_name: str | None) -> str:
     if task_name:
-        from hsm_core.hydra_job import read_info
+        from hsm_core.hydra.job import read_info
 
         info = read_info(sweep_dir / "tasks" / task_name) or {}
         if info.get("log"):

@@ -143,7 +143,7 @@ def _resumable(sw: Any, sweep_dir: Path) -> bool:
         return False
     if sw.resume:
         return True
-    from hsm_core.hydra_payload import app_fingerprint
+    from hsm_core.hydra.payload import app_fingerprint
     from hsm_core.store import SweepStore
 
     store = SweepStore.open(sweep_dir, readonly=True)
@@ -179,7 +179,7 @@ def _plan(jobs: list[list[str]], sweep_dir: Path, resume: bool) -> Plan:
 
 
 def _ident(overrides: Sequence[str]) -> str:
-    from hsm_core.hydra_job import job_params
+    from hsm_core.hydra.job import job_params
 
     return canonical_json(job_params(overrides))
 
@@ -266,7 +266,7 @@ def _launch_runs(launcher: Any, batch: list[tuple[int, list[str]]]) -> list[JobR
 
 def _load_done(sweep_dir: Path, done: list[tuple[int, list[str]]]) -> list[JobReturn]:
     """JobReturns of the jobs completed earlier, read from their task folders."""
-    from hsm_core.hydra_job import read_job_return
+    from hsm_core.hydra.job import read_job_return
     from hsm_core.store import SweepStore
 
     store = SweepStore.open(sweep_dir, readonly=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm_core.hydra_job import job_params
-from hsm_core.hydra_payload import JOB_FILE, JobPart, write_job_part
+from hsm_core.hydra.job import job_params
+from hsm_core.hydra.payload import JOB_FILE, JobPart, write_job_part
 from hsm_core.model import TaskKind, TaskSpec, TaskState, task_key
 
 
@@ -71,7 +71,7 @@ def add_tasks(
                 num=num,
                 params=job_params(job.overrides),
                 kind=TaskKind.HYDRA,
-                argv=(sys.executable, "-m", "hsm_core.worker"),
+                argv=(sys.executable, "-m", "hsm_core.hydra.worker"),
                 cwd=cwd,
                 payload=f"tasks/task_{num:03d}/{JOB_FILE}",
                 timeout_s=timeout_s,

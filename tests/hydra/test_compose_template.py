@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from hsm_core.hydra_compose import JobComposer
+from hsm_core.hydra.compose import JobComposer
 
 EXAMPLE_CONF = Path(__file__).resolve().parents[2] / "example_app" / "conf"
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from hsm_core.engine import SweepEngine
+from hsm_core.hydra.fork import ForkSource, gpu_sets
+from hsm_core.hydra.forkserver import ForkServer, ForkServerError
 from hsm_core.model import SourceSpec, TaskSpec, TaskState, task_key
 from hsm_core.orchestrate import context_for
-from hsm_core.sources.fork import ForkSource, gpu_sets
-from hsm_core.sources.forkserver import ForkServer, ForkServerError
 from hsm_core.store import SweepStore
 from hsm_core.taskdir import WORKER_RECORD
 from tests.helpers import async_wait_for, wait_for

@@ -43,7 +43,7 @@ def test_sys_exit_zero_in_a_cold_worker(tmp_path: Path) -> None:
         task = job["dir"]
         (task / WORKER_RECORD).unlink()
         run = subprocess.run(
-            [sys.executable, "-m", "hsm_core.worker", str(task / "hydra_job.pkl"), str(task)],
+            [sys.executable, "-m", "hsm_core.hydra.worker", str(task / "hydra_job.pkl"), str(task)],
             cwd=APPS,
             capture_output=True,
             text=True,

@@ -79,7 +79,7 @@ def test_cold_worker_reruns_a_job_from_its_payload(tmp_path: Path) -> None:
         (task / name).unlink()
     shutil.rmtree(sweep / "1")
     run = subprocess.run(
-        [sys.executable, "-m", "hsm_core.worker", str(task / "hydra_job.pkl"), str(task)],
+        [sys.executable, "-m", "hsm_core.hydra.worker", str(task / "hydra_job.pkl"), str(task)],
         cwd=EXAMPLE.parent.parent,
         capture_output=True,
         text=True,

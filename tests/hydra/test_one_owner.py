@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_core.hydra_job import read_info
+from hsm_core.hydra.job import read_info
 from hsm_core.ownership import holder
 from hsm_core.store import SweepStore
 from hsm_core.taskdir import WORKER_RECORD

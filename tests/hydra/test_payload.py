@@ -6,8 +6,8 @@ import threading
 from typing import Any
 
 from hsm_core.errors import HsmError
-from hsm_core.hydra_job import job_key, job_params
-from hsm_core.hydra_payload import SweepPart, app_fingerprint, dump_sweep_part
+from hsm_core.hydra.job import job_key, job_params
+from hsm_core.hydra.payload import SweepPart, app_fingerprint, dump_sweep_part
 
 # Like an app's __main__ module: not importable, so cloudpickle takes it by value.
 APP = {"__name__": "not_importable_app", "threading": threading}

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hsm_core import collect, integrity
+from hsm_core import integrity
+from hsm_core.sources.ssh import collect
 from hsm_core.taskdir import FILES_RECORD
 from hsm_core.transport.ssh import SshTarget, SshTransport
 from tests.integration.ssh_support import make_project, remote_project, ssh_entry

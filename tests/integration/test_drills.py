@@ -140,7 +140,7 @@ def test_a_killed_ssh_agent_ends_its_channel_while_its_task_runs(
     import posixpath
     import signal
 
-    from hsm_core.sources.ssh_agent import ssh_agent_channel
+    from hsm_core.sources.ssh.agent import ssh_agent_channel
     from hsm_core.transport.ssh import SshTarget, SshTransport
     from tests.integration.ssh_support import remote_project
 

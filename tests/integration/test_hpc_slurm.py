@@ -25,8 +25,8 @@ import yaml
 
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
-from hsm_core.sources.hpc import HPCSource
-from hsm_core.sources.hpc_job import EXIT_FILE, START_FILE
+from hsm_core.sources.hpc.job import EXIT_FILE, START_FILE
+from hsm_core.sources.hpc.source import HPCSource
 from hsm_core.store import SweepStore
 from tests.services import SlurmEnv, SshEnv
 from tests.sweep_utils import (

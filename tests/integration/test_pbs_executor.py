@@ -25,14 +25,14 @@ import pytest
 import submitit
 from submitit.core import utils
 
-from hsm_core.sources.pbs.executor import (
+from hsm_core.sources.hpc.pbs.executor import (
     PBSExecutor,
     PBSInfoWatcher,
     PBSJob,
     PBSJobEnvironment,
     TorqueJob,
 )
-from hsm_core.sources.pbs.watcher import SERVERS
+from hsm_core.sources.hpc.pbs.watcher import SERVERS
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,7 +276,7 @@ def test_plugin_is_what_submitit_finds() -> None:
 
     assert plugins.get_executors()["pbs"] is PBSExecutor
     assert isinstance(plugins.get_job_environments()["pbs"], PBSJobEnvironment)
-    assert sys.modules["hsm_core.sources.pbs.executor"].PBSExecutor is PBSExecutor
+    assert sys.modules["hsm_core.sources.hpc.pbs.executor"].PBSExecutor is PBSExecutor
 
 
 def _alive(pgid: int) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from hsm_core.model import TaskEvent, TaskState
 from hsm_core.orchestrate import context_for
-from hsm_core.sources.ssh import SSHSource
+from hsm_core.sources.ssh.source import SSHSource
 from tests.helpers import async_wait_for
 from tests.integration.ssh_support import (
     FAST_SSH,

@@ -13,7 +13,7 @@ from pathlib import Path
 from hsm_core.model import TaskEvent, TaskState
 from hsm_core.orchestrate import context_for
 from hsm_core.remote_agent import JOURNAL_DIR, Journal
-from hsm_core.sources.ssh import SSHSource
+from hsm_core.sources.ssh.source import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
 from tests.services import SshEnv

@@ -12,8 +12,8 @@ import pytest
 from hsm_core.errors import HsmError
 from hsm_core.model import TaskState
 from hsm_core.orchestrate import context_for
-from hsm_core.sources.ssh import SSHSource
-from hsm_core.sync import verify
+from hsm_core.sources.ssh.source import SSHSource
+from hsm_core.sources.ssh.sync import verify
 from hsm_core.transport.ssh import SshTarget, SshTransport
 from tests.integration.ssh_support import (
     command_tasks,

@@ -7,7 +7,7 @@ import base64
 import json
 from pathlib import Path
 
-from hsm_core.collect import collect_folder, write_inline
+from hsm_core.sources.ssh.collect import collect_folder, write_inline
 
 
 def b64(data: bytes) -> str:

@@ -8,8 +8,8 @@ import pytest
 
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec, TaskState
-from hsm_core.sources.hpc_options import parse_options, parse_time
-from hsm_core.sources.hpc_states import Phase, decide, phase_of, worker_of
+from hsm_core.sources.hpc.options import parse_options, parse_time
+from hsm_core.sources.hpc.states import Phase, decide, phase_of, worker_of
 
 OK = {"attempt": 1, "exit_code": 0}
 TERM = {"attempt": 1, "exit_code": 143, "signal": "SIGTERM", "terminated": "SIGTERM"}

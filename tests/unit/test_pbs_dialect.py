@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hsm_core.sources.pbs import dialect as d
-from hsm_core.sources.pbs.status import (
+from hsm_core.sources.hpc.pbs import dialect as d
+from hsm_core.sources.hpc.pbs.status import (
     FINAL_STATES,
     duration_s,
     map_state,
@@ -348,7 +348,7 @@ def test_job_environment_reads_the_pbs_variables(
 ) -> None:
     import submitit
 
-    from hsm_core.sources.pbs.executor import PBSJobEnvironment
+    from hsm_core.sources.hpc.pbs.executor import PBSJobEnvironment
 
     nodefile = tmp_path / "nodes"
     nodefile.write_text("n1\nn1\nn2\nn2\n")
@@ -366,7 +366,7 @@ def test_job_environment_reads_the_pbs_variables(
 
 
 def test_executor_parameters_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hsm_core.sources.pbs.executor import PBSExecutor
+    from hsm_core.sources.hpc.pbs.executor import PBSExecutor
 
     monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")  # qsub, qstat
     ex = PBSExecutor(tmp_path / "logs", dialect="torque", python="/opt/py/bin/python")

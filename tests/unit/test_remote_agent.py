@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from hsm_core.remote_agent import Journal
-from hsm_core.sources.ssh_agent import agent_source
+from hsm_core.sources.ssh.agent import agent_source
 from tests.helpers import wait_for
 
 

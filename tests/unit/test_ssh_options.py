@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hsm_core.errors import ConfigError
-from hsm_core.sources.ssh_options import SshOptions, remote_path
+from hsm_core.sources.ssh.options import SshOptions, remote_path
 from hsm_core.transport.ssh import command_line
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from hsm_core.sync import local_state
+from hsm_core.sources.ssh.sync import local_state
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -43,7 +43,7 @@ def test_a_project_inside_a_repository(tmp_path: Path) -> None:
 
 
 def test_a_project_dir_without_the_project_is_told_apart_from_one_that_differs() -> None:
-    from hsm_core.sync import SyncReport
+    from hsm_core.sources.ssh.sync import SyncReport
 
     report = SyncReport("h1", "h1", "warn", "/p", status="differs", compared=3)
     report.differing_files = report.missing_files = ["a.py", "b.py", "c.py"]

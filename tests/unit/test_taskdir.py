@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hsm_core import remote_agent, taskdir
-from hsm_core.hydra_payload import JOB_FILE
+from hsm_core.hydra.payload import JOB_FILE
 from hsm_core.model import TaskEvent, TaskKind, TaskSpec, TaskState, task_key
 from hsm_core.taskdir import TaskPaths, Verdict, settle
 from tests.sweep_utils import make_sweep, run_local

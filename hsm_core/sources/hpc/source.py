@@ -51,9 +51,9 @@ from hsm_core.sources.base import (
     task_argv,
     task_env,
 )
-from hsm_core.sources.hpc_client import BackendClient, LocalBackend, SshBackend
-from hsm_core.sources.hpc_options import HpcOptions, parse_options
-from hsm_core.sources.hpc_states import Phase, Verdict, decide, phase_of, worker_of
+from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
+from hsm_core.sources.hpc.options import HpcOptions, parse_options
+from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of
 
 LEDGER = "jobs.jsonl"
 SCAN_INTERVAL_S = 0.5  # reading records on the login node itself: cheap
@@ -270,7 +270,7 @@ class HPCSource(ComputeSource):
     def _staging(self, batch: list[_Job]) -> list[tuple[Path, str]]:
         """Hydra jobs on a remote cluster: the launch's shared payload parts (once), and
         each job's own part, at the same paths relative to the sweep folder there."""
-        from hsm_core.hydra_payload import PAYLOAD_DIR
+        from hsm_core.hydra.payload import PAYLOAD_DIR
 
         if not any(j.task.kind is TaskKind.HYDRA and j.task.payload for j in batch):
             return []

@@ -39,14 +39,14 @@ from types import FrameType
 from typing import Any
 
 from hsm_core.model import PYTHON
-from hsm_core.sources.hpc_states import signal_name
+from hsm_core.sources.hpc.states import signal_name
 from hsm_core.taskdir import HPC_EXIT, HPC_START, LAYOUT, RESULTS, STDERR, STDOUT, TaskPaths
 from hsm_core.yamlio import write_json_atomic
 
 START_FILE = HPC_START
 EXIT_FILE = HPC_EXIT
 KILL_GRACE_S = 3.0
-WORKER = ("-m", "hsm_core.worker")  # how sources.base.task_argv runs a Hydra job
+WORKER = ("-m", "hsm_core.hydra.worker")  # how sources.base.task_argv runs a Hydra job
 
 
 def job_id_from_env() -> str | None:
@@ -231,7 +231,7 @@ def _run_worker_here(
     """A Hydra job: call the worker's entry point in this process instead of starting a
     second interpreter (the job's python is already up, with submitit and hsm loaded).
     The worker writes its record; this writes the exit record around it."""
-    from hsm_core import worker
+    from hsm_core.hydra import worker
 
     timeout = job.get("timeout_s")
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_core import remote_agent, taskdir
+from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkServer, ForkServerError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SourceError, SweepContext
-from hsm_core.sources.forkserver import EXIT_CANCELLED, ForkServer, ForkServerError
 
 KILL_GRACE_S = 3.0
 # After its launcher died, a fork server stops the jobs left within a few seconds and
@@ -316,7 +316,7 @@ class ForkSource(ComputeSource):
         if verdict.state is TaskState.FAILED and worker is None:
             if code != 0:
                 reason = f"job process {describe_status(status)} before writing its result"
-            from hsm_core.hydra_job import note_hard_death
+            from hsm_core.hydra.job import note_hard_death
 
             note_hard_death(task_dir, job.task, reason or "failed")
         self._settle(job, verdict.state, reason, verdict.exit_code)

@@ -12,8 +12,8 @@ from typing import Any
 
 from submitit.core import core
 
-from hsm_core.sources.pbs import dialect as d
-from hsm_core.sources.pbs.status import FINAL_STATES, parse_status, unknown_ids
+from hsm_core.sources.hpc.pbs import dialect as d
+from hsm_core.sources.hpc.pbs.status import FINAL_STATES, parse_status, unknown_ids
 
 log = logging.getLogger(__name__)
 

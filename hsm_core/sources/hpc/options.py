@@ -14,7 +14,7 @@ from typing import Any
 
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec
-from hsm_core.sources import hpc_keys
+from hsm_core.sources.hpc import keys as hpc_keys
 
 SCHEDULERS = ("slurm", "pbs")
 _OWN_KEYS = (

@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 from submitit.core import core, job_environment, utils
 
-from hsm_core.sources.pbs import dialect as d
-from hsm_core.sources.pbs.watcher import (
+from hsm_core.sources.hpc.pbs import dialect as d
+from hsm_core.sources.hpc.pbs.watcher import (
     COMMAND_TIMEOUT_S,
     SERVERS,
     PBSInfoWatcher,

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError
-from hsm_core.sources.hpc_job import run_task
-from hsm_core.sources.hpc_keys import sbatch_option
-from hsm_core.sources.hpc_options import HpcOptions
+from hsm_core.sources.hpc.job import run_task
+from hsm_core.sources.hpc.keys import sbatch_option
+from hsm_core.sources.hpc.options import HpcOptions
 from hsm_core.taskdir import (
     ATTEMPT_FILES,
     HPC_EXIT,
@@ -181,7 +181,7 @@ class Slurm(Scheduler):
         (a failure drill ran such elements twice: LOST, placed again, while they ran on).
         squeue knows what is alive: a job it lists as queued or running is not over,
         whatever sacct says. Asked only when sacct says some job is over."""
-        from hsm_core.sources.hpc_states import phase_of
+        from hsm_core.sources.hpc.states import phase_of
 
         over = [j for j, state in found.items() if phase_of(state).over]
         if not over:
@@ -306,7 +306,7 @@ class PBS(Scheduler):
     name = "pbs"
 
     def _executor_class(self) -> Any:
-        from hsm_core.sources.pbs.executor import PBSExecutor
+        from hsm_core.sources.hpc.pbs.executor import PBSExecutor
 
         return PBSExecutor
 
@@ -357,7 +357,7 @@ class PBS(Scheduler):
             self._any_executor().cancel(job_ids, check=False)
 
     def check(self) -> dict[str, Any]:
-        from hsm_core.sources.pbs.executor import detect_dialect
+        from hsm_core.sources.hpc.pbs.executor import detect_dialect
 
         if self.opts.pbs_dialect:
             return {"pbs_dialect": self.opts.pbs_dialect}

@@ -33,7 +33,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from hsm_core import collect, integrity, taskdir
+from hsm_core import integrity, taskdir
 from hsm_core.errors import HsmError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
@@ -46,8 +46,9 @@ from hsm_core.sources.base import (
     task_argv,
     task_env,
 )
-from hsm_core.sources.ssh_agent import AgentChannel, Event, ssh_agent_channel
-from hsm_core.sources.ssh_options import SshOptions, remote_path
+from hsm_core.sources.ssh import collect
+from hsm_core.sources.ssh.agent import AgentChannel, Event, ssh_agent_channel
+from hsm_core.sources.ssh.options import SshOptions, remote_path
 from hsm_core.transport.ssh import SshTransport
 
 # Payloads up to this size travel inside the launch message; larger ones by SFTP first.
@@ -118,7 +119,9 @@ class SSHSource(ComputeSource):
     # -------------------------------------------------------------- lifecycle
     async def start(self, report: Any) -> None:
         await super().start(report)
-        from hsm_core import sync  # needs gitpython: imported only when an ssh source runs
+        from hsm_core.sources.ssh import (
+            sync,  # needs gitpython: imported only when an ssh source runs
+        )
 
         self._state = "new"  # also after a failed start, which the engine closed
         self._starts += 1
@@ -168,7 +171,7 @@ class SSHSource(ComputeSource):
     async def check_ready(self, *, project_sent: bool = False) -> str | None:
         """What the project sync check found that would fail every task here: the task
         `python:` does not run, or project_dir holds no project."""
-        from hsm_core.sources.ssh_probe import project_problem
+        from hsm_core.sources.ssh.probe import project_problem
 
         if self._check is not None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -318,7 +321,7 @@ class SSHSource(ComputeSource):
         }
 
     def _shared_payload(self) -> list[str]:
-        from hsm_core.hydra_payload import PAYLOAD_DIR
+        from hsm_core.hydra.payload import PAYLOAD_DIR
 
         root = self.ctx.sweep_dir / PAYLOAD_DIR
         found = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []

@@ -189,7 +189,7 @@ def write_result(
 ) -> None:
     import pickle
 
-    from hsm_core.hydra_payload import dumps
+    from hsm_core.hydra.payload import dumps
 
     try:
         data = pickle.dumps(ret, protocol=pickle.HIGHEST_PROTOCOL)  # fast; usually enough
@@ -259,7 +259,7 @@ def read_info(task_dir: Path, name: str = JOB_INFO) -> dict[str, Any] | None:
 
 
 def read_job_return(task_dir: Path) -> Any | None:
-    from hsm_core.hydra_payload import load
+    from hsm_core.hydra.payload import load
 
     try:
         return load(task_dir / JOB_RETURN)

@@ -30,7 +30,7 @@ def _add_import_paths(job: object) -> None:
 
 
 def run(payload: Path, task_dir: Path) -> int:
-    from hsm_core.hydra_payload import load
+    from hsm_core.hydra.payload import load
 
     task_dir = task_dir.resolve()
     sweep_dir = task_dir.parent.parent
@@ -41,8 +41,8 @@ def run(payload: Path, task_dir: Path) -> int:
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
-    from hsm_core.hydra_compose import JobComposer
-    from hsm_core.hydra_job import JobRuntime, run_here
+    from hsm_core.hydra.compose import JobComposer
+    from hsm_core.hydra.job import JobRuntime, run_here
 
     Singleton.set_state(part.singleton_state)
     setup_globals()

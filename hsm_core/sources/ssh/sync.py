@@ -38,7 +38,7 @@ from hsm_core.sources.base import SourceError
 from hsm_core.transport.ssh import SshTransport
 
 if TYPE_CHECKING:
-    from hsm_core.sources.ssh import SSHSource
+    from hsm_core.sources.ssh.source import SSHSource
 
 log = logging.getLogger("hsm.sync")
 

@@ -50,7 +50,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hsm_core.sources.pbs.dialect import Dialect, parse_job_id
+from hsm_core.sources.hpc.pbs.dialect import Dialect, parse_job_id
 
 FINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "VANISHED"}

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import CommandError, HsmError
-from hsm_core.sources import hpc_backend
 from hsm_core.sources.base import SourceError
-from hsm_core.sources.hpc_options import HpcOptions
+from hsm_core.sources.hpc import backend as hpc_backend
+from hsm_core.sources.hpc.options import HpcOptions
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ class SshBackend(BackendClient):
 
     async def call(self, op: str, **args: Any) -> dict[str, Any]:
         request = json.dumps({"op": op, "options": self.opts.to_json(), **args}).encode()
-        argv = [self.python, "-m", "hsm_core.sources.hpc_backend"]
+        argv = [self.python, "-m", "hsm_core.sources.hpc.backend"]
         try:
             done = await self.transport.run(argv, input=request, timeout=REMOTE_TIMEOUT_S)
         except CommandError as exc:
             raise SourceError(
-                f"{self.transport.name}: `{self.python} -m hsm_core.sources.hpc_backend` "
+                f"{self.transport.name}: `{self.python} -m hsm_core.sources.hpc.backend` "
                 f"exited with {exc.exit_code}: {_last(exc.stderr)} (is hsm installed for "
                 "`login_python` on the login node?)"
             ) from None
