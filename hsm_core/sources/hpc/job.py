@@ -46,7 +46,8 @@ from hsm_core.yamlio import write_json_atomic
 START_FILE = HPC_START
 EXIT_FILE = HPC_EXIT
 KILL_GRACE_S = 3.0
-WORKER = ("-m", "hsm_core.hydra.worker")  # how sources.base.task_argv runs a Hydra job
+# How sources.base.task_argv runs a Hydra job; jobs queued by an older hsm name the old path.
+WORKERS = (["-m", "hsm_core.hydra.worker"], ["-m", "hsm_core.worker"])
 
 
 def job_id_from_env() -> str | None:
@@ -179,7 +180,7 @@ def run_task(job: Mapping[str, Any]) -> int:
 
     subreaper()  # what leaves the task's group reparents here, and ends with the task
     timeout = job.get("timeout_s")
-    if job.get("kind") == "hydra" and argv[1:3] == list(WORKER):
+    if job.get("kind") == "hydra" and argv[1:3] in WORKERS:
         return _run_worker_here(job, tdir, argv[3:], env, watch, base, started)
     timed_out = False
     with open(tdir / STDOUT, "wb") as out, open(tdir / STDERR, "wb") as err:
