@@ -157,19 +157,19 @@ class _Place:
         self.transport = transport
         self.python = python
 
-    async def sh(self, argv: list[str]) -> str:
+    async def sh(self, argv: list[str], check: bool = True) -> str:
         if self.transport is None:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
             )
             out, err = await proc.communicate()
-            if proc.returncode != 0:
+            if check and proc.returncode != 0:
                 raise DrillFailed(f"`{' '.join(argv)}` failed: {err.decode().strip()}")
             return out.decode()
         from hsm_core.errors import CommandError
 
         try:
-            done = await self.transport.run(argv, timeout=60)
+            done = await self.transport.run(argv, check=check, timeout=60)
         except CommandError as exc:
             raise DrillFailed(
                 f"`{' '.join(argv)}` on {self.transport.name} failed: {exc}"
@@ -501,7 +501,8 @@ async def _clean_up(
         if remote:
             await place.remove(remote)
             parent = posixpath.dirname(remote)
-            await place.sh(["rmdir", "--ignore-fail-on-non-empty", "--", parent])
+            # Gone already (the source never started) or still used: both are fine.
+            await place.sh(["rmdir", "--ignore-fail-on-non-empty", "--", parent], check=False)
     except Exception as exc:
         left.append(f"cleaning up failed: {exc}")
     finally:
