@@ -172,18 +172,19 @@ class Slurm(Scheduler):
         if self.accounting:
             found = self._sacct(job_ids)
             if found is not None:
-                return self._still_live(found)
+                return self._still_live(*found)
         return self._squeue(job_ids)
 
-    def _still_live(self, found: dict[str, str]) -> dict[str, str]:
+    def _still_live(self, found: dict[str, str], explicit: set[str]) -> dict[str, str]:
         """sacct lags: cancel the pending rest of an array and, for a while, it lists the
         whole array as one `123_[0-2%2] CANCELLED` line, its running elements included
         (a failure drill ran such elements twice: LOST, placed again, while they ran on).
-        squeue knows what is alive: a job it lists as queued or running is not over,
-        whatever sacct says. Asked only when sacct says some job is over."""
+        An end read from such a range line (not from the job's own `123_0` line) is
+        checked with squeue, which knows what is alive: a job it lists as queued or
+        running is not over. So the extra squeue call comes only after such a cancel."""
         from hsm_core.sources.hpc.states import phase_of
 
-        over = [j for j, state in found.items() if phase_of(state).over]
+        over = [j for j, state in found.items() if phase_of(state).over and j not in explicit]
         if not over:
             return found
         live = {
@@ -193,7 +194,9 @@ class Slurm(Scheduler):
         }
         return {**found, **live}
 
-    def _sacct(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+    def _sacct(self, job_ids: Sequence[str]) -> tuple[dict[str, str], set[str]] | None:
+        """States of the jobs, and which of them sacct named on a line of their own (not
+        only inside a range like `123_[0-2%2]`); None if accounting is off."""
         from submitit.slurm.slurm import SlurmInfoWatcher
 
         # A private watcher (not submitit's process-wide one): its command and parser
@@ -203,7 +206,7 @@ class Slurm(Scheduler):
             watcher.register_job(jid)
         argv = watcher._make_command()
         if argv is None:
-            return {}
+            return {}, set()
         done = run_command([*argv, "-X"])
         if done.returncode != 0:
             if "accounting storage is disabled" in done.stderr.lower():
@@ -212,7 +215,10 @@ class Slurm(Scheduler):
                 return None
             raise SchedulerError(f"sacct exited with {done.returncode}: {_last(done.stderr)}")
         info = watcher.read_info(done.stdout)
-        return {jid: info[jid].get("State", "") for jid in job_ids if jid in info}
+        own = {line.split("|", 1)[0] for line in done.stdout.splitlines()}
+        return {jid: info[jid].get("State", "") for jid in job_ids if jid in info}, {
+            j for j in own if "[" not in j
+        }
 
     def _squeue(self, job_ids: Sequence[str]) -> dict[str, str]:
         from submitit.slurm.slurm import read_job_id
