@@ -14,6 +14,7 @@ as one of the task's files.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 from hsm_core.remote_agent import file_sha256
 from hsm_core.sources.base import SourceError
 from hsm_core.taskdir import FILES_RECORD, JOB_PAYLOAD, LOCAL_OWNED, read_json
-from hsm_core.yamlio import write_json_atomic
+from hsm_core.yamlio import write_atomic, write_fd
 
 RECORD_VERSION = 1
 # Files of a local task folder that are not the task's: the orchestrator's views, the
@@ -98,8 +99,24 @@ def excluded_of(entries: Any) -> dict[str, int]:
     return out
 
 
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 def write_record(local_dir: Path, record: FilesRecord) -> None:
-    write_json_atomic(local_dir / FILES_RECORD, record.to_json())
+    """A first record is written in place (as collect.write_inline writes new files: the
+    folder is trusted only once the journal says the attempt ended, and a rename per
+    task is a real share of a pull's cost); one that replaces another, atomically."""
+    data = (json.dumps(record.to_json()) + "\n").encode()
+    path = local_dir / FILES_RECORD
+    try:
+        fd = os.open(path, _NEW, 0o644)
+    except FileExistsError:
+        write_atomic(path, data)
+        return
+    try:
+        write_fd(fd, data)
+    finally:
+        os.close(fd)
 
 
 def read_record(local_dir: Path) -> FilesRecord | None:
