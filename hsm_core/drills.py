@@ -298,9 +298,7 @@ async def _cancel_queued(run: _Run, place: _Place, info: dict[str, Any]) -> None
 
     key, attempt, job_id = await run.until(queued, 60, "a queued job")
     info["victim"] = key
-    info["job"] = job_id
-    log.info("drill: cancelling job %s of %s; jobs: %s", job_id, key,
-             {j.task.key: j.job_id for j in src._jobs.values()})  # fmt: skip
+    log.info("drill: cancelling job %s (%s)", job_id, key)
     t0 = time.monotonic()
     await src.client.call("cancel", job_ids=[job_id])
     await run.until(lambda: run.first(key, TaskState.LOST, attempt), 120, "its end as LOST")
