@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core import integrity
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceError
 from hsm_core.integrity import FilesRecord, Sum
 from hsm_core.model import TaskState
-from hsm_core.sources.base import SourceError
 from hsm_core.store import SweepStore
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsm_core.errors import HsmError, SourceUnavailable
+from hsm_core.errors import HsmError, InfrastructureError, SourceError, SourceUnavailable
 from hsm_core.health import HealthMonitor, HealthSettings
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
-from hsm_core.sources.base import ComputeSource, SourceError, SweepContext
+from hsm_core.sources.base import ComputeSource, SweepContext
 from hsm_core.store import SweepStore
 from hsm_core.strategies import Load, Placer
 from hsm_core.taskdir import ATTEMPT_FILES, TaskPaths
@@ -791,12 +791,12 @@ def _archive_attempt(tdir: Path, attempt: int) -> None:
 def _outage(failure: BaseException) -> bool:
     """A start failure that is the source's condition, not a mistake in the sweep."""
     if isinstance(failure, HsmError):
-        return isinstance(failure, SourceUnavailable)
+        return isinstance(failure, SourceUnavailable | InfrastructureError)
     return isinstance(failure, Exception)
 
 
 def _reason(failure: BaseException) -> str:
     text = str(failure).strip()
-    if not isinstance(failure, HsmError | SourceError) or not text:
+    if not isinstance(failure, HsmError) or not text:
         text = f"{type(failure).__name__}: {text}" if text else type(failure).__name__
     return text.splitlines()[0]

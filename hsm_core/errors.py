@@ -1,4 +1,18 @@
-"""Errors that reach users. Each says what is wrong and what to do next, in one line."""
+"""Every error hsm raises on purpose, in one tree. Each says what is wrong and what to do
+next, in one line.
+
+    HsmError                 the user's to act on: the CLI prints it, exit 2
+      ConfigError            a bad key or value (names the file and the key)
+      SweepNotFound
+      CommandError           a command that failed (argv, exit code, stderr)
+      SourceUnavailable      a source down at start: the sweep runs on the others
+      InfrastructureError    not the task's fault: the attempt is LOST, placed elsewhere
+        SourceError          a source lost a connection, an agent, a job
+        SchedulerError       Slurm/PBS could not be asked or refused
+        ForkServerError      the Hydra launcher's fork server is gone
+
+Only the standard library here: the fork server and the hpc job wrapper import it.
+"""
 
 from __future__ import annotations
 
@@ -61,3 +75,20 @@ class CommandError(HsmError):
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output on stderr"
         place = f" on {where}" if where else ""
         super().__init__(f"`{shlex.join(self.argv)}`{place} exited with {exit_code}: {last}", hint)
+
+
+class InfrastructureError(HsmError):
+    """Trouble on the way to a task, not in it: the engine marks the attempt LOST and
+    places the task elsewhere; at the start of a sweep it is an outage of that source."""
+
+
+class SourceError(InfrastructureError):
+    """A source lost what runs the task (connection, agent, job): not the task's fault."""
+
+
+class SchedulerError(InfrastructureError):
+    """The scheduler could not be asked, or refused (not the task's fault)."""
+
+
+class ForkServerError(InfrastructureError):
+    """The launcher's fork server cannot fork, or is gone."""

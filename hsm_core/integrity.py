@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsm_core.errors import SourceError
 from hsm_core.remote_agent import file_sha256
-from hsm_core.sources.base import SourceError
 from hsm_core.taskdir import FILES_RECORD, JOB_PAYLOAD, LOCAL_OWNED, read_json
 from hsm_core.yamlio import write_atomic, write_fd
 

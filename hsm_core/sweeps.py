@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsm_core.errors import SweepNotFound
-from hsm_core.store import is_sweep_dir
+from hsm_core.errors import HsmError, SweepNotFound
+from hsm_core.store import SweepStore, is_sweep_dir
 
 OUTPUTS = Path("sweeps") / "outputs"
 
@@ -150,3 +153,19 @@ def find_sweep(ref: str, project_root: Path | None = None) -> Path:
         if r.sweep_id == ref:
             return r.path
     raise SweepNotFound(f"no sweep {ref!r} found", "`hsm status` lists recent sweeps")
+
+
+@contextmanager
+def open_sweep(ref: str) -> Iterator[SweepStore]:
+    """The sweep's journal, read-only; a damaged one is one clear line, not a traceback."""
+    path = find_sweep(ref)
+    store = SweepStore.open(path, readonly=True)
+    try:
+        yield store
+    except sqlite3.DatabaseError as exc:
+        raise HsmError(
+            f"{path}: the sweep journal cannot be read ({exc})",
+            "the folder is damaged or not an hsm sweep",
+        ) from None
+    finally:
+        store.close()

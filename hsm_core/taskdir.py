@@ -137,6 +137,18 @@ def read_worker_record(folder: Path, *, legacy: bool = False) -> dict[str, Any] 
     return record
 
 
+def read_job_return(folder: Path) -> Any | None:
+    """The Hydra JobReturn pickled in `folder`; None when it is missing, truncated, or of
+    a class that no longer unpickles."""
+    import pickle
+
+    try:
+        with open(folder / JOB_RETURN, "rb") as f:
+            return pickle.load(f)
+    except Exception:
+        return None
+
+
 def is_legacy(exit_record: Mapping[str, Any] | None) -> bool:
     """Written by an hsm from before this layout (no `layout` mark)?"""
     return exit_record is not None and "layout" not in exit_record

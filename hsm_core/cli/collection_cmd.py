@@ -36,8 +36,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from hsm_core.cli.monitor_cmd import open_sweep
     from hsm_core.collection_check import check_collection
+    from hsm_core.sweeps import open_sweep
 
     if args.repair and args.offline:
         raise ConfigError("--repair pulls from the hosts: it cannot be --offline", key="--repair")

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hsm_core.errors import ConfigError, HsmError
+from hsm_core.errors import ConfigError
 from hsm_core.model import NOT_PLACED
 
 if TYPE_CHECKING:
-    from hsm_core.store import SweepStore
+    pass
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,25 +70,6 @@ def _collection(args: argparse.Namespace) -> int:
     return collection_cmd.run(args)
 
 
-@contextmanager
-def open_sweep(ref: str) -> Iterator[SweepStore]:
-    """The sweep's journal, read-only; a damaged one is one clear line, not a traceback."""
-    from hsm_core.store import SweepStore
-    from hsm_core.sweeps import find_sweep
-
-    path = find_sweep(ref)
-    store = SweepStore.open(path, readonly=True)
-    try:
-        yield store
-    except sqlite3.DatabaseError as exc:
-        raise HsmError(
-            f"{path}: the sweep journal cannot be read ({exc})",
-            "the folder is damaged or not an hsm sweep",
-        ) from None
-    finally:
-        store.close()
-
-
 def _positive(value: float, key: str) -> float:
     if not value > 0:
         raise ConfigError("must be a number of seconds > 0", key=key)
@@ -107,6 +86,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     refresh = _positive(args.refresh, "--refresh")
     con = console()
+    from hsm_core.sweeps import open_sweep
+
     with open_sweep(args.sweep) as store:
         try:
             frame = snapshot(store)
@@ -215,6 +196,8 @@ def _errors(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise ConfigError("must be >= 0", key="--limit")
+    from hsm_core.sweeps import open_sweep
+
     with open_sweep(args.sweep) as store:
         analysis = analyze_sweep(store, patterns=args.analyze_patterns)
     if args.json:

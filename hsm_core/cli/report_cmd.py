@@ -14,8 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsm_core.cli.monitor_cmd import open_sweep
     from hsm_core.reporting.reports import write_reports
+    from hsm_core.sweeps import open_sweep
 
     with open_sweep(args.sweep) as store:
         paths = write_reports(store)

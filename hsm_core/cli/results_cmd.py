@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hsm_core.cli.monitor_cmd import open_sweep
     from hsm_core.reporting.results import load_results
+    from hsm_core.sweeps import open_sweep
 
     if args.best is not None and args.best < 1:
         raise ConfigError("must be a whole number >= 1", key="--best")

@@ -193,9 +193,9 @@ async def _test_generic(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     import tempfile
 
     from hsm_core.config import source_spec
-    from hsm_core.errors import HsmError
+    from hsm_core.errors import HsmError, SourceError
     from hsm_core.sources import make_source
-    from hsm_core.sources.base import SourceError, SweepContext
+    from hsm_core.sources.base import SweepContext
 
     with tempfile.TemporaryDirectory(prefix="hsm-sources-test-") as tmp:
         ctx = SweepContext("sources-test", Path(tmp), Path.cwd(), sys.executable)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_core import remote_agent, taskdir
-from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkServer, ForkServerError
+from hsm_core.errors import ForkServerError, SourceError
+from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkServer
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
-from hsm_core.sources.base import ComputeSource, HealthReport, SourceError, SweepContext
+from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
 
 KILL_GRACE_S = 3.0
 # After its launcher died, a fork server stops the jobs left within a few seconds and

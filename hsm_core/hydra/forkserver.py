@@ -42,16 +42,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_core import remote_agent
+from hsm_core.errors import ForkServerError
 
 Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
 Prefork = Callable[[Mapping[str, Any]], None]
 
 EXIT_INTERNAL = 70  # the job process failed outside the job (hsm's own bug or set-up)
 EXIT_CANCELLED = 75  # cancelled while waiting at the gate
-
-
-class ForkServerError(RuntimeError):
-    pass
 
 
 @dataclass

@@ -258,15 +258,6 @@ def read_info(task_dir: Path, name: str = JOB_INFO) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def read_job_return(task_dir: Path) -> Any | None:
-    from hsm_core.hydra.payload import load
-
-    try:
-        return load(task_dir / JOB_RETURN)
-    except Exception:  # missing, truncated, or a class that no longer unpickles
-        return None
-
-
 def note_hard_death(task_dir: Path, task: Any, reason: str) -> None:
     """Append why a job process died to its job log and stderr.log (it could not)."""
     line = f"[hsm] {getattr(task, 'name', 'job')} {reason}\n"

@@ -239,7 +239,7 @@ def _return_numbers(folder: str) -> dict[str, float]:
     # A sweep from before hsm recorded the numbers: the pickled JobReturn (slow: a few ms).
     if not os.path.isfile(os.path.join(folder, JOB_RETURN)):
         return {}
-    from hsm_core.hydra.job import read_job_return
+    from hsm_core.taskdir import read_job_return
 
     ret = read_job_return(Path(folder))
     if ret is None or getattr(ret, "status", None) is None:

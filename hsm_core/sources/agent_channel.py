@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hsm_core import remote_agent
-from hsm_core.errors import HsmError, SourceUnavailable
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import HsmError, SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

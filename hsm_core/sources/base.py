@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+# The interface's error, re-exported: sources and their callers may name it from here.
+from hsm_core.errors import SourceError as SourceError
 from hsm_core.model import PYTHON, Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 
 Reporter = Callable[[TaskEvent], None]
@@ -76,11 +78,6 @@ class HealthReport:
     disk_free_gb: float | None = None
     gpus: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class SourceError(Exception):
-    """Infrastructure trouble on a source (not the task's fault): the engine marks the
-    attempt LOST and places the task elsewhere."""
 
 
 class ComputeSource(abc.ABC):

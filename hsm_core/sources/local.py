@@ -23,18 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_core import taskdir
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.agent_channel import AgentChannel, Event
-from hsm_core.sources.base import (
-    ComputeSource,
-    HealthReport,
-    SourceError,
-    SweepContext,
-    task_argv,
-    task_env,
-)
+from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
 
 KILL_GRACE_S = 3.0
 AGENT_START_TIMEOUT_S = 30.0

@@ -27,8 +27,7 @@ from typing import Any, cast
 
 import asyncssh
 
-from hsm_core.errors import CommandError, ConfigError, HsmError, SourceUnavailable
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import CommandError, ConfigError, HsmError, SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 # asyncssh logs every channel open/close at INFO; under Hydra (root logger at INFO) that

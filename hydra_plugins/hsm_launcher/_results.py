@@ -13,10 +13,11 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from hsm_core import taskdir
-from hsm_core.hydra.job import note_hard_death, read_info, read_job_return
+from hsm_core.hydra.job import note_hard_death, read_info
 from hsm_core.model import SourceSpec, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import ComputeSource, SweepContext
+from hsm_core.taskdir import read_job_return
 
 
 class JobFailed(RuntimeError):

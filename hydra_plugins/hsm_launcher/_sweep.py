@@ -266,8 +266,8 @@ def _launch_runs(launcher: Any, batch: list[tuple[int, list[str]]]) -> list[JobR
 
 def _load_done(sweep_dir: Path, done: list[tuple[int, list[str]]]) -> list[JobReturn]:
     """JobReturns of the jobs completed earlier, read from their task folders."""
-    from hsm_core.hydra.job import read_job_return
     from hsm_core.store import SweepStore
+    from hsm_core.taskdir import read_job_return
 
     store = SweepStore.open(sweep_dir, readonly=True)
     try:

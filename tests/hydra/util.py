@@ -88,7 +88,7 @@ def jobs(sweep_dir: Path) -> dict[int, dict[str, Any]]:
 
 
 def job_return(task_dir: Path) -> Any:
-    from hsm_core.hydra.job import read_job_return
+    from hsm_core.taskdir import read_job_return
 
     return read_job_return(task_dir)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.sources.hpc.job import run_task
 from hsm_core.sources.hpc.keys import sbatch_option
 from hsm_core.sources.hpc.options import HpcOptions
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 60.0
 STDERR_TAIL_BYTES = 4096
-
-
-class SchedulerError(Exception):
-    """The scheduler could not be asked or refused (not the task's fault)."""
 
 
 def run_command(
@@ -555,10 +551,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         answer = handle(json.loads(sys.stdin.read()))
+    except SchedulerError as exc:  # an InfrastructureError: before the user's errors
+        answer = {"error": str(exc)}
     except HsmError as exc:
         answer = {"error": str(exc), "user_error": True}
-    except SchedulerError as exc:
-        answer = {"error": str(exc)}
     except Exception as exc:
         log.exception("hpc backend failed")
         answer = {"error": f"{type(exc).__name__}: {exc}"}

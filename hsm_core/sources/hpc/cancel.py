@@ -16,9 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt
-from hsm_core.sources.base import SourceError
 from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc.options import parse_options
 from hsm_core.sources.hpc.source import LEDGER

@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import CommandError, HsmError
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import CommandError, HsmError, SchedulerError, SourceError
 from hsm_core.sources.hpc import backend as hpc_backend
 from hsm_core.sources.hpc.options import HpcOptions
 
@@ -55,7 +54,7 @@ class LocalBackend(BackendClient):
         request = {"op": op, "options": self.opts.to_json(), **args}
         try:
             return await asyncio.to_thread(hpc_backend.handle, request)
-        except hpc_backend.SchedulerError as exc:
+        except SchedulerError as exc:
             raise SourceError(str(exc)) from None
 
 

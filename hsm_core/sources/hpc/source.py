@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import (
     PYTHON,
     Attempt,
@@ -43,14 +43,7 @@ from hsm_core.model import (
     TaskSpec,
     TaskState,
 )
-from hsm_core.sources.base import (
-    ComputeSource,
-    HealthReport,
-    SourceError,
-    SweepContext,
-    task_argv,
-    task_env,
-)
+from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
 from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc.options import HpcOptions, parse_options
 from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of

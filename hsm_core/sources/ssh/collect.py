@@ -31,7 +31,7 @@ from typing import Any
 import asyncssh
 
 from hsm_core import integrity
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import SourceError
 from hsm_core.taskdir import LEGACY_AGENT_FILES, LOCAL_OWNED, RESULTS
 from hsm_core.yamlio import write_fd
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm_core.errors import CommandError, HsmError
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import CommandError, HsmError, SourceError
 from hsm_core.sources.ssh.options import SshOptions, remote_path
 from hsm_core.sources.ssh.sync import remote_command, verify
 from hsm_core.transport.ssh import SshTransport

@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_core import integrity, taskdir
-from hsm_core.errors import HsmError
+from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.sources.base import (
     ComputeSource,
     HealthReport,
     OutputSink,
-    SourceError,
     SweepContext,
     task_argv,
     task_env,
@@ -119,9 +118,7 @@ class SSHSource(ComputeSource):
     # -------------------------------------------------------------- lifecycle
     async def start(self, report: Any) -> None:
         await super().start(report)
-        from hsm_core.sources.ssh import (
-            sync,  # needs gitpython: imported only when an ssh source runs
-        )
+        from hsm_core.sources.ssh import sync  # gitpython: loaded only when ssh sources run
 
         self._state = "new"  # also after a failed start, which the engine closed
         self._starts += 1
@@ -138,7 +135,7 @@ class SSHSource(ComputeSource):
             raise
 
         async def check() -> None:  # sets metadata["sync"]; raises on `sync: fail`
-            await sync.verify_source(self, await local)
+            await self._verify_sync(await local)
 
         if self.opts.sync == "warn" and not await asyncio.to_thread(
             sync.sweep_is_hydra, self.ctx.sweep_dir
@@ -160,6 +157,31 @@ class SSHSource(ComputeSource):
             if isinstance(outcome, BaseException):
                 raise outcome
         self._state = "up"
+
+    async def _verify_sync(self, local: Any) -> None:
+        """The project sync check with this source's options; its report (also of a failed
+        check) goes to `metadata["sync"]`."""
+        from hsm_core.sources.ssh import sync
+
+        try:
+            report = await sync.verify(
+                self.transport,
+                source=self.name,
+                host=self.opts.target.label,
+                local_root=self.ctx.project_root,
+                remote_dir=self.opts.project_dir,  # resolved on the host, beside the agent start
+                python=self.opts.python,
+                setup=self.opts.setup,
+                shell=self.opts.shell,
+                policy=self.opts.sync,
+                hydra=await asyncio.to_thread(sync.sweep_is_hydra, self.ctx.sweep_dir),
+                skip=(self.ctx.sweep_dir,),  # our own outputs, when inside the project
+                local=local,
+            )
+        except sync.SyncError as exc:
+            self.metadata["sync"] = exc.report.to_meta()
+            raise
+        self.metadata["sync"] = report.to_meta()
 
     async def _report_only(self, check: Any) -> None:
         try:

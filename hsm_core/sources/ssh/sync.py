@@ -29,16 +29,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
-from hsm_core.errors import CommandError, HsmError, SourceUnavailable
-from hsm_core.sources.base import SourceError
+from hsm_core.errors import CommandError, HsmError, SourceError, SourceUnavailable
 from hsm_core.transport.ssh import SshTransport
-
-if TYPE_CHECKING:
-    from hsm_core.sources.ssh.source import SSHSource
 
 log = logging.getLogger("hsm.sync")
 
@@ -538,35 +534,6 @@ async def push_files(
             raise SourceError(f"ssh {transport.name}: pushing {rel} failed: {exc}") from None
     log.info("%s: pushed %d file(s) to %s", transport.name, len(files), remote_dir)
     return len(files)
-
-
-async def verify_source(src: SSHSource, local: LocalState | None = None) -> dict[str, Any]:
-    """Run the check for an ssh source with its own options; its report (also of a
-    failed check) goes to `src.metadata["sync"]` and is returned."""
-    try:
-        report = await _verify_source(src, local)
-    except SyncError as exc:
-        src.metadata["sync"] = exc.report.to_meta()
-        raise
-    src.metadata["sync"] = report.to_meta()
-    return src.metadata["sync"]
-
-
-async def _verify_source(src: SSHSource, local: LocalState | None) -> SyncReport:
-    return await verify(
-        src.transport,
-        source=src.name,
-        host=src.opts.target.label,
-        local_root=src.ctx.project_root,
-        remote_dir=src.opts.project_dir,  # resolved on the host (runs beside the agent start)
-        python=src.opts.python,
-        setup=src.opts.setup,
-        shell=src.opts.shell,
-        policy=src.opts.sync,
-        hydra=await asyncio.to_thread(sweep_is_hydra, src.ctx.sweep_dir),
-        skip=(src.ctx.sweep_dir,),  # our own outputs, when they live inside the project
-        local=local,
-    )
 
 
 def sweep_is_hydra(sweep_dir: Path) -> bool:
