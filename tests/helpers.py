@@ -112,3 +112,11 @@ class CpuHog:
             p.kill()
         for p in self.procs:
             p.wait()
+
+
+def assert_golden(golden: Any, text: str) -> None:
+    """`text` equals the golden file (a pathlib.Path); HSM_REGEN_GOLDEN=1 rewrites it."""
+    if os.environ.get("HSM_REGEN_GOLDEN") == "1":
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} is missing: regenerate with HSM_REGEN_GOLDEN=1"
+    assert text == golden.read_text(), f"{golden.name} differs; HSM_REGEN_GOLDEN=1 rewrites it"

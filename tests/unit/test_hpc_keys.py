@@ -15,8 +15,9 @@ from hsm_core.config import HsmConfig
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec
 from hsm_core.sources.hpc import keys as hpc_keys
-from hsm_core.sources.hpc.backend import PBS, Slurm
 from hsm_core.sources.hpc.options import parse_options
+from hsm_core.sources.hpc.pbs.scheduler import PBS
+from hsm_core.sources.hpc.slurm import Slurm
 from hydra_plugins.hsm_launcher._settings import resolve_sources, settings_from
 from hydra_plugins.hsm_launcher.config import HsmLauncherConf
 

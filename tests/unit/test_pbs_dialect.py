@@ -21,6 +21,7 @@ from hsm_core.sources.hpc.pbs.status import (
     parse_status,
     unknown_ids,
 )
+from tests.helpers import assert_golden
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pbs"
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "pbs"
@@ -78,10 +79,7 @@ def test_golden_script(dialect: d.Dialect, kind: str) -> None:
     else:
         text = d.render_script(SINGLE, dialect=dialect, command=COMMAND, paths=SINGLE_PATHS)
     golden = DATA / f"golden_{dialect}_{kind}.sh"
-    if os.environ.get("HSM_REGEN_GOLDEN") == "1":
-        golden.write_text(text)
-    assert golden.exists(), f"{golden} is missing: regenerate with HSM_REGEN_GOLDEN=1"
-    assert text == golden.read_text(), f"{golden.name} differs; HSM_REGEN_GOLDEN=1 rewrites it"
+    assert_golden(golden, text)
 
 
 def test_golden_scripts_use_each_dialects_own_syntax() -> None:
