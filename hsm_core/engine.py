@@ -360,13 +360,14 @@ class SweepEngine:
     async def _try_start(self, src: ComputeSource, tries: int) -> BaseException | None:
         """One start of `src`, within the bound on starts at once; the failure, if any."""
         failure: BaseException
+        clock = asyncio.get_running_loop().time  # the loop's clock: the one wait_for uses
         async with self._start_slots:
-            t0 = time.monotonic()
+            t0 = clock()
             try:
                 await asyncio.wait_for(src.start(self._report), START_DEADLINE_S)
             except asyncio.TimeoutError as exc:
                 failure = exc
-                if time.monotonic() - t0 >= START_DEADLINE_S:
+                if clock() - t0 >= START_DEADLINE_S:
                     failure = SourceError(f"did not start within {START_DEADLINE_S:g} s")
             except Exception as exc:
                 failure = exc
@@ -757,10 +758,11 @@ class SweepEngine:
         await asyncio.gather(
             *(s.cancel(None) for s in self.sources.values()), return_exceptions=True
         )
-        deadline = time.monotonic() + CANCEL_DEADLINE_S
-        while any(self._inflight.values()) and time.monotonic() < deadline:
+        clock = asyncio.get_running_loop().time  # the loop's clock: the one wait_for uses
+        deadline = clock() + CANCEL_DEADLINE_S
+        while any(self._inflight.values()) and clock() < deadline:
             with contextlib.suppress(asyncio.TimeoutError):
-                ev = await asyncio.wait_for(self._events.get(), deadline - time.monotonic())
+                ev = await asyncio.wait_for(self._events.get(), deadline - clock())
                 if ev is not None:
                     self._handle(ev)
         for key, live in self._live.items():
