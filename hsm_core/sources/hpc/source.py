@@ -177,7 +177,10 @@ class HPCSource(ComputeSource):
                 batch, self._batch = self._batch, []
                 if batch:
                     await self._submit_batch(batch)
-                return
+                if not self._batch:
+                    return
+                # A submit that came while this batch was being sent saw this task still
+                # running and started none of its own: its batch goes next.
 
     def _hold(self) -> bool:
         """Keep the batch for more: it is smaller than `min_refill` while the scheduler
