@@ -31,6 +31,7 @@ import posixpath
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from hsm_core import integrity, taskdir
@@ -56,6 +57,16 @@ INLINE_PAYLOAD_MAX = 4 * 1024 * 1024
 SYNC_REPORT_WAIT_S = 30.0
 
 
+class Link(Enum):
+    """The source's connection to its host, as the engine sees it through capacity."""
+
+    NEW = "new"  # not started, or a start failed (the engine closed it)
+    UP = "up"
+    RECOVERING = "recovering"  # the connection dropped: reconnecting within the window
+    DOWN = "down"  # reconnecting failed: no new work until the host answers again
+    CLOSED = "closed"
+
+
 @dataclass
 class _Att:
     task: TaskSpec
@@ -79,7 +90,7 @@ class SSHSource(ComputeSource):
         self.metadata: dict[str, Any] = {}  # sync report etc., for the sweep metadata
         self._agent: AgentChannel | None = None
         self._atts: dict[str, _Att] = {}
-        self._state = "new"  # new | up | recovering | down | closed
+        self._state = Link.NEW
         self._down_since = 0.0
         self._last_error = ""
         self._recovery: asyncio.Task[None] | None = None
@@ -107,9 +118,10 @@ class SSHSource(ComputeSource):
         return len(self._atts)
 
     def free_slots(self) -> int:
-        if self._state == "up":
+        if self._state is Link.UP:
             return max(0, self.capacity - len(self._atts))
-        if self._state == "down" and time.monotonic() - self._down_since > self.opts.down_timeout:
+        down_for = time.monotonic() - self._down_since
+        if self._state is Link.DOWN and down_for > self.opts.down_timeout:
             # Down for long: take work again so that it is LOST at once and the sweep
             # ends (or moves on) instead of waiting for this host forever.
             return max(0, self.capacity - len(self._atts))
@@ -120,7 +132,7 @@ class SSHSource(ComputeSource):
         await super().start(report)
         from hsm_core.sources.ssh import sync  # gitpython: loaded only when ssh sources run
 
-        self._state = "new"  # also after a failed start, which the engine closed
+        self._state = Link.NEW  # also after a failed start, which the engine closed
         self._starts += 1
         # The local half of the sync check (git, or hashes) runs while we connect.
         local = asyncio.create_task(
@@ -149,14 +161,14 @@ class SSHSource(ComputeSource):
                 self._check.cancel()  # this start failed: its report is of no use
                 self._check = None
                 raise
-            self._state = "up"
+            self._state = Link.UP
             return
         # Both are one exec on the same connection: run them side by side (and let both
         # finish, so that close() finds the agent if the check stops the sweep).
         for outcome in await asyncio.gather(self._start_agent(), check(), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-        self._state = "up"
+        self._state = Link.UP
 
     async def _verify_sync(self, local: Any) -> None:
         """The project sync check with this source's options; its report (also of a failed
@@ -240,7 +252,7 @@ class SSHSource(ComputeSource):
         if self._check is not None and not self._check.done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._check, SYNC_REPORT_WAIT_S)
-        self._state = "closed"
+        self._state = Link.CLOSED
         for job in (self._recovery, *self._jobs):
             if job is not None and not job.done():
                 job.cancel()
@@ -254,8 +266,9 @@ class SSHSource(ComputeSource):
         return posixpath.join(self.sweep_dir, "tasks", task.name)
 
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
-        if self._state != "up" or self._agent is None:
-            raise SourceError(f"{self.name} is unreachable: {self._last_error or self._state}")
+        if self._state is not Link.UP or self._agent is None:
+            why = self._last_error or self._state.value
+            raise SourceError(f"{self.name} is unreachable: {why}")
         att = _Att(task, attempt, f"{task.key}:{attempt}", self.remote_task_dir(task))
         self._atts[att.id] = att
         try:
@@ -504,13 +517,13 @@ class SSHSource(ComputeSource):
 
     # --------------------------------------------------------------- recovery
     def _channel_closed(self, reason: str) -> None:
-        if self._state in ("closed", "new") or (
+        if self._state in (Link.CLOSED, Link.NEW) or (
             self._recovery is not None and not self._recovery.done()
         ):
             return
         self.log.warning("%s: %s; reconnecting", self.name, reason)
         self._last_error = reason
-        self._state = "recovering"
+        self._state = Link.RECOVERING
         self._recovery = asyncio.create_task(self._recover())
 
     async def _recover(self) -> None:
@@ -525,12 +538,12 @@ class SSHSource(ComputeSource):
         except (SourceError, HsmError) as exc:
             self._went_down(str(exc))
             return
-        self._state = "up"
+        self._state = Link.UP
         self.log.info("%s: reconnected; re-attaching %d attempts", self.name, len(self._atts))
         self._scan(list(self._atts.values()))
 
     def _went_down(self, why: str) -> None:
-        self._state = "down"
+        self._state = Link.DOWN
         self._down_since = time.monotonic()
         self._last_error = why
         self.log.error("%s is unreachable: %s", self.name, why)
@@ -541,7 +554,7 @@ class SSHSource(ComputeSource):
     async def _revive(self) -> None:
         """Keep trying in the background; the host takes work again once it is back."""
         delay = 2.0
-        while self._state == "down":
+        while self._state is Link.DOWN:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             try:
@@ -550,7 +563,7 @@ class SSHSource(ComputeSource):
             except (SourceError, HsmError) as exc:
                 self._last_error = str(exc)
                 continue
-            self._state = "up"
+            self._state = Link.UP
             self.log.info("%s is reachable again", self.name)
 
     def _scan(self, atts: list[_Att]) -> None:
@@ -593,7 +606,7 @@ class SSHSource(ComputeSource):
         targets = [a for a in self._atts.values() if keys is None or a.task.key in keys]
         if not targets:
             return
-        if self._agent is not None and self._state == "up":
+        if self._agent is not None and self._state is Link.UP:
             with contextlib.suppress(SourceError):
                 self._agent.send({"op": "kill", "ids": [a.id for a in targets]})
                 return
@@ -609,7 +622,7 @@ class SSHSource(ComputeSource):
 
     # ----------------------------------------------------------------- health
     async def health_check(self) -> HealthReport:
-        if self._state != "up" or self._agent is None:
+        if self._state is not Link.UP or self._agent is None:
             return HealthReport(self.name, False, f"unreachable: {self._last_error}")
         seq = next(self._seq)
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
