@@ -4,7 +4,7 @@ one per host, over one channel.
 Standard library only, and runnable from its source text alone: the ssh source sends
 this file's text as `python -I -c SOURCE`, so hosts need no hsm install for command tasks
 and the agent always speaks the orchestrator's protocol version. (Hydra jobs still need
-hsm on the host, for `python -m hsm_core.worker`.) `python -m hsm_core.remote_agent`
+hsm on the host, for `python -m hsm_core.hydra.worker`.) `python -m hsm_core.remote_agent`
 runs the same code; the local source starts it that way over pipes.
 
 Protocol: JSON lines. The orchestrator writes ops on stdin, the agent writes events on
@@ -543,7 +543,7 @@ def reap(pid):
         pass
 
 
-def exit_code_of(returncode):
+def exit_status(returncode):
     """Popen's returncode (-N for signal N) as a shell would say it: (code, signal)."""
     if returncode < 0:
         return 128 - returncode, -returncode
@@ -1008,7 +1008,7 @@ class Agent:
     # -- finishing --------------------------------------------------------------------
     def complete(self, job, returncode):
         """A task this agent started has ended: journal its exit record, report it."""
-        rc, sig = exit_code_of(returncode)
+        rc, sig = exit_status(returncode)
         spec = job.spec
         record = {
             "exit_code": rc,
@@ -1305,7 +1305,7 @@ class Keeper:
             pid, code = ended
             if pid == self.agent:
                 self.agent = None
-                self.status = exit_code_of(code)[0]
+                self.status = exit_status(code)[0]
                 self.read_paths()
                 reap(pid)
                 self.resolve_launches()
@@ -1347,7 +1347,7 @@ class Keeper:
                     continue
                 if ticks is not None and rec.get("pid_start") not in (None, ticks):
                     continue
-                rc, sig = exit_code_of(returncode)
+                rc, sig = exit_status(returncode)
                 record = {
                     "exit_code": rc,
                     "signal": sig,

@@ -41,7 +41,7 @@ Request = Callable[[TaskSpec, int], dict[str, Any]]
 
 
 @dataclass
-class _Job:
+class _Held:
     task: TaskSpec
     attempt: int
     jid: str
@@ -99,8 +99,8 @@ class ForkSource(ComputeSource):
         self.on_settled = on_settled
         gpus = [str(g) for g in spec.option("gpus") or []]
         self.gpu_env = gpu_sets(gpus, spec.max_parallel, int(spec.option("gpus_per_slot", 1)))
-        self._jobs: dict[str, _Job] = {}  # by jid
-        self._by_key: dict[str, _Job] = {}
+        self._jobs: dict[str, _Held] = {}  # by jid
+        self._by_key: dict[str, _Held] = {}
         self._free = list(range(spec.max_parallel))
         self._buf = b""
         self._broken: str | None = None
@@ -137,7 +137,7 @@ class ForkSource(ComputeSource):
         if self._broken:
             raise SourceError(self._broken)
         self._counter += 1
-        job = _Job(task, attempt, f"{task.name}.{attempt}.{self._counter}")
+        job = _Held(task, attempt, f"{task.name}.{attempt}.{self._counter}")
         job.done = asyncio.get_running_loop().create_future()
         req = self.request(task, attempt)
         try:
@@ -219,7 +219,7 @@ class ForkSource(ComputeSource):
             if job.slot is None and job.stopping is None:
                 self._go(job)
 
-    def _go(self, job: _Job) -> None:
+    def _go(self, job: _Held) -> None:
         job.slot = self._free.pop(0)
         env = {}
         if self.gpu_env:
@@ -233,7 +233,7 @@ class ForkSource(ComputeSource):
             job.timer = self._loop.call_later(timeout, self._timed_out, job, timeout)
         self._maybe_running(job)
 
-    def _maybe_running(self, job: _Job) -> None:
+    def _maybe_running(self, job: _Held) -> None:
         if job.slot is not None and job.pid is not None and not job.running_reported:
             job.running_reported = True
             self._report(
@@ -242,10 +242,10 @@ class ForkSource(ComputeSource):
                 )
             )
 
-    def _timed_out(self, job: _Job, timeout: float) -> None:
+    def _timed_out(self, job: _Held, timeout: float) -> None:
         self._stop(job, TaskState.FAILED, f"timed out after {timeout:g} s")
 
-    def _stop(self, job: _Job, state: TaskState, reason: str) -> None:
+    def _stop(self, job: _Held, state: TaskState, reason: str) -> None:
         if job.stopping is not None or job.jid not in self._jobs:
             return
         job.stopping, job.reason = state, reason
@@ -292,7 +292,7 @@ class ForkSource(ComputeSource):
         elif ev == "error":
             self._settle(job, TaskState.LOST, str(msg.get("msg")), None)
 
-    def _finish(self, job: _Job, status: int) -> None:
+    def _finish(self, job: _Held, status: int) -> None:
         task_dir = self.ctx.task_dir(job.task)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         worker = taskdir.read_worker_record(task_dir)
@@ -322,7 +322,7 @@ class ForkSource(ComputeSource):
             note_hard_death(task_dir, job.task, reason or "failed")
         self._settle(job, verdict.state, reason, verdict.exit_code)
 
-    def _settle(self, job: _Job, state: TaskState, error: str | None, code: int | None) -> None:
+    def _settle(self, job: _Held, state: TaskState, error: str | None, code: int | None) -> None:
         self._jobs.pop(job.jid, None)
         if self._by_key.get(job.task.key) is job:
             del self._by_key[job.task.key]

@@ -1,7 +1,7 @@
 """Run one Hydra job in the current process and record its outcome in its task folder.
 
 Shared by the fork source's children (warm, forked from the launcher) and by
-`python -m hsm_core.worker` (cold, from the pickled payload). Either way the job leaves
+`python -m hsm_core.hydra.worker` (cold, from the pickled payload). Either way the job leaves
 (names in hsm_core.taskdir):
 
 - `hydra_job.json`: where Hydra writes the job (output dir, job log), written before the
@@ -59,7 +59,7 @@ class JobRuntime:
 
     task_function: Callable[[Any], Any]
     hydra_context: Any
-    composer: Any  # hsm_core.hydra_compose.JobComposer
+    composer: Any  # hsm_core.hydra.compose.JobComposer
 
 
 def run_here(

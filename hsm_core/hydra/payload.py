@@ -3,7 +3,7 @@
 Two files per launch: one shared part per `launch()` call (task function, Hydra context,
 master config, Hydra singleton state incl. custom resolvers) under `payload/`, and one
 small part per job (overrides, job num/id, optionally the composed config) in the job's
-task folder. `python -m hsm_core.worker` reads both.
+task folder. `python -m hsm_core.hydra.worker` reads both.
 
 Pickling is checked before anything is submitted; a failure names the object that could
 not be pickled and what to do about it.

@@ -1,4 +1,4 @@
-"""Run one Hydra job cold from its payload: `python -m hsm_core.worker [PAYLOAD [TASK_DIR]]`.
+"""Run one Hydra job cold from its payload: `python -m hsm_core.hydra.worker [PAYLOAD [TASK_DIR]]`.
 
 TASK_DIR defaults to $HSM_TASK_DIR and PAYLOAD to TASK_DIR/hydra_job.pkl. Used by remote
 sources and by `hsm complete`; local jobs of a live launcher are forked instead (warm).
@@ -64,7 +64,7 @@ def run(payload: Path, task_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) > 2 or any(a in ("-h", "--help") for a in args):
-        sys.stderr.write(f"usage: python -m hsm_core.worker [PAYLOAD [TASK_DIR]]\n{__doc__}")
+        sys.stderr.write(f"usage: python -m hsm_core.hydra.worker [PAYLOAD [TASK_DIR]]\n{__doc__}")
         return 2
     if len(args) > 1:
         task_dir = Path(args[1])

@@ -38,7 +38,7 @@ class SweepContext:
 
 def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> list[str]:
     """What a source runs for one attempt: the command itself, or for a Hydra job the
-    worker that unpickles its payload (`python -m hsm_core.worker PAYLOAD TASK_DIR`).
+    worker that unpickles its payload (`python -m hsm_core.hydra.worker PAYLOAD TASK_DIR`).
 
     `python`, `sweep_dir` and `task_dir` are as seen on the machine that runs the task."""
     if task.kind is TaskKind.HYDRA:

@@ -37,7 +37,7 @@ AGENT_RESTARTS_PER_MIN = 5
 
 
 @dataclass
-class _Run:
+class _Held:
     task: TaskSpec
     attempt: int
     id: str
@@ -58,7 +58,7 @@ class LocalSource(ComputeSource):
         self.gpus: list[str] = [str(g) for g in gpus]
         # Per-source environment (e.g. a scratch dir or a library path on this machine).
         self.extra_env = {str(k): str(v) for k, v in (spec.option("env") or {}).items()}
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, _Held] = {}
         self._free_slots = list(range(spec.max_parallel))
         self._agent: AgentChannel | None = None
         self._agent_lock = asyncio.Lock()
@@ -157,7 +157,7 @@ class LocalSource(ComputeSource):
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def _take_over(self, runs: list[_Run]) -> None:
+    async def _take_over(self, runs: list[_Held]) -> None:
         try:
             agent = await self._ensure_agent()
         except (SourceError, HsmError, OSError) as exc:
@@ -166,7 +166,7 @@ class LocalSource(ComputeSource):
             return
         self._scan(agent, [r for r in runs if self._runs.get(r.id) is r])
 
-    def _scan(self, agent: AgentChannel, runs: list[_Run]) -> None:
+    def _scan(self, agent: AgentChannel, runs: list[_Held]) -> None:
         for run in runs:
             run.agent = agent
         tasks = [
@@ -185,7 +185,7 @@ class LocalSource(ComputeSource):
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
         agent = await self._ensure_agent()
         slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
-        run = _Run(task, attempt, f"{task.key}:{attempt}", slot, agent)
+        run = _Held(task, attempt, f"{task.key}:{attempt}", slot, agent)
         self._runs[run.id] = run
         try:
             agent.send(self._launch(run))
@@ -194,7 +194,7 @@ class LocalSource(ComputeSource):
             raise
         return None
 
-    def _resend(self, run: _Run) -> bool:
+    def _resend(self, run: _Held) -> bool:
         """Launch again an attempt that never started (queued in an agent that died)."""
         agent = self._agent
         if agent is None or not agent.alive:
@@ -206,7 +206,7 @@ class LocalSource(ComputeSource):
             return False
         return True
 
-    def _launch(self, run: _Run) -> dict[str, Any]:
+    def _launch(self, run: _Held) -> dict[str, Any]:
         task, task_dir = run.task, self.ctx.task_dir(run.task)
         env = task_env(task, self.ctx.sweep_id, str(self.ctx.sweep_dir), str(task_dir))
         env.update(self.extra_env)
@@ -243,7 +243,7 @@ class LocalSource(ComputeSource):
         elif kind == "exit":
             self._exited(run, ev)
 
-    def _exited(self, run: _Run, ev: Event) -> None:
+    def _exited(self, run: _Held, ev: Event) -> None:
         record = ev.get("record")
         never = ev.get("never_started") or (record or {}).get("never_started")
         if never and not run.started and self._resend(run):
@@ -268,7 +268,7 @@ class LocalSource(ComputeSource):
         self._done(run, verdict.state, verdict.exit_code, verdict.error)
 
     def _done(
-        self, run: _Run, state: TaskState, code: int | None = None, error: str | None = None
+        self, run: _Held, state: TaskState, code: int | None = None, error: str | None = None
     ) -> None:
         if not self._forget(run):
             return
@@ -276,7 +276,7 @@ class LocalSource(ComputeSource):
             TaskEvent(run.task.key, run.attempt, state, self.name, exit_code=code, error=error)
         )
 
-    def _forget(self, run: _Run) -> bool:
+    def _forget(self, run: _Held) -> bool:
         if self._runs.get(run.id) is not run:
             return False
         del self._runs[run.id]
@@ -308,7 +308,7 @@ class LocalSource(ComputeSource):
         runs = []
         for task, att in attempts:
             slot = self._free_slots.pop(0) if self._free_slots else len(self._runs)
-            run = _Run(task, att.attempt, f"{task.key}:{att.attempt}", slot)
+            run = _Held(task, att.attempt, f"{task.key}:{att.attempt}", slot)
             run.started = att.state is TaskState.RUNNING
             self._runs[run.id] = run
             runs.append(run)

@@ -21,7 +21,7 @@ from typing import Any
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.sources.hpc.job import run_task
 from hsm_core.sources.hpc.options import HpcOptions
-from hsm_core.sources.hpc.scheduler import Scheduler, last_line
+from hsm_core.sources.hpc.scheduler import Scheduler, tail_line
 from hsm_core.sources.hpc.slurm import Slurm
 from hsm_core.taskdir import (
     ATTEMPT_FILES,
@@ -85,7 +85,7 @@ def submit(
                 pending = [ex.submit(run_task, dict(job)) for job in chunk]
             ids.extend(str(p.job_id) for p in pending)
         except Exception as exc:
-            text = last_line(str(exc)) if str(exc).strip() else type(exc).__name__
+            text = tail_line(str(exc)) if str(exc).strip() else type(exc).__name__
             log.warning("submission of %d tasks failed: %s", len(chunk), text)
             return ids, text
     return ids, None
@@ -192,7 +192,7 @@ def handle(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """`python -m hsm_core.sources.hpc_backend`: one JSON request on stdin, one answer."""
+    """`python -m hsm_core.sources.hpc.backend`: one JSON request on stdin, one answer."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         answer = handle(json.loads(sys.stdin.read()))

@@ -1,6 +1,6 @@
-"""How the hpc source reaches its login-node half (``hpc_backend``): in this process
+"""How the hpc source reaches its login-node half (``backend``): in this process
 through ``asyncio.to_thread`` (hsm runs on the login node), or over the ssh transport
-(``python -m hsm_core.sources.hpc_backend`` on the login node; payloads staged and task
+(``python -m hsm_core.sources.hpc.backend`` on the login node; payloads staged and task
 folders pulled back by SFTP). The source talks to both through :class:`BackendClient`.
 """
 
@@ -25,7 +25,7 @@ REMOTE_TIMEOUT_S = 120.0
 
 
 class BackendClient(abc.ABC):
-    """The operations of hpc_backend, async, wherever the login node is."""
+    """The operations of the backend, async, wherever the login node is."""
 
     def __init__(self, opts: HpcOptions) -> None:
         self.opts = opts

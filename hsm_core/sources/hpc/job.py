@@ -12,7 +12,7 @@ hsm_core.taskdir):
   scheduler signalled us), written after it ended: the proof of the outcome, and
   FAILED-by-itself versus killed-around-it. A Hydra job's worker record comes from
   hsm's worker itself: the job calls the worker's entry point in its own process
-  (``sources.base.task_argv`` says `python -m hsm_core.worker`; the job's interpreter is
+  (``sources.base.task_argv`` says `python -m hsm_core.hydra.worker`; the job's interpreter is
   already up, a second one would double the cost per job).
 
 A `result.json` the task writes is its own output; hsm writes none.
@@ -39,7 +39,7 @@ from types import FrameType
 from typing import Any
 
 from hsm_core.model import PYTHON
-from hsm_core.sources.hpc.states import signal_name
+from hsm_core.sources.hpc.states import popen_signal
 from hsm_core.taskdir import HPC_EXIT, HPC_START, LAYOUT, RESULTS, STDERR, STDOUT, TaskPaths
 from hsm_core.yamlio import write_json_atomic
 
@@ -80,7 +80,7 @@ class _Watch:
         # submitit's own handlers would requeue or ignore; hsm decides about retries.
         signal.signal(signal.SIGTERM, self._terminate)
         signal.signal(signal.SIGINT, self._terminate)
-        # The scheduler's "time limit near" signal: hsm asks for URG (see hpc_backend),
+        # The scheduler's "time limit near" signal: hsm asks for URG (see slurm.py),
         # a submitit setting may still send USR2.
         for name in ("SIGUSR2", "SIGURG"):
             signum = getattr(signal, name, None)
@@ -146,7 +146,7 @@ def _end_leftovers(pgid: int | None) -> None:
         time.sleep(0.05)
 
 
-def task_argv(job: Mapping[str, Any]) -> list[str]:
+def bound_argv(job: Mapping[str, Any]) -> list[str]:
     """The argv the orchestrator made (``sources.base.task_argv``: the command, or the Hydra
     worker), with the python placeholder bound to the interpreter running this job."""
     argv = [str(a) for a in job["argv"]]
@@ -156,7 +156,7 @@ def task_argv(job: Mapping[str, Any]) -> list[str]:
 
 
 def run_task(job: Mapping[str, Any]) -> int:
-    """Run one attempt of one task (a job request made by hpc_backend.job_request)."""
+    """Run one attempt of one task (a job request made by the hpc source's _request)."""
     tdir = Path(job["task_dir"])
     tdir.mkdir(parents=True, exist_ok=True)
     (tdir / RESULTS).mkdir(exist_ok=True)
@@ -173,7 +173,7 @@ def run_task(job: Mapping[str, Any]) -> int:
     write_json_atomic(tdir / START_FILE, {**base, "pid": os.getpid(), "started": started})
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
-    argv = task_argv(job)
+    argv = bound_argv(job)
     watch = _Watch(tdir)
     watch.install()
     from hsm_core.remote_agent import subreaper
@@ -208,7 +208,7 @@ def run_task(job: Mapping[str, Any]) -> int:
             _kill_group(proc)
     _end_leftovers(proc.pid)
     rc = proc.returncode
-    sig = signal_name(rc)
+    sig = popen_signal(rc)
     record = {
         **base,
         "exit_code": 128 - rc if rc < 0 else rc,
@@ -323,7 +323,7 @@ def _finish(job: Mapping[str, Any], tdir: Path, record: dict[str, Any], started:
 
 
 def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - debugging aid
-    """`python -m hsm_core.sources.hpc_job REQUEST.json`: run a job request by hand."""
+    """`python -m hsm_core.sources.hpc.job REQUEST.json`: run a job request by hand."""
     args = list(sys.argv[1:] if argv is None else argv)
     run_task(json.loads(Path(args[0]).read_text()))
 

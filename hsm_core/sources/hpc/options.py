@@ -1,7 +1,7 @@
 """The `type: hpc` keys of hsm.yaml, checked once, with one clear line per mistake.
 
 The result, :class:`HpcOptions`, is plain JSON-able data: the login-node side of the
-source (``hpc_backend``) receives it as is, locally or over ssh, and builds the submitit
+source (``backend``) receives it as is, locally or over ssh, and builds the submitit
 executor from it.
 """
 

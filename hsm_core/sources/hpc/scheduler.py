@@ -44,7 +44,7 @@ def run_command(
         raise SchedulerError(f"`{shlex.join(argv)}` failed: {exc}") from None
 
 
-def last_line(text: str) -> str:
+def tail_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "no output"
 

@@ -14,7 +14,7 @@ from typing import Any
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.sources.hpc.keys import sbatch_option
 from hsm_core.sources.hpc.options import HpcOptions
-from hsm_core.sources.hpc.scheduler import Scheduler, last_line, run_command, user
+from hsm_core.sources.hpc.scheduler import Scheduler, run_command, tail_line, user
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Slurm(Scheduler):
         try:
             ex.update_parameters(**params)
         except ValueError as exc:
-            raise HsmError(f"bad Slurm parameters: {last_line(str(exc))}") from None
+            raise HsmError(f"bad Slurm parameters: {tail_line(str(exc))}") from None
         return ex
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
@@ -124,7 +124,7 @@ class Slurm(Scheduler):
                 log.warning("sacct: accounting is off on this cluster; asking squeue instead")
                 self.accounting = False
                 return None
-            raise SchedulerError(f"sacct exited with {done.returncode}: {last_line(done.stderr)}")
+            raise SchedulerError(f"sacct exited with {done.returncode}: {tail_line(done.stderr)}")
         info = watcher.read_info(done.stdout)
         own = {line.split("|", 1)[0] for line in done.stdout.splitlines()}
         return {jid: info[jid].get("State", "") for jid in job_ids if jid in info}, {
@@ -138,7 +138,7 @@ class Slurm(Scheduler):
         # --states=all: jobs that ended lately (MinJobAge) are listed with their end state.
         done = run_command(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(mains)])
         if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
-            raise SchedulerError(f"squeue exited with {done.returncode}: {last_line(done.stderr)}")
+            raise SchedulerError(f"squeue exited with {done.returncode}: {tail_line(done.stderr)}")
         seen: dict[str, str] = {}
         for line in done.stdout.splitlines():
             jid, _, state = line.strip().partition("|")
@@ -158,7 +158,7 @@ class Slurm(Scheduler):
             return
         done = run_command(["scancel", *job_ids])
         if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
-            raise SchedulerError(f"scancel exited with {done.returncode}: {last_line(done.stderr)}")
+            raise SchedulerError(f"scancel exited with {done.returncode}: {tail_line(done.stderr)}")
 
     def throttle(self, arrays: Mapping[str, int]) -> None:
         for job_id, limit in arrays.items():
@@ -167,7 +167,7 @@ class Slurm(Scheduler):
             )
             if done.returncode != 0:
                 raise SchedulerError(
-                    f"scontrol update exited {done.returncode}: {last_line(done.stderr)}"
+                    f"scontrol update exited {done.returncode}: {tail_line(done.stderr)}"
                 )
 
     def check(self) -> dict[str, Any]:
@@ -193,7 +193,7 @@ class Slurm(Scheduler):
     def _partitions(self) -> list[dict[str, Any]]:
         done = run_command(["sinfo", "-h", "-o", "%P|%a|%D|%t"])
         if done.returncode != 0:
-            raise SchedulerError(f"sinfo exited with {done.returncode}: {last_line(done.stderr)}")
+            raise SchedulerError(f"sinfo exited with {done.returncode}: {tail_line(done.stderr)}")
         parts: dict[str, dict[str, Any]] = {}
         for line in done.stdout.splitlines():
             fields = line.strip().split("|")
@@ -212,7 +212,7 @@ class Slurm(Scheduler):
         parts = self._partitions()
         done = run_command(["squeue", "-h", "-u", user(), "-o", "%T"])
         if done.returncode != 0:
-            raise SchedulerError(f"squeue exited with {done.returncode}: {last_line(done.stderr)}")
+            raise SchedulerError(f"squeue exited with {done.returncode}: {tail_line(done.stderr)}")
         jobs: dict[str, int] = {}
         for line in done.stdout.split():
             jobs[line] = jobs.get(line, 0) + 1

@@ -11,7 +11,7 @@ How it works, in the order of an attempt's life:
 - Every ``poll()`` reads the records the jobs left in their task folders (no scheduler
   call) and, paced with backoff (``poll_min`` after a submission, doubling up to
   ``poll_interval``; ``poll_min`` again when a record needs the scheduler's verdict),
-  asks the scheduler ONE question about every job of the sweep. ``hpc_states.decide``
+  asks the scheduler ONE question about every job of the sweep. ``states.decide``
   turns records + scheduler state into the outcome: COMPLETED only with the job
   wrapper's exit record (hsm_core.taskdir.settle); the task's own failures FAILED; node
   failures, preemption, outside cancels and vanished jobs LOST (the engine places them
@@ -55,7 +55,7 @@ FETCH_PARALLEL = 8
 
 
 @dataclass
-class _Job:
+class _Held:
     task: TaskSpec
     attempt: int
     task_dir: str  # as the cluster sees it
@@ -90,8 +90,8 @@ class HPCSource(ComputeSource):
             SshBackend(self.opts, self.name) if self.opts.remote else LocalBackend(self.opts)
         )
         self.poll_interval = REMOTE_SCAN_INTERVAL_S if self.opts.remote else SCAN_INTERVAL_S
-        self._jobs: dict[str, _Job] = {}
-        self._batch: list[_Job] = []
+        self._jobs: dict[str, _Held] = {}
+        self._batch: list[_Held] = []
         self._batch_full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False  # the sweep is stopping: nothing is held back any more
@@ -156,7 +156,7 @@ class HPCSource(ComputeSource):
         return posixpath.join(self.cluster_sweep_dir, "tasks", task.name)
 
     async def submit(self, task: TaskSpec, attempt: int) -> str | None:
-        job = _Job(task, attempt, self._cluster_task_dir(task))
+        job = _Held(task, attempt, self._cluster_task_dir(task))
         job.future = asyncio.get_running_loop().create_future()
         self._jobs[task.key] = job
         self._batch.append(job)
@@ -203,7 +203,7 @@ class HPCSource(ComputeSource):
         claimed = sum(min(a.throttle, len(a.unsettled)) for a in self._arrays.values())
         return max(1, self.opts.array_parallelism - claimed)
 
-    async def _submit_batch(self, batch: list[_Job]) -> None:
+    async def _submit_batch(self, batch: list[_Held]) -> None:
         batch = [j for j in batch if self._jobs.get(j.task.key) is j]
         if not batch:
             return
@@ -245,7 +245,7 @@ class HPCSource(ComputeSource):
         first = now + self.opts.poll_min_s
         self._next_query = first if self._next_query <= now else min(self._next_query, first)
 
-    def _request(self, job: _Job) -> dict[str, Any]:
+    def _request(self, job: _Held) -> dict[str, Any]:
         task = job.task
         cwd = posixpath.normpath(posixpath.join(self.cluster_project_dir, task.cwd))
         env = task_env(task, self.ctx.sweep_id, self.cluster_sweep_dir, job.task_dir)
@@ -263,7 +263,7 @@ class HPCSource(ComputeSource):
             "timeout_s": task.timeout_s,
         }
 
-    def _staging(self, batch: list[_Job]) -> list[tuple[Path, str]]:
+    def _staging(self, batch: list[_Held]) -> list[tuple[Path, str]]:
         """Hydra jobs on a remote cluster: the launch's shared payload parts (once), and
         each job's own part, at the same paths relative to the sweep folder there."""
         from hsm_core.hydra.payload import PAYLOAD_DIR
@@ -321,7 +321,7 @@ class HPCSource(ComputeSource):
             self.stats["queries"] += 1
             self._after_query(active, answer, now)
         records = answer.get("records") or {}
-        settled: list[tuple[_Job, Verdict]] = []
+        settled: list[tuple[_Held, Verdict]] = []
         for job in active:
             verdict = self._settle(job, records.get(job.task_dir) or {}, now)
             if verdict is not None:
@@ -351,7 +351,7 @@ class HPCSource(ComputeSource):
             except SourceError as exc:
                 self.log.warning("could not raise array throttles %s: %s", raises, exc)
 
-    def _after_query(self, active: list[_Job], answer: dict[str, Any], now: float) -> None:
+    def _after_query(self, active: list[_Held], answer: dict[str, Any], now: float) -> None:
         if answer.get("accounting") is False and self.opts.accounting:
             self._set_opts(accounting=False)
         error = answer.get("status_error")
@@ -371,7 +371,7 @@ class HPCSource(ComputeSource):
         self._next_query = now + self._pause
         self._pause = min(self._pause * 2, self.opts.poll_interval_s)
 
-    def _settle(self, job: _Job, rec: dict[str, Any], now: float) -> Verdict | None:
+    def _settle(self, job: _Held, rec: dict[str, Any], now: float) -> Verdict | None:
         if not job.running and (rec.get("started") or phase_of(job.state) is Phase.RUNNING):
             job.running = True
             started = _when(rec.get("started"), "started")
@@ -406,14 +406,14 @@ class HPCSource(ComputeSource):
             self._next_query = min(self._next_query, now + self.opts.poll_min_s)
         return verdict
 
-    async def _finish_all(self, settled: list[tuple[_Job, Verdict]]) -> None:
+    async def _finish_all(self, settled: list[tuple[_Held, Verdict]]) -> None:
         settled = [(j, v) for j, v in settled if self._jobs.get(j.task.key) is j]
         for job, _ in settled:
             del self._jobs[job.task.key]
         if self.opts.remote and settled:
             gate = asyncio.Semaphore(FETCH_PARALLEL)
 
-            async def fetch(job: _Job) -> None:
+            async def fetch(job: _Held) -> None:
                 async with gate:
                     try:
                         await self.client.fetch(job.task_dir, self.ctx.task_dir(job.task))
@@ -475,7 +475,7 @@ class HPCSource(ComputeSource):
                     "poll", job_ids=[], dirs=[(j.task_dir, j.attempt) for j in sent]
                 )
         records = answer.get("records") or {}
-        outcome: list[tuple[_Job, Verdict]] = []
+        outcome: list[tuple[_Held, Verdict]] = []
         for job in targets:
             rec = records.get(job.task_dir) or {}
             hydra = job.task.kind is TaskKind.HYDRA
@@ -501,7 +501,7 @@ class HPCSource(ComputeSource):
                     "no job id was recorded for this attempt; running it again",
                 )
                 continue
-            job = _Job(task, att.attempt, str(rec.get("dir") or self._cluster_task_dir(task)))
+            job = _Held(task, att.attempt, str(rec.get("dir") or self._cluster_task_dir(task)))
             job.job_id, job.submitted = str(jid), now
             job.running = att.state is TaskState.RUNNING
             self._jobs[task.key] = job

@@ -34,7 +34,7 @@ from hsm_core.taskdir import (
     worker_error,
 )
 
-__all__ = ["Phase", "Verdict", "decide", "describe", "phase_of", "signal_name", "worker_of"]
+__all__ = ["Phase", "Verdict", "decide", "describe", "phase_of", "popen_signal", "worker_of"]
 
 
 class Phase(Enum):
@@ -143,7 +143,7 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def signal_name(returncode: int) -> str | None:
+def popen_signal(returncode: int) -> str | None:
     """Popen's negative return code -> SIGTERM etc."""
     if returncode >= 0:
         return None
@@ -154,7 +154,7 @@ def signal_name(returncode: int) -> str | None:
 
 
 def worker_of(records: Mapping[str, Any]) -> dict[str, Any] | None:
-    """hsm's worker record among an attempt's records (hpc_backend.read_records): the
+    """hsm's worker record among an attempt's records (backend.read_records): the
     current one, or for an attempt an older hsm ran, its `result.json` (an older
     backend on the login node answers with `result`)."""
     worker = records.get("worker")

@@ -68,7 +68,7 @@ class Link(Enum):
 
 
 @dataclass
-class _Att:
+class _Held:
     task: TaskSpec
     attempt: int
     id: str
@@ -89,7 +89,7 @@ class SSHSource(ComputeSource):
         self.log = logging.getLogger(f"hsm.source.{self.name}")
         self.metadata: dict[str, Any] = {}  # sync report etc., for the sweep metadata
         self._agent: AgentChannel | None = None
-        self._atts: dict[str, _Att] = {}
+        self._atts: dict[str, _Held] = {}
         self._state = Link.NEW
         self._down_since = 0.0
         self._last_error = ""
@@ -269,7 +269,7 @@ class SSHSource(ComputeSource):
         if self._state is not Link.UP or self._agent is None:
             why = self._last_error or self._state.value
             raise SourceError(f"{self.name} is unreachable: {why}")
-        att = _Att(task, attempt, f"{task.key}:{attempt}", self.remote_task_dir(task))
+        att = _Held(task, attempt, f"{task.key}:{attempt}", self.remote_task_dir(task))
         self._atts[att.id] = att
         try:
             await self._send_launch(att)
@@ -279,7 +279,7 @@ class SSHSource(ComputeSource):
             raise
         return None
 
-    async def _send_launch(self, att: _Att) -> None:
+    async def _send_launch(self, att: _Held) -> None:
         """Build the attempt's launch and send it to the agent; SourceError if it cannot.
 
         A Hydra job needs the shared payload parts on the host before it starts. The
@@ -326,7 +326,7 @@ class SSHSource(ComputeSource):
                 if not fut.done():
                     fut.set_result(sent)
 
-    async def _launch_message(self, att: _Att, shared: list[str]) -> dict[str, Any]:
+    async def _launch_message(self, att: _Held, shared: list[str]) -> dict[str, Any]:
         task, rdir = att.task, att.remote_dir
         files: dict[str, str] = {}
         if task.kind is TaskKind.HYDRA and task.payload:
@@ -413,7 +413,7 @@ class SSHSource(ComputeSource):
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def _finish(self, att: _Att, ev: Event) -> None:
+    async def _finish(self, att: _Held, ev: Event) -> None:
         record = ev.get("record")
         if (record or {}).get("never_started") and not att.started and await self._resend(att):
             return  # made but never run (its agent died at that moment): launch again
@@ -496,7 +496,7 @@ class SSHSource(ComputeSource):
         await collect.pull_tree(sftp, out, self.ctx.sweep_dir / rel, self.opts.exclude)
 
     def _done(
-        self, att: _Att, state: TaskState, code: int | None = None, error: str | None = None
+        self, att: _Held, state: TaskState, code: int | None = None, error: str | None = None
     ) -> None:
         if self._atts.pop(att.id, None) is None:
             return
@@ -504,7 +504,7 @@ class SSHSource(ComputeSource):
             TaskEvent(att.task.key, att.attempt, state, self.name, exit_code=code, error=error)
         )
 
-    async def _resend(self, att: _Att) -> bool:
+    async def _resend(self, att: _Held) -> bool:
         if self._agent is None:
             return False
         att.finishing = False
@@ -566,7 +566,7 @@ class SSHSource(ComputeSource):
             self._state = Link.UP
             self.log.info("%s is reachable again", self.name)
 
-    def _scan(self, atts: list[_Att]) -> None:
+    def _scan(self, atts: list[_Held]) -> None:
         if not atts or self._agent is None:
             return
         # An attempt whose launch is still being built is its submit's business.
@@ -594,7 +594,7 @@ class SSHSource(ComputeSource):
         """After an orchestrator crash: ask the agent what became of each attempt."""
         atts = []
         for task, att in attempts:
-            a = _Att(task, att.attempt, f"{task.key}:{att.attempt}", self.remote_task_dir(task))
+            a = _Held(task, att.attempt, f"{task.key}:{att.attempt}", self.remote_task_dir(task))
             a.started = att.state is TaskState.RUNNING
             a.sent = True  # by an earlier orchestrator, perhaps: the agent's scan tells
             self._atts[a.id] = a

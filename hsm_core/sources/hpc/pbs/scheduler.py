@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError, SchedulerError
-from hsm_core.sources.hpc.scheduler import Scheduler, last_line, run_command, user
+from hsm_core.sources.hpc.scheduler import Scheduler, run_command, tail_line, user
 
 
 class PBS(Scheduler):
@@ -52,7 +52,7 @@ class PBS(Scheduler):
         try:
             ex.update_parameters(**params)
         except ValueError as exc:
-            raise HsmError(f"bad PBS parameters: {last_line(str(exc))}") from None
+            raise HsmError(f"bad PBS parameters: {tail_line(str(exc))}") from None
         return ex
 
     def _any_executor(self) -> Any:
@@ -80,7 +80,7 @@ class PBS(Scheduler):
     def health(self) -> dict[str, Any]:
         done = run_command(["qstat", "-Q"])
         if done.returncode != 0:
-            why = last_line(done.stderr)
+            why = tail_line(done.stderr)
             raise SchedulerError(f"qstat -Q exited with {done.returncode}: {why}")
         queues = [
             {"name": line.split()[0]}
