@@ -52,9 +52,11 @@ def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> lis
     return argv
 
 
-def task_env(task: TaskSpec, sweep_id: str, sweep_dir: str, task_dir: str) -> dict[str, str]:
-    """The task's own environment plus what hsm tells every task (folders as seen on the
-    machine that runs it)."""
+def task_env(
+    task: TaskSpec, sweep_id: str, sweep_dir: str, task_dir: str, attempt: int
+) -> dict[str, str]:
+    """The task's own environment plus what hsm tells every task, whatever runs it
+    (folders as seen on the machine that runs it)."""
     env = dict(task.env)
     env.update(
         HSM_SWEEP_ID=sweep_id,
@@ -62,6 +64,7 @@ def task_env(task: TaskSpec, sweep_id: str, sweep_dir: str, task_dir: str) -> di
         HSM_TASK_KEY=task.key,
         HSM_TASK_DIR=task_dir,
         HSM_SWEEP_DIR=sweep_dir,
+        HSM_ATTEMPT=str(attempt),
     )
     return env
 

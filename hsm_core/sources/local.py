@@ -208,7 +208,7 @@ class LocalSource(ComputeSource):
 
     def _launch(self, run: _Held) -> dict[str, Any]:
         task, task_dir = run.task, self.ctx.task_dir(run.task)
-        env = task_env(task, self.ctx.sweep_id, str(self.ctx.sweep_dir), str(task_dir))
+        env = task_env(task, self.ctx.sweep_id, str(self.ctx.sweep_dir), str(task_dir), run.attempt)
         env.update(self.extra_env)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[run.slot % len(self.gpus)]

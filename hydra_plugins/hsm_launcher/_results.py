@@ -16,7 +16,7 @@ from hsm_core import taskdir
 from hsm_core.hydra.job import note_hard_death, read_info
 from hsm_core.model import SourceSpec, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
-from hsm_core.sources.base import ComputeSource, SweepContext
+from hsm_core.sources.base import ComputeSource, SweepContext, task_env
 from hsm_core.taskdir import read_job_return
 
 
@@ -143,19 +143,10 @@ def make_sources(
 
 
 def _requester(ctx: SweepContext, job_nums: dict[str, int]) -> Any:
-    base = {"HSM_SWEEP_ID": ctx.sweep_id, "HSM_SWEEP_DIR": str(ctx.sweep_dir)}
-
     def request(task: TaskSpec, attempt: int) -> dict[str, Any]:
         tdir = ctx.task_dir(task)
         (tdir / "results").mkdir(parents=True, exist_ok=True)
-        env = {
-            **base,
-            **dict(task.env),
-            "HSM_TASK_ID": task.name,
-            "HSM_TASK_KEY": task.key,
-            "HSM_TASK_DIR": str(tdir),
-            "HSM_ATTEMPT": str(attempt),
-        }
+        env = task_env(task, ctx.sweep_id, str(ctx.sweep_dir), str(tdir), attempt)
         return {
             "key": task.key,
             "num": job_nums[task.key],

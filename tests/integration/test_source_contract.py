@@ -9,6 +9,7 @@ poll_interval, cancel, close) and checks only what the interface promises."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -155,3 +156,37 @@ def test_cancel_ends_a_running_attempt(tmp_path: Path, new_source: Factory) -> N
     d = asyncio.run(scenario())
     assert [ev.state for ev in d.final(long.key)] == [TaskState.CANCELLED]
     assert [ev.state for ev in d.final(short.key)] == [TaskState.COMPLETED]  # untouched
+
+
+ENV_PY = (
+    "import json, os; d = os.path.join(os.environ['HSM_TASK_DIR'], 'results');"
+    " os.makedirs(d, exist_ok=True);"
+    " keys = ('HSM_SWEEP_ID', 'HSM_TASK_ID', 'HSM_TASK_KEY', 'HSM_ATTEMPT');"
+    " json.dump({k: os.environ.get(k) for k in keys}, open(os.path.join(d, 'env.json'), 'w'))"
+)
+
+
+def test_the_task_sees_what_hsm_tells_every_task(
+    tmp_path: Path, new_source: Factory, source_type: str
+) -> None:
+    if source_type == "scripted":
+        pytest.skip("the scripted source runs nothing")
+    params = {"env": 1}
+    task = TaskSpec(key=task_key(params), num=1, params=params, argv=(PYTHON, "-c", ENV_PY))
+    store = _store(tmp_path, [task])
+    src = new_source(store)
+
+    async def scenario() -> None:
+        async with Driver(src) as d:
+            await src.submit(task, 3)  # a third attempt: the task is told which
+            await d.until(lambda: bool(d.final(task.key)), "the task ends")
+            await src.fetch_results(task)
+
+    asyncio.run(scenario())
+    seen = json.loads((store.task_dir(task) / "results" / "env.json").read_text())
+    assert seen == {
+        "HSM_SWEEP_ID": store.sweep_id,
+        "HSM_TASK_ID": task.name,
+        "HSM_TASK_KEY": task.key,
+        "HSM_ATTEMPT": "3",
+    }

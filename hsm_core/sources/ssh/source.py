@@ -340,7 +340,7 @@ class SSHSource(ComputeSource):
             # parameter value) stays "$@", never parsed by this shell.
             script = "\n".join((*self.opts.setup, 'exec "$@"'))
             argv = [self.opts.shell, "-c", script, "hsm-task", *argv]
-        env = task_env(task, self.ctx.sweep_id, self.sweep_dir, rdir)
+        env = task_env(task, self.ctx.sweep_id, self.sweep_dir, rdir, att.attempt)
         skip = [posixpath.relpath(p, rdir) for p in files]
         return {
             "op": "launch",
