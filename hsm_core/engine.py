@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsm_core import resume
 from hsm_core.errors import HsmError, InfrastructureError, SourceError, SourceUnavailable
 from hsm_core.health import HealthMonitor, HealthSettings
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
@@ -79,6 +80,10 @@ class _Live:
     lost_on: frozenset[str] = frozenset()  # shared empty set: 100,000 of them cost nothing
     failed_on: tuple[str, ...] = ()  # the source of each failure counted in `failures`
     completed_attempt: int | None = None  # an older attempt that finished after all
+    timeouts: int = 0  # time limits this task resumed after (hsm_core.resume)
+    preemptions: int = 0
+    resume: str | None = None  # the current attempt goes on where the last one stopped
+    pin: str | None = None  # ... on this source, where its checkpoint is
 
 
 class SweepEngine:
@@ -509,6 +514,7 @@ class SweepEngine:
 
     def _dispatch(self) -> list[tuple[ComputeSource, TaskSpec, int]]:
         placed: list[tuple[ComputeSource, TaskSpec, int]] = []
+        held: list[str] = []  # resumes whose source has no slot now: first next time
         while self._queue and not self._cancelling:
             total = sum(self._inflight.values())
             if self.max_parallel is not None and total >= self.max_parallel:
@@ -518,6 +524,15 @@ class SweepEngine:
                 break
             key = self._queue.popleft()
             live = self._live[key]
+            if live.pin is not None and not self.enabled.get(live.pin, False):
+                # Its checkpoint is out of reach: run it again from the start elsewhere.
+                log.warning("%s: %s is disabled; not resuming there", key, live.pin)
+                live.pin = live.resume = None
+            if live.pin is not None:
+                candidates = [c for c in candidates if c.name == live.pin]
+                if not candidates:
+                    held.append(key)
+                    continue
             pick = self.placer.choose(candidates, live.lost_on)
             src = self.sources[pick.name]
             self._inflight[src.name] += 1
@@ -525,14 +540,18 @@ class SweepEngine:
             ev = TaskEvent(key, live.attempt, TaskState.ASSIGNED, src.name)
             self._record(ev)
             task = self._task(key)
+            if live.resume:
+                task = resume.resumed(task)
             assign_log.info("%s -> %s (attempt %d)", task.name, src.name, live.attempt)
             placed.append((src, task, live.attempt))
+        self._queue.extendleft(reversed(held))
         return placed
 
     async def _submit(self, src: ComputeSource, task: TaskSpec, attempt: int) -> None:
         try:
             if attempt > 1:
-                _archive_attempt(self.ctx.task_dir(task), attempt - 1)
+                keep = resume.KEPT if resume.RESUME_ENV in dict(task.env) else ()
+                _archive_attempt(self.ctx.task_dir(task), attempt - 1, keep)
             handle = await src.submit(task, attempt)
             if handle:
                 # Journaled at once: a job still queued at a crash is found by its id.
@@ -571,6 +590,9 @@ class SweepEngine:
         if not can_move(live.state, ev.state):
             log.debug("ignored %s -> %s for %s", live.state, ev.state, ev.key)
             return
+        resumes = self._resumes(ev, live)
+        if ev.resume and not resumes:
+            ev = resume.exhausted(ev, live.timeouts, self._max_num_timeout(ev.source))
         self._record(ev)
         if ev.state in (TaskState.RUNNING, TaskState.COMPLETED, TaskState.CANCELLED):
             task_log.info(
@@ -588,6 +610,15 @@ class SweepEngine:
         if live.completed_attempt:
             self._health_outcome(ev)
             return  # an older attempt already delivered the result
+        if resumes:
+            # Neither the task's failure nor the source's: no retry, no health outcome.
+            if ev.resume == "timeout":
+                live.timeouts += 1
+            else:
+                live.preemptions += 1
+            log.warning("%s: %s on %s; resuming there", name, ev.error, ev.source)
+            self._reopen(ev.key, resume=ev.resume, pin=ev.source)
+            return
         if ev.state is TaskState.FAILED and ev.source in self._rate_disabled:
             # The source broke most of its tasks (a host without the project): not this
             # task's failure. It runs elsewhere.
@@ -614,6 +645,18 @@ class SweepEngine:
                 self._reopen(ev.key)
         # Last: a source the failure-rate rule disables now gives its failures back.
         self._health_outcome(ev)
+
+    def _max_num_timeout(self, source: str | None) -> int:
+        src = self.sources.get(source or "")
+        return src.max_num_timeout if src is not None else 0
+
+    def _resumes(self, ev: TaskEvent, live: _Live) -> bool:
+        if not ev.resume or self._cancelling or live.completed_attempt:
+            return False
+        if ev.source not in self.sources:
+            return False
+        limit = self._max_num_timeout(ev.source)
+        return resume.decide(ev, live.timeouts, live.preemptions, limit)
 
     def _health_outcome(self, ev: TaskEvent) -> None:
         if ev.source in self.sources and ev.state is not TaskState.CANCELLED:
@@ -687,9 +730,10 @@ class SweepEngine:
         self.enabled[name] = True
         self._events.put_nowait(None)
 
-    def _reopen(self, key: str) -> None:
+    def _reopen(self, key: str, resume: str | None = None, pin: str | None = None) -> None:
         live = self._live[key]
         live.attempt += 1
+        live.resume, live.pin = resume, pin
         self._set_state(live, TaskState.PENDING)
         self._writes.append((key, live.attempt))
         self._queue.append(key)
@@ -779,9 +823,10 @@ class SweepEngine:
         await self._flush()
 
 
-def _archive_attempt(tdir: Path, attempt: int) -> None:
-    """Files of an attempt that a new attempt would overwrite move to attempt_N/."""
-    present = [n for n in ATTEMPT_FILES if (tdir / n).exists()]
+def _archive_attempt(tdir: Path, attempt: int, keep: tuple[str, ...] = ()) -> None:
+    """Files of an attempt that a new attempt would overwrite move to attempt_N/ (but
+    `keep`: a resumed attempt goes on with its `results/`)."""
+    present = [n for n in ATTEMPT_FILES if n not in keep and (tdir / n).exists()]
     if not present:
         return
     dest = TaskPaths(tdir).attempt(attempt)

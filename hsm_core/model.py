@@ -152,6 +152,9 @@ class TaskEvent:
     exit_code: int | None = None
     error: str | None = None  # one line for humans; the details are in the task's logs
     handle: str | None = None  # pid, remote pid, scheduler job id
+    # A scheduler stopped the attempt ("timeout" / "preempted"): the next one may go on
+    # where it was (hsm_core.resume); None for every other end.
+    resume: str | None = None
 
 
 @dataclass(frozen=True, slots=True)  # many thousands live at once

@@ -65,8 +65,10 @@ LOCAL_OWNED = frozenset({PARAMS, STATUS, FILES_RECORD})
 # hsm's records of one attempt: removed (or moved aside) before the next attempt runs in
 # the same folder, so that none of them can speak for it.
 HSM_RECORDS = (WORKER_RECORD, JOB_RETURN, JOB_INFO, HPC_START, HPC_EXIT)
+# A multi-rank job's ranks > 0 keep their records and logs in ranks/<k>/.
+RANKS = "ranks"
 # What a new attempt moves to attempt_N/: hsm's records and the task's usual output.
-ATTEMPT_FILES = (STDOUT, STDERR, RESULTS, LEGACY_RESULT, *HSM_RECORDS)
+ATTEMPT_FILES = (STDOUT, STDERR, RESULTS, LEGACY_RESULT, *HSM_RECORDS, RANKS)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class Verdict:
     state: TaskState
     exit_code: int | None = None
     error: str | None = None
+    resume: str | None = None  # "timeout" / "preempted": see hsm_core.resume
 
 
 def exit_code_of(record: Mapping[str, Any] | None) -> int | None:

@@ -54,7 +54,8 @@ def run(payload: Path, task_dir: Path) -> int:
         num=job.num,
         job_id=job.job_id,
         overrides=job.overrides,
-        task_dir=task_dir,
+        # A multi-rank job's rank k > 0 keeps its records apart (sources.hpc.ranks).
+        task_dir=Path(os.environ.get("HSM_RANK_DIR") or task_dir),
         config=job.config,
         sweep_dir=str(sweep_dir) if moved else None,
         last_in_process=True,

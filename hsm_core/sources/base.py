@@ -86,6 +86,8 @@ class HealthReport:
 class ComputeSource(abc.ABC):
     type: ClassVar[str]
     poll_interval: float | None = None  # seconds between poll() calls; None: never polled
+    # Time limits a task may reach on this source and resume after (hsm_core.resume).
+    max_num_timeout: int = 0
 
     def __init__(self, spec: SourceSpec, ctx: SweepContext) -> None:
         self.spec = spec

@@ -244,22 +244,8 @@ def test_a_tasks_own_result_json_neither_forges_nor_fails_it(
 
 
 @pytest.mark.timeout(240)
-def test_task_over_its_time_limit_is_failed_timeout(
-    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
-) -> None:
-    # Slurm counts whole minutes and checks limits about every 30 s: ~60-95 s here.
-    store = make_sweep(tmp_path, command_tasks([[PY, "-c", "import time; time.sleep(600)"]]))
-    t0 = time.monotonic()
-    run_hpc(store, hpc_spec(slurm_env, time=1))
-    attempts = store.attempts(store.tasks()[0].key)
-    att = attempts[-1]
-    assert att.state is TaskState.FAILED
-    assert "TIMEOUT" in (att.error or "") and "time limit" in (att.error or "")
-    settles_as(att.handle or "", "TIMEOUT")
-    # The task's fault: not re-queued. (Earlier attempts can only be LOST ones, when
-    # someone restarts the shared test Slurm meanwhile.)
-    assert all(a.state is TaskState.LOST for a in attempts[:-1])
-    assert time.monotonic() - t0 < 120 * len(attempts)
+# A task over its time limit: tests/integration/test_hpc_resume.py (FAILED once
+# max_num_timeout time limits are used up, and resumed before that).
 
 
 # ------------------------------------------------------ lost and re-queued

@@ -189,6 +189,14 @@ def test_defaults_write_what_they_wrote_before() -> None:
     assert not any("gres" in ln or "ntasks" in ln for ln in lines)
 
 
+def test_ranks_are_srun_tasks_and_a_failing_rank_stops_the_others() -> None:
+    lines = sbatch_lines(parse_options(spec(tasks_per_node=2, nodes=2)))
+    assert "#SBATCH --ntasks-per-node=2" in lines and "#SBATCH --nodes=2" in lines
+    assert lines[-1].endswith("--kill-on-bad-exit=1 CMD")
+    mine = sbatch_lines(parse_options(spec(tasks_per_node=2, srun_args=["--kill-on-bad-exit=0"])))
+    assert mine[-1].endswith("--kill-on-bad-exit=0 CMD")
+
+
 def test_a_raw_option_the_keys_do_not_write_passes_through() -> None:
     opts = parse_options(spec(directives=["--constraint=a100"], signal="USR2"))
     lines = sbatch_lines(opts)
@@ -223,7 +231,7 @@ def test_a_raw_option_the_keys_do_not_write_passes_through() -> None:
         ({"additional_parameters": ["--x"]}, "additional_parameters", "mapping"),
         ({"signal_delay_s": -1}, "signal_delay_s", ">= 0"),
         ({"signal": "KILL"}, "signal", "not one hsm sends"),
-        ({"tasks_per_node": 2}, "tasks_per_node", "multi-rank"),
+        ({"scheduler": "pbs", "tasks_per_node": 2}, "tasks_per_node", "one process per job"),
         ({"scheduler": "pbs", "gres": "gpu:1"}, "gres", "source cluster is PBS, which has no gres"),
         ({"scheduler": "pbs", "srun_args": ["-l"]}, "srun_args", "which has no srun_args"),
         (

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from hsm_core import resume
 from hsm_core.errors import ConfigError
-from hsm_core.model import SourceSpec, TaskState
+from hsm_core.model import SourceSpec, TaskEvent, TaskState
 from hsm_core.sources.hpc.options import parse_options, parse_time
-from hsm_core.sources.hpc.states import Phase, decide, phase_of, worker_of
+from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of
 
 OK = {"attempt": 1, "exit_code": 0}
 TERM = {"attempt": 1, "exit_code": 143, "signal": "SIGTERM", "terminated": "SIGTERM"}
@@ -75,7 +76,7 @@ def test_killed_from_outside_waits_for_the_schedulers_word() -> None:
         "TIMEOUT": (TaskState.FAILED, "time limit reached (TIMEOUT)"),
         "OUT_OF_MEMORY": (TaskState.FAILED, "out of memory (OUT_OF_MEMORY)"),
         "NODE_FAIL": (TaskState.LOST, "infrastructure failure (NODE_FAIL)"),
-        "PREEMPTED": (TaskState.LOST, "infrastructure failure (PREEMPTED)"),
+        "PREEMPTED": (TaskState.LOST, "preempted (PREEMPTED)"),
         "CANCELLED by 0": (TaskState.LOST, "job cancelled outside hsm (CANCELLED by 0)"),
     }
     for state, (want, error) in cases.items():
@@ -83,6 +84,45 @@ def test_killed_from_outside_waits_for_the_schedulers_word() -> None:
         assert verdict is not None and (verdict.state, verdict.error) == (want, error), state
     ours = decide("CANCELLED by 0", TERM, TERM, cancelled_by_us=True)
     assert ours is not None and ours.state is TaskState.CANCELLED
+
+
+def test_time_limits_and_preemptions_are_reported_as_resumable() -> None:
+    resumes = {s: (decide(s, TERM, TERM) or Verdict(TaskState.PENDING)).resume for s in (
+        "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED by 0", "FAILED"
+    )}  # fmt: skip
+    assert resumes == {
+        "TIMEOUT": "timeout",
+        "PREEMPTED": "preempted",
+        "NODE_FAIL": None,
+        "OUT_OF_MEMORY": None,
+        "CANCELLED by 0": None,
+        "FAILED": None,
+    }
+
+
+def test_a_job_killed_after_its_task_started_says_so() -> None:
+    before = decide("FAILED", None, None)
+    after = decide("FAILED", None, None, started=True, kill_signal="SIGKILL")
+    assert before is not None and before.error == "the job failed before the task ran (FAILED)"
+    assert after is not None and after.state is TaskState.FAILED
+    assert after.error == "the job was killed after its task started (FAILED, SIGKILL)"
+
+
+def test_resume_rule_counts_time_limits_and_not_preemptions() -> None:
+    timeout = TaskEvent("k", 1, TaskState.FAILED, "c", error="x", resume="timeout")
+    preempted = TaskEvent("k", 1, TaskState.LOST, "c", error="x", resume="preempted")
+    assert resume.decide(timeout, 0, 0, max_num_timeout=1)
+    assert not resume.decide(timeout, 1, 0, max_num_timeout=1)
+    assert not resume.decide(timeout, 0, 0, max_num_timeout=0)
+    assert resume.decide(preempted, 5, 0, max_num_timeout=0)
+    assert not resume.decide(preempted, 0, resume.PREEMPT_LIMIT, max_num_timeout=0)
+    assert resume.exhausted(timeout, 0, 0).error == (
+        "time limit reached (TIMEOUT); to resume, save checkpoints and set "
+        "max_num_timeout (hydra.launcher.max_num_timeout)"
+    )
+    assert "time limit reached 3 times (max_num_timeout=2)" in (
+        resume.exhausted(timeout, 2, 2).error or ""
+    )
 
 
 def test_jobs_that_never_ran_the_task() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError, SchedulerError
+from hsm_core.resume import KEPT
 from hsm_core.sources.hpc.job import run_task
 from hsm_core.sources.hpc.options import HpcOptions
 from hsm_core.sources.hpc.scheduler import Scheduler, tail_line
@@ -50,13 +51,14 @@ def scheduler_for(opts: HpcOptions) -> Scheduler:
 # ---------------------------------------------------------------- operations
 
 
-def prepare_task_dir(task_dir: str, attempt: int) -> None:
-    """Make the folder; move an earlier attempt's files to attempt_N/ (never overwrite).
-    (The engine does the same locally; on a remote cluster this is the only place that
-    can.)"""
+def prepare_task_dir(task_dir: str, attempt: int, resume: bool = False) -> None:
+    """Make the folder; move an earlier attempt's files to attempt_N/ (never overwrite),
+    but for a resumed attempt its `results/`. (The engine does the same locally; on a
+    remote cluster this is the only place that can.)"""
     tdir = Path(task_dir)
     tdir.mkdir(parents=True, exist_ok=True)
-    present = [n for n in ATTEMPT_FILES if (tdir / n).exists()]
+    keep = KEPT if resume else ()
+    present = [n for n in ATTEMPT_FILES if n not in keep and (tdir / n).exists()]
     if present and attempt > 1:
         dest = TaskPaths(tdir).attempt(attempt - 1)
         dest.mkdir(exist_ok=True)
@@ -80,7 +82,7 @@ def submit(
         chunk = jobs[start : start + opts.array_limit]
         try:
             for job in chunk:
-                prepare_task_dir(str(job["task_dir"]), int(job["attempt"]))
+                prepare_task_dir(str(job["task_dir"]), int(job["attempt"]), bool(job.get("resume")))
             with ex.batch():
                 pending = [ex.submit(run_task, dict(job)) for job in chunk]
             ids.extend(str(p.job_id) for p in pending)

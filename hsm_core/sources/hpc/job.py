@@ -39,6 +39,13 @@ from types import FrameType
 from typing import Any
 
 from hsm_core.model import PYTHON
+from hsm_core.sources.hpc.ranks import (
+    WAIT_FOR_RANKS_S,
+    job_record,
+    rank_and_size,
+    rank_dir,
+    rank_env,
+)
 from hsm_core.sources.hpc.states import popen_signal
 from hsm_core.taskdir import HPC_EXIT, HPC_START, LAYOUT, RESULTS, STDERR, STDOUT, TaskPaths
 from hsm_core.yamlio import write_json_atomic
@@ -76,13 +83,13 @@ class _Watch:
         self.warned = False
         self.on_terminate: Callable[[str], None] | None = None
 
-    def install(self) -> None:
+    def install(self, stop_signal: str = "URG") -> None:
         # submitit's own handlers would requeue or ignore; hsm decides about retries.
         signal.signal(signal.SIGTERM, self._terminate)
         signal.signal(signal.SIGINT, self._terminate)
-        # The scheduler's "time limit near" signal: hsm asks for URG (see slurm.py),
-        # a submitit setting may still send USR2.
-        for name in ("SIGUSR2", "SIGURG"):
+        # The scheduler's "time limit near" signal: the source's `signal` (URG by
+        # default, see slurm.py); a submitit setting may still send USR2.
+        for name in {"SIGUSR2", "SIGURG", f"SIG{stop_signal}"} - {"SIGTERM", "SIGINT"}:
             signum = getattr(signal, name, None)
             if signum is not None:
                 signal.signal(signum, self._warn)
@@ -96,9 +103,15 @@ class _Watch:
                 os.killpg(self.pgid, signal.SIGTERM)
 
     def _warn(self, signum: int, frame: FrameType | None) -> None:
-        # Slurm's --signal: the time limit (or a preemption) is near.
+        # Slurm's --signal: the time limit (or a preemption) is near. A command task got
+        # the same signal from Slurm; a Hydra job runs here: its on_stop hooks run now
+        # (or as they are registered, if the warning comes before the job's code runs).
+        from hsm_core import job
+
+        if not self.warned:
+            _note(self.task_dir, "the scheduler signalled that the job will be stopped soon")
         self.warned = True
-        _note(self.task_dir, "the scheduler signalled that the job will be stopped soon")
+        job.stop()
 
 
 def _note(task_dir: Path, text: str) -> None:
@@ -157,9 +170,12 @@ def bound_argv(job: Mapping[str, Any]) -> list[str]:
 
 def run_task(job: Mapping[str, Any]) -> int:
     """Run one attempt of one task (a job request made by the hpc source's _request)."""
-    tdir = Path(job["task_dir"])
+    home = Path(job["task_dir"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / RESULTS).mkdir(exist_ok=True)
+    rank, size = rank_and_size()
+    tdir = rank_dir(home, rank)  # rank k > 0 keeps its records and logs in ranks/<k>/
     tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / RESULTS).mkdir(exist_ok=True)
     attempt = int(job["attempt"])
     with contextlib.suppress(FileNotFoundError):
         (tdir / EXIT_FILE).unlink()  # an earlier attempt's: it must never speak for this one
@@ -173,9 +189,17 @@ def run_task(job: Mapping[str, Any]) -> int:
     write_json_atomic(tdir / START_FILE, {**base, "pid": os.getpid(), "started": started})
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+    stop_signal = str(job.get("stop_signal") or "URG")
+    env["HSM_STOP_SIGNAL"] = stop_signal
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        env["HSM_RESUME"] = "1"  # Slurm requeued this very job (`requeue: true`)
     argv = bound_argv(job)
+    if size > 1:
+        env.update(rank_env(env))
+        if rank > 0:
+            env["HSM_RANK_DIR"] = str(tdir)  # a Hydra job's worker record and return
     watch = _Watch(tdir)
-    watch.install()
+    watch.install(stop_signal)
     from hsm_core.remote_agent import subreaper
 
     subreaper()  # what leaves the task's group reparents here, and ends with the task
@@ -266,6 +290,9 @@ def _run_worker_here(
     os.dup2(err, 2)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    from hsm_core import job as job_api
+
+    job_api._managed = True  # the warning signal comes here: its hooks run from _Watch
     try:
         code = worker.main(args)
     except SystemExit as exc:
@@ -306,6 +333,12 @@ def _owned(tdir: Path, attempt: int) -> bool:
 
 def _write_records(job: Mapping[str, Any], tdir: Path, record: dict[str, Any]) -> None:
     attempt = int(job["attempt"])
+    rank, size = rank_and_size()
+    if rank == 0 and size > 1:
+        # Rank 0 speaks for the job. Stopped from outside, the rank that failed (and so
+        # made srun stop the others) wrote its record already: wait only briefly.
+        wait = 2.0 if record.get("terminated") else WAIT_FOR_RANKS_S
+        record = job_record(record, tdir, size, attempt, wait)
     if not _owned(tdir, attempt):
         tdir = TaskPaths(tdir).attempt(attempt)
         tdir.mkdir(exist_ok=True)

@@ -150,13 +150,6 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
     qos = _word(opts.get("qos"), key("qos"))
     if qos and scheduler == "pbs":
         raise ConfigError("PBS has no qos", key=key("qos"), hint="use `queue` or `directives`")
-    for name in ("tasks_per_node", "nodes"):
-        if (typed[name] or 1) > 1:
-            raise ConfigError(
-                "multi-rank jobs are not supported yet",
-                key=key(name),
-                hint="run one process per job (tasks_per_node: 1, nodes: 1)",
-            )
     if scheduler == "pbs" and typed["gpus_per_task"] and typed["gpus_per_node"]:
         raise ConfigError(
             "PBS jobs run one task per node: give gpus_per_node or gpus_per_task, not both",

@@ -52,8 +52,15 @@ class Slurm(Scheduler):
             "additional_parameters": extra,
             "stderr_to_stdout": o.stderr_to_stdout,
         }
-        if o.srun_args:
-            params["srun_args"] = list(o.srun_args)
+        srun_args = list(o.srun_args)
+        if o.nodes * o.tasks_per_node > 1:
+            params["nodes"] = o.nodes
+            params["ntasks_per_node"] = o.tasks_per_node
+            if not any(a.startswith(("--kill-on-bad-exit", "-K")) for a in srun_args):
+                # A failing rank stops the others now, not when they hang in a collective.
+                srun_args.append("--kill-on-bad-exit=1")
+        if srun_args:
+            params["srun_args"] = srun_args
         # submitit's names; unset ones are left out, so sbatch gets no line for them.
         for key in (
             "partition",

@@ -43,6 +43,7 @@ from hsm_core.model import (
     TaskSpec,
     TaskState,
 )
+from hsm_core.resume import RESUME_ENV
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
 from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
 from hsm_core.sources.hpc.options import HpcOptions, parse_options
@@ -85,6 +86,7 @@ class HPCSource(ComputeSource):
         if opts.python is None:
             opts = replace(opts, python="python3" if opts.remote else shlex.quote(ctx.python))
         self.opts: HpcOptions = replace(opts, job_name=f"hsm-{ctx.sweep_id}"[:64])
+        self.max_num_timeout = self.opts.max_num_timeout
         self.log = logging.getLogger(f"hsm.source.{self.name}")
         self.client: BackendClient = (
             SshBackend(self.opts, self.name) if self.opts.remote else LocalBackend(self.opts)
@@ -261,6 +263,8 @@ class HPCSource(ComputeSource):
             "argv": argv,
             "env": env,
             "timeout_s": task.timeout_s,
+            "resume": env.get(RESUME_ENV) == "1",
+            "stop_signal": self.opts.signal,
         }
 
     def _staging(self, batch: list[_Held]) -> list[tuple[Path, str]]:
@@ -400,6 +404,7 @@ class HPCSource(ComputeSource):
             hydra=job.task.kind is TaskKind.HYDRA,
             cancelled_by_us=job.cancelled,
             stderr_tail=rec.get("stderr") or "",
+            started=bool(rec.get("started")),
         )
         if verdict is None and rec.get("exit"):
             # The process is over but only the scheduler can say why: ask soon.
@@ -437,6 +442,7 @@ class HPCSource(ComputeSource):
                     exit_code=verdict.exit_code,
                     error=verdict.error,
                     handle=job.job_id,
+                    resume=verdict.resume,
                 )
             )
 

@@ -173,12 +173,15 @@ def decide(
     hydra: bool = False,
     cancelled_by_us: bool = False,
     stderr_tail: str = "",
+    started: bool = False,
+    kill_signal: str | None = None,
 ) -> Verdict | None:
     """The attempt's outcome, or None while it is not settled yet.
 
     `exit_record` is the wrapper's .hsm_exit.json and `worker` hsm's worker record of a
     Hydra job (both of the current attempt), `state` the scheduler's latest word (None:
-    not asked / not known).
+    not asked / not known); `started`: the wrapper's start record exists; `kill_signal`:
+    the signal the scheduler says killed the job, if it says.
     """
     phase = phase_of(state)
     code = exit_code_of(exit_record)
@@ -198,9 +201,13 @@ def decide(
         if cancelled_by_us:
             return Verdict(TaskState.CANCELLED, rc, "cancelled")
         return Verdict(TaskState.LOST, rc, f"job cancelled outside hsm ({state})")
+    if raw.upper() == "PREEMPTED":
+        return Verdict(TaskState.LOST, rc, f"preempted ({raw})", resume="preempted")
     if phase in (Phase.INFRA, Phase.VANISHED):
         return Verdict(TaskState.LOST, rc, f"{_PHASE_TEXT[phase]} ({raw})")
-    if phase in (Phase.TIMEOUT, Phase.OUT_OF_MEMORY):
+    if phase is Phase.TIMEOUT:
+        return Verdict(TaskState.FAILED, rc, f"{_PHASE_TEXT[phase]} ({raw})", resume="timeout")
+    if phase is Phase.OUT_OF_MEMORY:
         return Verdict(TaskState.FAILED, rc, f"{_PHASE_TEXT[phase]} ({raw})")
     if exit_record is not None:
         # The job ended normally or failed, and the process was killed by a signal:
@@ -209,6 +216,12 @@ def decide(
     if phase is Phase.FAILED:
         tail = last_line(stderr_tail)
         extra = f": {tail}" if tail else ""
+        if started:
+            # The wrapper itself was killed (SIGKILL, the OOM killer): no exit record.
+            how = f"{raw}, {kill_signal}" if kill_signal else raw
+            return Verdict(
+                TaskState.FAILED, None, f"the job was killed after its task started ({how}){extra}"
+            )
         return Verdict(
             TaskState.FAILED, None, f"{_PHASE_TEXT[phase]} before the task ran ({raw}){extra}"
         )
