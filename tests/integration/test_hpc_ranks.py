@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hsm_core.model import TaskState
+from hsm_core.model import Attempt, TaskState
+from hsm_core.store import SweepStore
 from tests.hydra.util import APPS, job_return, jobs, run_app
 from tests.integration.test_hpc_hydra import SLURM_POOL
 from tests.integration.test_hpc_slurm import hpc_spec, run_hpc
@@ -46,6 +47,15 @@ else:
     print(json.dumps({{"env": env}}))
 """
 
+
+def _last_attempt(store: SweepStore) -> Attempt:
+    """The shared test Slurm's node may fail meanwhile (other tests stop slurmd): such
+    attempts are LOST and run again; the last one is the test's."""
+    *lost, last = store.attempts(store.tasks()[0].key)
+    assert all(a.state is TaskState.LOST and "NODE_FAIL" in (a.error or "") for a in lost)
+    return last
+
+
 RANK1_FAILS = (
     "import os, sys, time\n"
     "if os.environ['RANK'] == '1':\n"
@@ -59,7 +69,7 @@ def test_two_ranks_exchange_a_value_and_rank_0_speaks_for_the_job(
 ) -> None:
     store = make_sweep(tmp_path, command_tasks([[PY, "-c", EXCHANGE]]))
     out, _ = run_hpc(store, hpc_spec(slurm_env, tasks_per_node=2))
-    (att,) = store.attempts(store.tasks()[0].key)
+    att = _last_attempt(store)
     tdir = store.task_dir(store.tasks()[0])
     assert att.state is TaskState.COMPLETED, att
     rank0 = json.loads((tdir / "stdout.log").read_text())
@@ -83,7 +93,7 @@ def test_a_failing_rank_fails_the_job_with_its_own_error_at_once(
     t0 = time.monotonic()
     run_hpc(store, hpc_spec(slurm_env, tasks_per_node=2))
     took = time.monotonic() - t0
-    (att,) = store.attempts(store.tasks()[0].key)
+    att = _last_attempt(store)
     assert att.state is TaskState.FAILED
     assert att.error == "rank 1: exit code 3: rank one broke", att
     assert att.exit_code == 3
@@ -99,7 +109,7 @@ def test_every_rank_runs_the_hydra_job_and_rank_0s_return_is_the_jobs(
     done = run_app(APPS / "tiny.py", args, sweep_dir=sweep, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     for job in jobs(sweep).values():
-        assert job["state"] == "COMPLETED" and job["attempts"] == 1
+        assert job["state"] == "COMPLETED"
         x = int(job["params"]["x"])
         ret0 = job_return(job["dir"]).return_value
         ret1 = job_return(job["dir"] / "ranks" / "1").return_value
