@@ -74,6 +74,7 @@ class DrillResult:
     detail: str = ""
     leftovers: list[str] = field(default_factory=list)
     skipped: bool = False
+    drill_id: str = ""  # the scratch sweep's id (HSM_SWEEP_ID of its tasks)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class DrillResult:
             "detail": self.detail,
             "leftovers": self.leftovers,
             "skipped": self.skipped,
+            "drill_id": self.drill_id,
         }
 
 
@@ -357,7 +359,7 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
         scratch.mkdir(parents=True)
     else:
         scratch = Path(tempfile.mkdtemp(prefix=f"hsm-{drill_id}-"))
-    result = DrillResult(name, scenario, False)
+    result = DrillResult(name, scenario, False, drill_id=drill_id)
     drill_entry, remote = _drill_entry(entry, drill_id)
     spec = source_spec(name, drill_entry)
     place = _Place()

@@ -19,8 +19,10 @@ from tests.services import SlurmEnv, SshEnv
 from tests.sweep_utils import hsm
 
 
-def _drill_processes() -> list[str]:
-    """Processes of this machine (the loopback hosts share it) started by a drill."""
+def _drill_processes(ids: set[str]) -> list[str]:
+    """Processes of this machine (the loopback hosts share it) started by these drills
+    (other developers' test runs may be drilling at the same time)."""
+    marks = [f"HSM_SWEEP_ID={i}".encode() for i in ids]
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -29,7 +31,7 @@ def _drill_processes() -> list[str]:
             env = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if b"HSM_SWEEP_ID=drill-" in env:
+        if any(m in env.split(b"\0") for m in marks):
             found.append(pid)
     return found
 
@@ -55,7 +57,6 @@ def test_every_drill_passes_and_leaves_nothing_behind(
     project = make_project(tmp_path / "proj")
     project.chmod(0o755)  # Slurm's jobs write the drill's sweep below it
     (project / "hsm.yaml").write_text(yaml.safe_dump({"sources": sources}))
-    scratch_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "hsm-drill-*")))
 
     res = hsm("sources", "test", "--all", "--simulate-failures", "--json", cwd=project,
               timeout=600)  # fmt: skip
@@ -80,14 +81,17 @@ def test_every_drill_passes_and_leaves_nothing_behind(
     assert "none LOST" in got[("h1", "agent killed")]["detail"]
 
     # Nothing left: no scratch folder here, in the project or on the host, no process,
-    # and no sweep where the user's go.
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "hsm-drill-*"))) == scratch_before
+    # no job, and no sweep where the user's go.
+    ids = {r["drill_id"] for r in results}
+    assert len(ids) == len(results) and all(i.startswith("drill-") for i in ids)
+    tmp = tempfile.gettempdir()
+    assert [p for i in ids for p in glob.glob(os.path.join(tmp, f"hsm-{i}-*"))] == []
     assert not (project / ".hsm-drills").exists()
     assert not (project / "sweeps").exists()
     assert not Path(h1["project_dir"], ".hsm", "drills").exists()
-    assert _drill_processes() == []
+    assert _drill_processes(ids) == []
     jobs = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
-    assert not [j for j in jobs.stdout.split() if j.startswith("hsm-drill-")]
+    assert not {f"hsm-{i}" for i in ids} & set(jobs.stdout.split())
 
     # The human form: one line per scenario with its times.
     text = hsm("sources", "test", "local", "--simulate-failures", cwd=project, timeout=600)
