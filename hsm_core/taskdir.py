@@ -202,6 +202,19 @@ def describe_exit(code: int | None, record: Mapping[str, Any] | None = None) -> 
 STDERR_TAIL_BYTES = 16 * 1024  # the end of stderr.log holds the traceback
 
 
+def read_tail(path: Path | str, limit: int) -> str:
+    """The last `limit` bytes of a file as text ("" if it cannot be read): logs can be
+    huge, and their end holds the last values and the traceback."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
 def failure_reason(code: int, record: Mapping[str, Any] | None, folder: Path | None) -> str:
     """`exit code 1`, led by the exception a Python task died of when its stderr.log ends
     with one: `ValueError: boom (exit code 1)`. (A signal death leaves no traceback.)"""
@@ -210,14 +223,7 @@ def failure_reason(code: int, record: Mapping[str, Any] | None, folder: Path | N
         return reason
     from hsm_core.reporting.errors_analysis import final_exception
 
-    try:
-        with open(folder / STDERR, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - STDERR_TAIL_BYTES))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return reason
-    exc = final_exception(tail)
+    exc = final_exception(read_tail(folder / STDERR, STDERR_TAIL_BYTES))
     return f"{exc} ({reason})" if exc else reason
 
 

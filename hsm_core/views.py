@@ -19,8 +19,8 @@ state. So stopping a sweep of 100,000 tasks a second after its start (Ctrl-C: 99
 tasks CANCELLED) changes the mapping's fields, not 99,990 files. A status.yaml that
 exists is always kept right, whoever made it (an older hsm made one for every task).
 
-When a task completes, the writer also reads its metrics once (hsm_core.reporting.
-results.read_metrics) into the journal's `metrics` table: `hsm results` and the reports
+When a task completes, the writer also reads its metrics once (hsm_core.metrics.
+read_metrics) into the journal's `metrics` table: `hsm results` and the reports
 then read one table instead of every task folder.
 
 Once per writer, an audit reads the status files and the mapping back and repairs any
@@ -590,8 +590,8 @@ class ViewWriter:
         )
         if not rows:
             return
+        from hsm_core.metrics import read_metrics
         from hsm_core.model import TaskKind
-        from hsm_core.reporting.results import read_metrics
         from hsm_core.taskdir import TaskPaths
 
         found = []

@@ -1,6 +1,6 @@
 """`hsm results SWEEP`: one row per task, its parameters and its metrics.
 
-Where metrics come from: hsm_core/reporting/results.py (the Hydra return value, the JSON
+Where metrics come from: hsm_core/metrics.py (the Hydra return value, the JSON
 files in the task's results/, else the last numbers it printed). Plain aligned text by
 default (pipes into sort, grep and less), or `--csv` / `--json`.
 """

@@ -212,7 +212,7 @@ def write_result(
     if not failed:
         # The numbers of the return value, so that `hsm results` and the reports read
         # them from this record instead of unpickling every job (ms each).
-        from hsm_core.reporting.results import numbers_of
+        from hsm_core.metrics import numbers_of
 
         try:
             record["return_numbers"] = numbers_of(ret._return_value)

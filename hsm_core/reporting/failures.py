@@ -17,7 +17,7 @@ from typing import Any
 from hsm_core.model import TaskState
 from hsm_core.reporting.errors_analysis import Cause, classify, exception_line, traceback_tail
 from hsm_core.reporting.sweepdata import SweepData
-from hsm_core.taskdir import STDERR, STDOUT, read_worker_record
+from hsm_core.taskdir import STDERR, STDOUT, read_tail, read_worker_record
 
 READ_BYTES = 64 * 1024  # the end of a log holds the traceback; huge logs are not read whole
 _LOG_SUFFIXES = (".log", ".err", ".out")
@@ -78,18 +78,6 @@ class ErrorAnalysis:
         return [f for g in self.groups for f in g.failures]
 
 
-def read_tail(path: Path, limit: int = READ_BYTES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")
-
-
 def attempt_logs(folder: Path) -> tuple[str, list[Path]]:
     """(text to classify, log files present) for one attempt's folder."""
     try:
@@ -99,13 +87,13 @@ def attempt_logs(folder: Path) -> tuple[str, list[Path]]:
     paths = [folder / n for n in names if n.endswith(_LOG_SUFFIXES) and not n.startswith(".")]
     first = [p for p in paths if p.name == STDERR]
     errs = [p for p in paths if p.name.endswith(".err")]
-    text = "\n".join(t for t in (read_tail(p) for p in first + errs) if t)
+    text = "\n".join(t for t in (read_tail(p, READ_BYTES) for p in first + errs) if t)
     if not exception_line(text):
         # The worker's own record of the error: only when the logs do not already say it.
         text = "\n".join(t for t in (text, _worker_text(folder)) if t)
     if not exception_line(text):
         stdout = [p for p in paths if p.name == STDOUT or p.name.endswith(".out")]
-        text = "\n".join([text, *(read_tail(p) for p in stdout)]).strip("\n")
+        text = "\n".join([text, *(read_tail(p, READ_BYTES) for p in stdout)]).strip("\n")
     ordered = first + errs + [p for p in paths if p not in first and p not in errs]
     return text, ordered
 

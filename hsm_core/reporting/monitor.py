@@ -17,9 +17,10 @@ from typing import Any
 
 from hsm_core.model import NOT_PLACED, TaskState
 from hsm_core.reporting.errors_analysis import classify
-from hsm_core.reporting.failures import attempt_logs, read_tail
+from hsm_core.reporting.failures import attempt_logs
 from hsm_core.reporting.sweepdata import source_slots
 from hsm_core.store import SweepStore
+from hsm_core.taskdir import read_tail
 
 HEALTH_LOG = Path("logs") / "health_status.log"
 _LOG_LINE = re.compile(r"^(?P<time>\S+ \S+) (?P<level>[A-Z]+)\s+(?P<logger>\S+): (?P<msg>.*)$")

@@ -9,7 +9,8 @@ from fractions import Fraction
 import pytest
 from omegaconf import OmegaConf
 
-from hsm_core.reporting.results import as_number, numbers_of, printed_numbers
+from hsm_core.metrics import numbers_of, printed_numbers
+from hsm_core.reporting.results import as_number
 
 
 @dataclass
