@@ -3,6 +3,8 @@ as `python bench/NAME.py`, which puts this folder first on sys.path)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import resource
 import shlex
@@ -102,6 +104,29 @@ def parallel_env() -> dict[str, str]:
     if shm.is_dir() and os.access(shm, os.W_OK):
         return {"TMPDIR": str(shm)}
     return {}
+
+
+def add_place_args(parser: argparse.ArgumentParser) -> None:
+    """--services-dir (where the test services keep their state) and --dir (where the
+    local sweeps are written), as the ssh benchmarks take them."""
+    parser.add_argument(
+        "--services-dir",
+        type=Path,
+        default=Path(os.environ.get("HSM_SERVICES_DIR", "/tmp/hsm-test-services")),
+    )
+    parser.add_argument(
+        "--dir", type=Path, help="where the local sweeps are written (default: system temp)"
+    )
+
+
+def ssh_hosts(services: Path) -> tuple[str, list[str]]:
+    """(ssh_config, host aliases) of the loopback test hosts the services dir describes."""
+    path = services / "sshd" / "env.json"
+    try:
+        env = json.loads(path.read_text())
+    except OSError:
+        raise SystemExit(f"{path} missing: start the hosts with scripts/services/sshd.sh start")
+    return env["ssh_config"], [h["alias"] for h in env["hosts"]]
 
 
 def hsm_argv() -> list[str]:

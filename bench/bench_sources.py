@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from _timing import Series, Timing, hsm_argv, timed
+from _timing import Series, Timing, add_place_args, hsm_argv, ssh_hosts, timed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -72,15 +72,6 @@ class Starts:
 
     def used(self) -> int:
         return int(statistics.median(len(xs) for xs in self.firsts))
-
-
-def load_env(services: Path) -> tuple[str, list[str]]:
-    path = services / "sshd" / "env.json"
-    try:
-        env = json.loads(path.read_text())
-    except OSError:
-        raise SystemExit(f"{path} missing: start the hosts with scripts/services/sshd.sh start")
-    return env["ssh_config"], [h["alias"] for h in env["hosts"]]
 
 
 async def prepare_remote(
@@ -149,20 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default="/usr/bin/python3", help="interpreter on the hosts")
     parser.add_argument("--hsm", help='command that starts hsm (default: the installed "hsm")')
     parser.add_argument("--baseline", help="a second hsm command, timed on the MANY runs too")
-    parser.add_argument(
-        "--services-dir",
-        type=Path,
-        default=Path(os.environ.get("HSM_SERVICES_DIR", "/tmp/hsm-test-services")),
-    )
-    parser.add_argument(
-        "--dir", type=Path, help="where the local sweeps are written (default: system temp)"
-    )
+    add_place_args(parser)
     args = parser.parse_args(argv)
     if args.dir is not None and not args.dir.is_dir():
         parser.error(f"--dir {args.dir}: no such folder")
     if args.sources <= ANCHOR or args.tasks < 2 or args.rounds < 1 or args.slots < 1:
         parser.error(f"need --sources > {ANCHOR}, --tasks >= 2, --rounds >= 1, --slots >= 1")
-    ssh_config, hosts = load_env(args.services_dir)
+    ssh_config, hosts = ssh_hosts(args.services_dir)
     if len(hosts) < ANCHOR:
         raise SystemExit(f"need {ANCHOR} ssh hosts in env.json")
     console = Console(stderr=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import shutil
@@ -39,7 +38,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from _timing import Series, Timing, file_create_us, hsm_argv, parallel_env, timed
+from _timing import (
+    Series,
+    Timing,
+    add_place_args,
+    file_create_us,
+    hsm_argv,
+    parallel_env,
+    ssh_hosts,
+    timed,
+)
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -47,15 +55,6 @@ from rich.table import Table
 REMOTE_DIR = "hsm-bench-ssh"  # relative to the login user's home on every host
 NOOP = "import sys\nsys.argv[1:]\n"
 TOOLS = ("hsm", "parallel", "floor")
-
-
-def load_hosts(services: Path) -> tuple[str, list[str]]:
-    path = services / "sshd" / "env.json"
-    try:
-        env = json.loads(path.read_text())
-    except OSError:
-        raise SystemExit(f"{path} missing: start the hosts with scripts/services/sshd.sh start")
-    return env["ssh_config"], [h["alias"] for h in env["hosts"][:2]]
 
 
 async def prepare_remote(
@@ -99,14 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--python", default="/usr/bin/python3", help="interpreter of the tasks")
-    parser.add_argument(
-        "--services-dir",
-        type=Path,
-        default=Path(os.environ.get("HSM_SERVICES_DIR", "/tmp/hsm-test-services")),
-    )
-    parser.add_argument(
-        "--dir", type=Path, help="where the local sweeps are written (default: system temp)"
-    )
+    add_place_args(parser)
     args = parser.parse_args(argv)
     if args.dir is not None and not args.dir.is_dir():
         parser.error(f"--dir {args.dir}: no such folder")
@@ -115,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("xargs", "parallel", "ssh"):
         if shutil.which(tool) is None:
             parser.error(f"`{tool}` is not on PATH")
-    ssh_config, hosts = load_hosts(args.services_dir)
+    ssh_config, all_hosts = ssh_hosts(args.services_dir)
+    hosts = all_hosts[:2]
     if len(hosts) < 2:
         raise SystemExit("need two ssh hosts in env.json")
     console = Console(stderr=True)
