@@ -421,15 +421,21 @@ def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
     store.close()
 
 
+def _slow_python(ssh_env: SshEnv, shared_dir: Path, seconds: int) -> Path:
+    """h1's python behind a wrapper that first sleeps: an agent on a busy host."""
+    slow = shared_dir / "slow-python"
+    slow.write_text(f'#!/bin/sh\nsleep {seconds}\nexec {ssh_env.host("h1").python} "$@"\n')
+    slow.chmod(0o755)
+    return slow
+
+
 def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
     ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """A busy host: its agent needs 3 s to answer, agent_timeout is 2 s. The first start
     fails ("did not answer"), the sweep runs on `fast`, the retry allows 4 s and `slow`
     joins."""
-    slow = shared_dir / "slow-python"
-    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {ssh_env.host("h1").python} "$@"\n')
-    slow.chmod(0o755)
+    slow = _slow_python(ssh_env, shared_dir, 3)
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 1", str(i)] for i in range(30)])
     store = new_store(tmp_path / "sweep", project, tasks)
@@ -456,9 +462,7 @@ def test_a_slow_start_does_not_hold_up_the_sweep(
     from hsm_core import engine
 
     monkeypatch.setattr(engine, "START_GRACE_S", 2.0)
-    slow = shared_dir / "slow-python"
-    slow.write_text(f'#!/bin/sh\nsleep 15\nexec {ssh_env.host("h1").python} "$@"\n')
-    slow.chmod(0o755)
+    slow = _slow_python(ssh_env, shared_dir, 15)
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 1", str(i)] for i in range(30)])
     store = new_store(tmp_path / "sweep", project, tasks)
