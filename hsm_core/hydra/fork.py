@@ -28,16 +28,17 @@ from typing import Any
 
 from hsm_core import remote_agent, taskdir
 from hsm_core.errors import ForkServerError, SourceError
+from hsm_core.hydra.fork_messages import Event, JobRequest
 from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkServer
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
-from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
+from hsm_core.sources.base import ComputeSource, HealthReport, Reporter, SweepContext
 
 KILL_GRACE_S = 3.0
 # After its launcher died, a fork server stops the jobs left within a few seconds and
 # journals each exit: how long a recovery waits for those lines.
 RECOVER_WAIT_S = 15.0
 
-Request = Callable[[TaskSpec, int], dict[str, Any]]
+Request = Callable[[TaskSpec, int], JobRequest]
 
 
 @dataclass
@@ -121,7 +122,7 @@ class ForkSource(ComputeSource):
         # the work elsewhere or gives up, instead of waiting for a slot that never frees.
         return max(0, self.capacity - len(self._jobs))
 
-    async def start(self, report: Any) -> None:
+    async def start(self, report: Reporter) -> None:
         await super().start(report)
         if self.server.evt_r is None:
             raise SourceError("the fork server is not running")
@@ -250,14 +251,13 @@ class ForkSource(ComputeSource):
             return
         job.stopping, job.reason = state, reason
         try:
-            why = "timeout" if state is TaskState.FAILED else "cancel"  # for the journal
             self.server.send(
                 {
                     "op": "kill",
                     "id": job.jid,
                     "sig": int(signal.SIGTERM),
                     "grace": KILL_GRACE_S,
-                    "why": why,
+                    "why": "timeout" if state is TaskState.FAILED else "cancel",  # journaled
                 }
             )
         except ForkServerError:
@@ -279,18 +279,17 @@ class ForkSource(ComputeSource):
             if line.strip():
                 self._event(json.loads(line))
 
-    def _event(self, msg: dict[str, Any]) -> None:
-        job = self._jobs.get(str(msg.get("id")))
+    def _event(self, msg: Event) -> None:
+        job = self._jobs.get(str(msg["id"]))
         if job is None:
             return
-        ev = msg.get("ev")
-        if ev == "started":
+        if msg["ev"] == "started":
             job.pid = int(msg["pid"])
             self._maybe_running(job)
-        elif ev == "exit":
+        elif msg["ev"] == "exit":
             self._finish(job, int(msg["status"]))
-        elif ev == "error":
-            self._settle(job, TaskState.LOST, str(msg.get("msg")), None)
+        elif msg["ev"] == "error":
+            self._settle(job, TaskState.LOST, str(msg["msg"]), None)
 
     def _finish(self, job: _Held, status: int) -> None:
         task_dir = self.ctx.task_dir(job.task)

@@ -9,6 +9,7 @@ another thread can be inherited. It speaks JSON lines over two pipes:
                         EOF = shut down
     server -> launcher: {"ev": "started", "id", "pid"} | {"ev": "exit", "id", "status"}
                         | {"ev": "error", "id", "msg"}
+    (one TypedDict per kind in fork_messages.py)
 
 A job process first does its set-up (compose, output dir, logging), then waits at a gate
 until "go" hands it a slot (and the environment for that slot, e.g. CUDA_VISIBLE_DEVICES);
@@ -43,6 +44,7 @@ from typing import Any
 
 from hsm_core import remote_agent
 from hsm_core.errors import ForkServerError
+from hsm_core.hydra.fork_messages import Event, JobRequest, Op
 
 Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
 Prefork = Callable[[Mapping[str, Any]], None]
@@ -175,7 +177,7 @@ class ForkServer:
         os.close(evt_w)
         self.pid, self.cmd_w, self.evt_r = pid, cmd_w, evt_r
 
-    def send(self, msg: Mapping[str, Any]) -> None:
+    def send(self, msg: Op) -> None:
         if self.cmd_w is None:
             raise ForkServerError("the fork server is not running")
         try:
@@ -256,7 +258,7 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _emit(st: _State, msg: Mapping[str, Any]) -> None:
+def _emit(st: _State, msg: Event) -> None:
     try:
         os.write(st.evt_w, (json.dumps(msg) + "\n").encode())
     except BrokenPipeError:
@@ -275,19 +277,19 @@ def _read_commands(runner: Runner, st: _State) -> None:
             _command(runner, st, json.loads(line))
 
 
-def _command(runner: Runner, st: _State, msg: dict[str, Any]) -> None:
-    op, jid = msg.get("op"), str(msg.get("id"))
+def _command(runner: Runner, st: _State, msg: Op) -> None:
+    jid = str(msg["id"])
     child = st.children.get(jid)
-    if op == "run":
+    if msg["op"] == "run":
         _spawn(runner, st, jid, msg["job"])
-    elif op == "go" and child is not None and child.go_w is not None:
+    elif msg["op"] == "go" and child is not None and child.go_w is not None:
         try:
             os.write(child.go_w, (json.dumps(msg.get("env") or {}) + "\n").encode())
         except BrokenPipeError:
             pass  # it died before the gate; its exit is on the way
         os.close(child.go_w)
         child.go_w = None
-    elif op == "kill" and child is not None:
+    elif msg["op"] == "kill" and child is not None:
         child.why = child.why or str(msg.get("why") or "cancel")
         _signal(child, int(msg.get("sig", signal.SIGTERM)))
         if child.go_w is not None:
@@ -358,7 +360,7 @@ def _shutdown(st: _State) -> None:
         child.kill_at = time.monotonic() + 2.0
 
 
-def _spawn(runner: Runner, st: _State, jid: str, job: Mapping[str, Any]) -> None:
+def _spawn(runner: Runner, st: _State, jid: str, job: JobRequest) -> None:
     if st.prefork is not None:
         try:
             st.prefork(job)
