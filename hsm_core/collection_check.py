@@ -147,13 +147,13 @@ class _Host:
     """One ssh source of the sweep, as recorded in its journal, reached on demand."""
 
     def __init__(self, name: str, options: Mapping[str, Any], sweep_id: str) -> None:
-        from hsm_core.sources.ssh.options import SshOptions
-        from hsm_core.transport.ssh import SshTransport
+        from hsm_core.sources.ssh.options import SSHOptions
+        from hsm_core.transport.ssh import SSHTransport
 
         self.name = name
-        self.opts = SshOptions.parse(name, options)
+        self.opts = SSHOptions.parse(name, options)
         self.sweep_id = sweep_id
-        self.transport = SshTransport(self.opts.target, name=name)
+        self.transport = SSHTransport(self.opts.target, name=name)
         self.state = HostState(name)
 
     def default_dir(self, task_name: str) -> str:

@@ -364,11 +364,11 @@ async def run_drill(name: str, entry: Mapping[str, Any], root: Path, scenario: s
     spec = source_spec(name, drill_entry)
     place = _Place()
     if stype == "ssh":
-        from hsm_core.sources.ssh.options import SshOptions
-        from hsm_core.transport.ssh import SshTransport
+        from hsm_core.sources.ssh.options import SSHOptions
+        from hsm_core.transport.ssh import SSHTransport
 
-        opts = SshOptions.parse(name, spec.options)
-        place = _Place(SshTransport(opts.target, name=name), opts.agent_python)
+        opts = SSHOptions.parse(name, spec.options)
+        place = _Place(SSHTransport(opts.target, name=name), opts.agent_python)
     store = SweepStore.create(
         scratch / "sweep",
         sweep_id=drill_id,

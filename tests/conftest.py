@@ -17,8 +17,8 @@ import pytest
 from tests.services import (
     ServiceUnavailable,
     SlurmEnv,
-    SshEnv,
-    SshHostControl,
+    SSHEnv,
+    SSHHostControl,
     load_slurm_env,
     load_ssh_env,
 )
@@ -34,8 +34,8 @@ def service_missing(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def ssh_env() -> SshEnv:
-    """The loopback ssh hosts h1, h2, ... (see tests/services.py: SshEnv)."""
+def ssh_env() -> SSHEnv:
+    """The loopback ssh hosts h1, h2, ... (see tests/services.py: SSHEnv)."""
     try:
         return load_ssh_env()
     except ServiceUnavailable as exc:
@@ -52,11 +52,11 @@ def slurm_env() -> SlurmEnv:
 
 
 @pytest.fixture
-def ssh_host_control(ssh_env: SshEnv) -> Iterator[SshHostControl]:
+def ssh_host_control(ssh_env: SSHEnv) -> Iterator[SSHHostControl]:
     """Freeze / thaw / kill / revive loopback hosts; all are restored after the test."""
     if os.geteuid() != 0:
         service_missing("freezing or killing the test sshd hosts needs root")
-    control = SshHostControl(ssh_env)
+    control = SSHHostControl(ssh_env)
     try:
         yield control
     finally:

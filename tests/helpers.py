@@ -91,16 +91,16 @@ def _timed_out(
     return AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
 
 
-class CpuHog:
+class CPUHog:
     """A busy-loop process per core beside a test: the machine is busy, as users' are.
 
-    Use as ``with CpuHog():``; the processes are killed (and reaped) at the end."""
+    Use as ``with CPUHog():``; the processes are killed (and reaped) at the end."""
 
     def __init__(self, per_core: int = 1) -> None:
         self.count = max(1, (os.cpu_count() or 1) * per_core)
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def __enter__(self) -> CpuHog:
+    def __enter__(self) -> CPUHog:
         for _ in range(self.count):
             self.procs.append(
                 subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)

@@ -52,7 +52,7 @@ def _read_env(name: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class SshHost:
+class SSHHost:
     """One loopback "remote host": its own sshd on its own 127.0.0.N address."""
 
     alias: str  # Host entry in the generated ssh_config (h1, h2, ...)
@@ -67,8 +67,8 @@ class SshHost:
 
 
 @dataclass(frozen=True)
-class SshEnv:
-    hosts: list[SshHost]
+class SSHEnv:
+    hosts: list[SSHHost]
     user: str
     ssh_config: Path  # Host h1... entries: HostName, Port, User, IdentityFile, known hosts
     known_hosts: Path  # every host's key: host-key checking stays ON
@@ -77,7 +77,7 @@ class SshEnv:
     remote_venv: str
     control_script: Path
 
-    def host(self, alias: str) -> SshHost:
+    def host(self, alias: str) -> SSHHost:
         for host in self.hosts:
             if host.alias == alias:
                 return host
@@ -97,7 +97,7 @@ class SshEnv:
         return asyncssh.connect(alias, config=[str(self.ssh_config)], **kwargs)
 
 
-def load_ssh_env() -> SshEnv:
+def load_ssh_env() -> SSHEnv:
     raw = _read_env("sshd")
     # A second checkout runs its own code on the hosts through its own remote venv
     # (`HSM_REMOTE_VENV=DIR scripts/services/sshd.sh venv`; scripts/test.sh does it).
@@ -108,7 +108,7 @@ def load_ssh_env() -> SshEnv:
         for h in raw["hosts"]:
             h["python"] = raw["remote_python"]
     hosts = [
-        SshHost(
+        SSHHost(
             alias=h["alias"],
             address=h["address"],
             port=int(h["port"]),
@@ -124,7 +124,7 @@ def load_ssh_env() -> SshEnv:
     down = [h.alias for h in hosts if not _tcp_open(h.address, h.port)]
     if down:
         raise ServiceUnavailable(f"sshd test hosts not running: {', '.join(down)}; {START_HINT}")
-    return SshEnv(
+    return SSHEnv(
         hosts=hosts,
         user=raw["user"],
         ssh_config=Path(raw["ssh_config"]),
@@ -174,7 +174,7 @@ def load_slurm_env() -> SlurmEnv:
 
 
 @dataclass
-class SshHostControl:
+class SSHHostControl:
     """Make a loopback host hang, come back, or die, through ``sshd.sh``.
 
     - ``freeze``: SIGSTOP its sshd and every session under it: new connections hang
@@ -188,7 +188,7 @@ class SshHostControl:
     Every host touched is thawed/revived when the test ends.
     """
 
-    env: SshEnv
+    env: SSHEnv
     _touched: set[str] = field(default_factory=set)
 
     def _run(self, action: str, alias: str) -> None:

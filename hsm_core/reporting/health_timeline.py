@@ -92,12 +92,12 @@ async def test_recovery(
     from hsm_core.health import HealthMonitor, HealthSettings
     from hsm_core.sources import make_source
     from hsm_core.sources.base import SweepContext
-    from hsm_core.sources.ssh.options import SshOptions
+    from hsm_core.sources.ssh.options import SSHOptions
 
     settings = HealthSettings.from_mapping(health)
     entry = {**entry, "sync": "warn"}  # looking must not push anything
     spec = source_spec(name, entry)
-    opts = SshOptions.parse(name, spec.options)
+    opts = SSHOptions.parse(name, spec.options)
     bound = opts.reconnect_window + settings.timeout_s
     result = RecoveryResult(name, False, bound)
     t0 = time.monotonic()

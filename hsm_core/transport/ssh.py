@@ -65,7 +65,7 @@ TARGET_KEYS = (
 
 
 @dataclass(frozen=True)
-class SshTarget:
+class SSHTarget:
     """Where and how to connect. Unset fields come from the ssh config (then defaults)."""
 
     host: str
@@ -79,7 +79,7 @@ class SshTarget:
     keepalive_count: int = 3
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], *, where: str = "") -> SshTarget:
+    def from_options(cls, options: Mapping[str, Any], *, where: str = "") -> SSHTarget:
         """Build from a source's hsm.yaml keys; a bad value is a ConfigError naming the key."""
 
         def key(name: str) -> str:
@@ -199,10 +199,10 @@ def _known_hosts_entry(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-class SshTransport:
+class SSHTransport:
     """A lazily opened, shared connection to one host."""
 
-    def __init__(self, target: SshTarget, *, name: str | None = None) -> None:
+    def __init__(self, target: SSHTarget, *, name: str | None = None) -> None:
         self.target = target
         self.name = name or target.host
         self._conn: asyncssh.SSHClientConnection | None = None

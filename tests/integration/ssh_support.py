@@ -16,7 +16,7 @@ from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, task_key
 from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
 from hsm_core.sources.base import ComputeSource
 from hsm_core.store import SweepStore
-from tests.services import SshEnv
+from tests.services import SSHEnv
 
 # Writes argv[1] to stdout as the exact bytes it received, and what it saw of its
 # environment to results/env.json (in HSM_TASK_DIR, so collection brings it back).
@@ -56,7 +56,7 @@ def make_project(root: Path, files: dict[str, str] | None = None) -> Path:
 _made: list[str] = []
 
 
-def remote_project(ssh_env: SshEnv, alias: str) -> str:
+def remote_project(ssh_env: SSHEnv, alias: str) -> str:
     """A fresh remote project dir for one test, removed when the test session ends (the
     loopback hosts share our filesystem)."""
     path = f"{ssh_env.host(alias).project_dir}/t_{uuid.uuid4().hex[:10]}"
@@ -71,7 +71,7 @@ def _remove_remote_projects() -> None:
 
 
 def ssh_spec(
-    ssh_env: SshEnv,
+    ssh_env: SSHEnv,
     alias: str,
     slots: int = 2,
     project_dir: str | None = None,
@@ -89,7 +89,7 @@ def ssh_spec(
     return SourceSpec(alias, "ssh", slots, options=opts)
 
 
-def ssh_entry(ssh_env: SshEnv, alias: str, slots: int = 2, **extra: Any) -> dict[str, Any]:
+def ssh_entry(ssh_env: SSHEnv, alias: str, slots: int = 2, **extra: Any) -> dict[str, Any]:
     """An hsm.yaml `sources:` entry for a loopback host (own remote project dir, quick to
     notice a dead host)."""
     return {

@@ -24,7 +24,7 @@ from hsm_core.model import TaskState
 from hsm_core.remote_agent import JOURNAL_DIR
 from hsm_core.store import SweepStore
 from tests.integration.ssh_support import make_project, ssh_entry
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import hsm_popen, wait_for
 
 N = 6
@@ -162,7 +162,7 @@ def test_agent_and_keeper_killed_together_never_overlap(tmp_path: Path, shared_d
 
 
 def test_a_killed_ssh_agent_costs_no_rerun_and_no_extra_slot(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     entry = ssh_entry(ssh_env, "h1", slots=SLOTS)
     project = _project(tmp_path, shared_dir, {"h1": entry})

@@ -13,7 +13,7 @@ import yaml
 from hsm_core.model import TaskState
 from hsm_core.store import SweepStore
 from tests.integration.ssh_support import make_project, ssh_entry
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import hsm
 
 N = 12
@@ -29,7 +29,7 @@ def _project(tmp_path: Path, sources: dict[str, Any]) -> Path:
 
 
 def test_tasks_a_host_without_the_project_failed_run_elsewhere(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     h1 = ssh_entry(ssh_env, "h1", slots=3, sync="warn")  # its project_dir stays empty
     project = _project(tmp_path, {"h1": h1})
@@ -45,7 +45,7 @@ def test_tasks_a_host_without_the_project_failed_run_elsewhere(
 
 
 def test_sources_test_and_monitor_health_call_such_a_host_failing(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     empty = ssh_entry(ssh_env, "h1", sync="warn")
     # The agent runs (its own interpreter), the tasks' `python:` does not exist.

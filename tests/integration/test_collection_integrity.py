@@ -19,9 +19,9 @@ import yaml
 from hsm_core import integrity
 from hsm_core.sources.ssh import collect
 from hsm_core.taskdir import FILES_RECORD
-from hsm_core.transport.ssh import SshTarget, SshTransport
+from hsm_core.transport.ssh import SSHTarget, SSHTransport
 from tests.integration.ssh_support import make_project, remote_project, ssh_entry
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import hsm
 
 # Writes a 100 kB file (pulled by SFTP: above inline_max), a small one (inline) and a
@@ -69,7 +69,7 @@ def _sha(path: Path) -> str:
 
 
 def test_corrupt_missing_and_extra_files_are_found_and_repaired(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     sources = {
         "h1": ssh_entry(ssh_env, "h1", exclude=["*.ckpt"]),
@@ -154,7 +154,7 @@ def test_corrupt_missing_and_extra_files_are_found_and_repaired(
 
 
 def test_a_copy_that_differs_from_the_host_record_is_pulled_again_then_refused(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     """The collector's own check, on a real SFTP pull: a right sum passes; a wrong one
     costs a second pull, then an IntegrityError, and leaves nothing behind."""
@@ -165,10 +165,10 @@ def test_a_copy_that_differs_from_the_host_record_is_pulled_again_then_refused(
     local = tmp_path / "task"
     local.mkdir()
     host = ssh_env.host("h1")
-    target = SshTarget(host="h1", ssh_config=str(ssh_env.ssh_config))
+    target = SSHTarget(host="h1", ssh_config=str(ssh_env.ssh_config))
 
     async def pull(sums: dict[str, integrity.Sum]) -> collect.CollectStats:
-        transport = SshTransport(target, name="h1")
+        transport = SSHTransport(target, name="h1")
         try:
             sftp = await transport.sftp()
             entries = [["out.bin", 200_000, 0.0]]

@@ -23,7 +23,7 @@ import yaml
 from hsm_core.model import TaskState
 from hsm_core.store import SweepStore
 from tests.integration.ssh_support import FAST_SSH, make_project, ssh_entry
-from tests.services import SlurmEnv, SshEnv
+from tests.services import SlurmEnv, SSHEnv
 from tests.sweep_utils import PY, hsm, hsm_popen, wait_for
 
 
@@ -68,7 +68,7 @@ def _store(project: Path, sweep_id: str) -> SweepStore:
 
 
 def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
-    ssh_env: SshEnv, slurm_env: SlurmEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, slurm_env: SlurmEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     sources = {
         "h1": ssh_entry(ssh_env, "h1"),
@@ -108,7 +108,7 @@ def test_one_sweep_over_local_two_ssh_hosts_and_slurm(
 
 
 def test_sweep_started_on_ssh_is_completed_on_local(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     project = _project(tmp_path, shared_dir, 10, 0.8, {"h1": ssh_entry(ssh_env, "h1")})
     proc = subprocess.Popen(
@@ -139,7 +139,7 @@ def test_sweep_started_on_ssh_is_completed_on_local(
     "seed", [int(x) for x in os.environ.get("HSM_STRESS_SEEDS", "1,2,3").split(",")]
 )
 def test_orchestrators_killed_and_doubled_at_random_run_each_task_once(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, seed: int
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path, seed: int
 ) -> None:
     """The kill harness, as a hostile user runs it: `hsm run` SIGKILLed at a random
     moment; two `hsm complete` started together, the owner SIGKILLed at a random moment;
@@ -251,7 +251,7 @@ def _health_test_store(tmp_path: Path, n: int, seconds: float) -> SweepStore:
 
 @pytest.mark.parametrize("failure", ["kill", "freeze"])
 def test_dead_host_is_disabled_in_the_health_log_and_a_frozen_one_comes_back(
-    ssh_env: SshEnv, ssh_host_control: Any, tmp_path: Path, failure: str
+    ssh_env: SSHEnv, ssh_host_control: Any, tmp_path: Path, failure: str
 ) -> None:
     """h2's sshd killed or frozen mid-sweep: its tasks run elsewhere, the sweep succeeds,
     and the health log shows h2 disabled. A frozen host that is thawed while the sweep

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tests.integration.ssh_support import make_project, ssh_entry
-from tests.services import SlurmEnv, SshEnv
+from tests.services import SlurmEnv, SSHEnv
 from tests.sweep_utils import hsm
 
 
@@ -37,7 +37,7 @@ def _drill_processes(ids: set[str]) -> list[str]:
 
 
 def test_every_drill_passes_and_leaves_nothing_behind(
-    ssh_env: SshEnv, slurm_env: SlurmEnv, tmp_path: Path
+    ssh_env: SSHEnv, slurm_env: SlurmEnv, tmp_path: Path
 ) -> None:
     h1 = ssh_entry(ssh_env, "h1")
     sources = {
@@ -103,7 +103,7 @@ def test_every_drill_passes_and_leaves_nothing_behind(
 
 
 def test_health_watch_test_recovery_shows_detection_and_re_enabling(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     """`hsm monitor health --watch --test-recovery`: h1's connection is dropped once; with
     `consecutive_failures: 1` the first failed check disables it, and it is re-enabled
@@ -134,7 +134,7 @@ def test_health_watch_test_recovery_shows_detection_and_re_enabling(
 
 
 def test_a_killed_ssh_agent_ends_its_channel_while_its_task_runs(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     """The keeper must not hold the channel open: sshd ends a channel's output only once
     stdout and stderr are both closed, and a keeper that kept stderr hid a killed agent
@@ -145,14 +145,14 @@ def test_a_killed_ssh_agent_ends_its_channel_while_its_task_runs(
     import signal
 
     from hsm_core.sources.ssh.agent import ssh_agent_channel
-    from hsm_core.transport.ssh import SshTarget, SshTransport
+    from hsm_core.transport.ssh import SSHTarget, SSHTransport
     from tests.integration.ssh_support import remote_project
 
     remote = remote_project(ssh_env, "h1")
     task_dir = posixpath.join(remote, "tasks", "task_001")
 
     async def scenario() -> float:
-        transport = SshTransport(SshTarget("h1", ssh_config=str(ssh_env.ssh_config)), name="h1")
+        transport = SSHTransport(SSHTarget("h1", ssh_config=str(ssh_env.ssh_config)), name="h1")
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         closed = asyncio.Event()
 

@@ -13,7 +13,7 @@ import yaml
 from hsm_core.model import TaskState
 from hsm_core.store import SweepStore
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import PY, hsm
 
 RAISES = "import sys; print('working', flush=True); raise ValueError('boom ' + sys.argv[1])"
@@ -61,7 +61,7 @@ def test_exit_codes_without_a_traceback_stay_as_they_are(tmp_path: Path) -> None
 
 
 @pytest.mark.ssh
-def test_ssh_command_failure_names_the_exception(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_ssh_command_failure_names_the_exception(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["python3", "-c", RAISES, "ssh"]])
     store = new_store(tmp_path / "sweep", project, tasks)
@@ -74,7 +74,7 @@ def test_ssh_command_failure_names_the_exception(ssh_env: SshEnv, tmp_path: Path
 
 @pytest.mark.ssh
 def test_hydra_job_on_ssh_names_the_exception(
-    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.hydra.util import APPS, jobs, run_app
     from tests.integration.ssh_support import remote_project

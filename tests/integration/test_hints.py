@@ -16,15 +16,15 @@ import pytest
 import yaml
 
 from hsm_core.errors import HsmError
-from hsm_core.transport.ssh import SshTarget, SshTransport
+from hsm_core.transport.ssh import SSHTarget, SSHTransport
 from tests.integration.ssh_support import remote_project
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import hsm
 
 
-def _connect(target: SshTarget) -> None:
+def _connect(target: SSHTarget) -> None:
     async def attempt() -> None:
-        transport = SshTransport(target)
+        transport = SSHTransport(target)
         try:
             await transport.connect()
         finally:
@@ -34,7 +34,7 @@ def _connect(target: SshTarget) -> None:
 
 
 def test_unknown_host_key_fix_runs_as_pasted_in_a_fresh_account(
-    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No ssh config, no ~/.ssh at all: the hint's command must create what it needs and
     append to the file the check reads (a quoted '~' would name a folder called '~')."""
@@ -42,7 +42,7 @@ def test_unknown_host_key_fix_runs_as_pasted_in_a_fresh_account(
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     h3 = ssh_env.host("h3")
-    target = SshTarget(h3.address, user=h3.user, port=h3.port, key=str(ssh_env.identity_file))
+    target = SSHTarget(h3.address, user=h3.user, port=h3.port, key=str(ssh_env.identity_file))
     with pytest.raises(HsmError) as err:
         _connect(target)
     message = str(err.value)
@@ -65,7 +65,7 @@ def _project(root: Path, sources: dict[str, object]) -> Path:
 
 
 def test_a_python_that_does_not_run_is_named_without_the_probe_script(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     project = _project(
         tmp_path / "p",
@@ -136,7 +136,7 @@ def test_sources_test_checks_configured_gpus_against_the_machine(tmp_path: Path)
     assert "gpubox: GPU 0, GPU-1234abcd, Fake GPU" in res.stdout
 
 
-def test_sources_test_checks_the_gpus_of_an_ssh_host(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_sources_test_checks_the_gpus_of_an_ssh_host(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = _project(
         tmp_path / "p",
         {

@@ -28,7 +28,7 @@ from hsm_core.orchestrate import RunOptions, RunOutcome, context_for, run_sweep
 from hsm_core.sources.hpc.job import EXIT_FILE, START_FILE
 from hsm_core.sources.hpc.source import HPCSource
 from hsm_core.store import SweepStore
-from tests.services import SlurmEnv, SshEnv
+from tests.services import SlurmEnv, SSHEnv
 from tests.sweep_utils import (
     LEAVES_BEHIND,
     PY,
@@ -586,7 +586,7 @@ def test_health_check_reports_partitions_and_jobs(tmp_path: Path, slurm_env: Slu
 
 
 def test_cluster_reached_over_ssh_submits_there_and_brings_results_back(
-    tmp_path: Path, slurm_env: SlurmEnv, ssh_env: SshEnv, sched: SchedulerLog
+    tmp_path: Path, slurm_env: SlurmEnv, ssh_env: SSHEnv, sched: SchedulerLog
 ) -> None:
     """hsm here, the login node behind ssh (loopback host h1, user `sweeper`): the same
     backend submits to the Slurm there; the task folders come back by SFTP."""

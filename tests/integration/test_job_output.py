@@ -18,7 +18,7 @@ from hsm_core.store import SweepStore
 from tests.helpers import async_wait_for
 from tests.hydra.util import APPS, HSM, run_app
 from tests.integration.ssh_support import make_project, new_store, remote_project, ssh_spec
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import PY, command_tasks, hsm, make_sweep
 
 # Prints a line, then waits for a flag file before its last line: the first line must be
@@ -153,7 +153,7 @@ def test_local_agent_lines_arrive_while_the_task_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.ssh
-def test_ssh_agent_forwards_lines_while_the_task_runs(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_ssh_agent_forwards_lines_while_the_task_runs(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", {"waiter.py": WAITER})
     remote = remote_project(ssh_env, "h1")
     flag = Path(remote) / "go"  # the loopback host shares this filesystem (not our /tmp)

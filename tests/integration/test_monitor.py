@@ -26,7 +26,7 @@ from hsm_core.model import TaskEvent, TaskSpec, TaskState, task_key
 from hsm_core.store import SweepStore
 from tests.browser import chromium_path, load_page
 from tests.conftest import service_missing
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import PY, hsm, hsm_popen, wait_for
 
 SCRIPTS = {
@@ -366,7 +366,7 @@ def test_health_lists_every_configured_source(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
 
 
-def test_health_of_ssh_hosts_up_and_down(tmp_path: Path, ssh_env: SshEnv) -> None:
+def test_health_of_ssh_hosts_up_and_down(tmp_path: Path, ssh_env: SSHEnv) -> None:
     h1 = ssh_env.host("h1")
     (tmp_path / "hsm.yaml").write_text(
         "sources:\n"

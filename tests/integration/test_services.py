@@ -16,12 +16,12 @@ import pytest
 import submitit
 
 from tests.helpers import wait_for
-from tests.services import SlurmEnv, SshEnv, SshHostControl
+from tests.services import SlurmEnv, SSHEnv, SSHHostControl
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_every_host_answers_as_itself_with_host_keys_checked(ssh_env: SshEnv) -> None:
+def test_every_host_answers_as_itself_with_host_keys_checked(ssh_env: SSHEnv) -> None:
     async def check(alias: str) -> tuple[str, str]:
         async with ssh_env.connect(alias) as conn:
             result = await conn.run("echo $HSM_TEST_HOST; id -un", check=True)
@@ -36,7 +36,7 @@ def test_every_host_answers_as_itself_with_host_keys_checked(ssh_env: SshEnv) ->
     assert ssh_env.user != "root"
 
 
-def test_remote_python_imports_hsm_and_project_dirs_are_writable(ssh_env: SshEnv) -> None:
+def test_remote_python_imports_hsm_and_project_dirs_are_writable(ssh_env: SSHEnv) -> None:
     async def main() -> None:
         for host in ssh_env.hosts:
             async with ssh_env.connect(host.alias) as conn:
@@ -52,7 +52,7 @@ def test_remote_python_imports_hsm_and_project_dirs_are_writable(ssh_env: SshEnv
 
 @pytest.mark.parametrize("known_hosts", ["other key", "empty"])
 def test_unknown_or_changed_host_key_is_refused(
-    ssh_env: SshEnv, tmp_path: Path, known_hosts: str
+    ssh_env: SSHEnv, tmp_path: Path, known_hosts: str
 ) -> None:
     host = ssh_env.hosts[0]
     bad = tmp_path / "known_hosts"
@@ -75,7 +75,7 @@ def test_unknown_or_changed_host_key_is_refused(
 
 
 def test_host_control_freeze_thaw_kill_revive(
-    ssh_env: SshEnv, ssh_host_control: SshHostControl
+    ssh_env: SSHEnv, ssh_host_control: SSHHostControl
 ) -> None:
     alias = ssh_env.hosts[-1].alias
 

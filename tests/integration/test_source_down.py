@@ -1,7 +1,7 @@
 """A source that cannot start is a dead host, not the end of the sweep: the sweep runs on
 the sources that started and keeps trying the others. Real loopback sshd hosts; a "dead"
 source is an ssh source pointed at a port where nothing listens (refused at once), or a
-host whose sshd was killed (SshHostControl). Sources that must be up are on h1, under
+host whose sshd was killed (SSHHostControl). Sources that must be up are on h1, under
 names of their own: other tests stop h2 (and this one h3) at times."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.integration.ssh_support import (
     ssh_entry,
     ssh_spec,
 )
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import hsm, hsm_popen
 
 
@@ -55,13 +55,13 @@ def _closed_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _on_h1(ssh_env: SshEnv, name: str, slots: int = 2, **options: Any) -> SourceSpec:
+def _on_h1(ssh_env: SSHEnv, name: str, slots: int = 2, **options: Any) -> SourceSpec:
     """A source named `name` on the loopback host h1 (a project dir of its own)."""
     base = ssh_spec(ssh_env, "h1", slots, **FAST_SSH, **options)
     return SourceSpec(name, "ssh", slots, options=dict(base.options))
 
 
-def _dead_entry(ssh_env: SshEnv, alias: str) -> dict[str, Any]:
+def _dead_entry(ssh_env: SSHEnv, alias: str) -> dict[str, Any]:
     """An ssh source whose host refuses every connection."""
     return ssh_entry(ssh_env, alias, port=_closed_port(ssh_env.host(alias).address))
 
@@ -101,7 +101,7 @@ def _warnings(stderr: str) -> list[str]:
 
 
 def test_one_refused_source_of_three_the_sweep_runs_on_the_other_two(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     sources = {
         "a": ssh_entry(ssh_env, "h1"),
@@ -132,7 +132,7 @@ def test_one_refused_source_of_three_the_sweep_runs_on_the_other_two(
 
 
 def test_all_sources_down_is_one_line_and_exit_2(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     sources = {"dead1": _dead_entry(ssh_env, "h2"), "dead2": _dead_entry(ssh_env, "h3")}
     project = _project(tmp_path, shared_dir, sources)
@@ -147,7 +147,7 @@ def test_all_sources_down_is_one_line_and_exit_2(
 
 @pytest.mark.parametrize("where", ["flag", "hsm.yaml"])
 def test_require_all_sources_fails_fast(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, where: str
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path, where: str
 ) -> None:
     sources = {"h1": ssh_entry(ssh_env, "h1"), "dead": _dead_entry(ssh_env, "h3")}
     top = {"require_all_sources": True} if where == "hsm.yaml" else {}
@@ -165,7 +165,7 @@ def test_require_all_sources_fails_fast(
 
 
 def test_a_mistake_on_one_source_stays_fatal(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """An unknown host key is a decision for the user, not an outage: the run stops
     before any task, even though h1 could run them."""
@@ -183,7 +183,7 @@ def test_a_mistake_on_one_source_stays_fatal(
 
 
 def test_complete_runs_on_the_sources_that_start(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """`hsm complete` degrades the same way (and --require-all-sources keeps it strict)."""
     gate = shared_dir / "go"
@@ -217,7 +217,7 @@ def test_complete_runs_on_the_sources_that_start(
 
 
 def test_complete_with_every_source_down_is_one_line_and_exit_2(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """`hsm complete` on sources that are all down: one line, exit 2, and the journal as
     it was (the tasks to retry are still FAILED, no attempt was added)."""
@@ -244,7 +244,7 @@ def test_complete_with_every_source_down_is_one_line_and_exit_2(
 
 
 def test_a_source_that_comes_up_mid_sweep_receives_tasks(
-    ssh_env: SshEnv, ssh_host_control: Any, tmp_path: Path
+    ssh_env: SSHEnv, ssh_host_control: Any, tmp_path: Path
 ) -> None:
     """h3's sshd is down when the sweep starts (refused); it comes back a few seconds
     later, is started in the background and takes tasks."""
@@ -288,7 +288,7 @@ def test_a_source_that_comes_up_mid_sweep_receives_tasks(
     store.close()
 
 
-def test_hydra_launcher_runs_on_the_sources_that_start(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_hydra_launcher_runs_on_the_sources_that_start(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = tmp_path / "app"
     project.mkdir()
     (project / "hsm.yaml").write_text(
@@ -321,7 +321,7 @@ def test_hydra_launcher_runs_on_the_sources_that_start(ssh_env: SshEnv, tmp_path
     )
 
 
-def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = tmp_path / "app"
     project.mkdir()
     (project / "hsm.yaml").write_text(
@@ -334,7 +334,7 @@ def test_hydra_launcher_with_every_source_down_is_one_line(ssh_env: SshEnv, tmp_
 
 
 def test_many_sources_start_a_few_at_a_time_and_all_take_work(
-    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More ssh sources on one host than start at once (each its own connection, agent
     and project dir) x 1 slot, half of them naming it by its ssh config alias and half by
@@ -397,7 +397,7 @@ def test_many_sources_start_a_few_at_a_time_and_all_take_work(
 
 
 def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     """A previous orchestrator died while two tasks ran on `dead`; now `dead` refuses:
     they cannot be asked after, so they are LOST there and run on h1 (as when a host dies
@@ -421,7 +421,7 @@ def test_attempts_left_on_a_source_that_cannot_start_run_again_elsewhere(
     store.close()
 
 
-def _slow_python(ssh_env: SshEnv, shared_dir: Path, seconds: int) -> Path:
+def _slow_python(ssh_env: SSHEnv, shared_dir: Path, seconds: int) -> Path:
     """h1's python behind a wrapper that first sleeps: an agent on a busy host."""
     slow = shared_dir / "slow-python"
     slow.write_text(f'#!/bin/sh\nsleep {seconds}\nexec {ssh_env.host("h1").python} "$@"\n')
@@ -430,7 +430,7 @@ def _slow_python(ssh_env: SshEnv, shared_dir: Path, seconds: int) -> Path:
 
 
 def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """A busy host: its agent needs 3 s to answer, agent_timeout is 2 s. The first start
     fails ("did not answer"), the sweep runs on `fast`, the retry allows 4 s and `slow`
@@ -454,7 +454,7 @@ def test_an_agent_that_answers_late_gets_longer_at_the_next_try(
 
 
 def test_a_slow_start_does_not_hold_up_the_sweep(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`slow`'s agent takes 15 s to answer (within its agent_timeout): 2 s (the grace
     period, here) after `fast` is up the sweep begins on it, and `slow` joins when its
@@ -487,7 +487,7 @@ def test_a_slow_start_does_not_hold_up_the_sweep(
 
 
 def test_the_summary_says_how_to_use_a_source_once_it_is_back(
-    ssh_env: SshEnv, tmp_path: Path, shared_dir: Path
+    ssh_env: SSHEnv, tmp_path: Path, shared_dir: Path
 ) -> None:
     """A run stopped with tasks left names the source that never started and the
     `hsm complete` line to finish on it; pasted once the host is back, that line does."""

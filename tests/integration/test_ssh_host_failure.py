@@ -23,12 +23,12 @@ from tests.integration.ssh_support import (
     run,
     ssh_spec,
 )
-from tests.services import SshEnv, SshHostControl
+from tests.services import SSHEnv, SSHHostControl
 
 
 @pytest.mark.parametrize("failure", ["kill", "freeze"])
 def test_dead_host_attempts_are_lost_and_rerun(
-    ssh_env: SshEnv, ssh_host_control: SshHostControl, tmp_path: Path, failure: str
+    ssh_env: SSHEnv, ssh_host_control: SSHHostControl, tmp_path: Path, failure: str
 ) -> None:
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["sh", "-c", "sleep 1.5; echo ok-$0", str(i)] for i in range(6)])
@@ -66,7 +66,7 @@ def test_dead_host_attempts_are_lost_and_rerun(
     store.close()
 
 
-def test_dropped_connection_reattaches_without_loss(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_dropped_connection_reattaches_without_loss(ssh_env: SSHEnv, tmp_path: Path) -> None:
     """The ssh session dies under the agent (network blip, sshd restart): hsm reconnects,
     re-attaches to the tasks still running there, and nothing is LOST or run twice."""
     project = make_project(tmp_path / "proj")

@@ -10,12 +10,12 @@ import pytest
 
 from hsm_core.errors import HsmError
 from hsm_core.model import TaskState
-from hsm_core.transport.ssh import SshTarget, SshTransport
+from hsm_core.transport.ssh import SSHTarget, SSHTransport
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
-from tests.services import SshEnv
+from tests.services import SSHEnv
 
 
-def test_changed_host_key_is_refused_before_any_task(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_changed_host_key_is_refused_before_any_task(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h1, h2 = ssh_env.host("h1"), ssh_env.host("h2")
     lines = ssh_env.known_hosts.read_text().splitlines()
     other_key = next(line for line in lines if line.startswith(f"[{h2.address}]:"))
@@ -40,14 +40,14 @@ def test_changed_host_key_is_refused_before_any_task(ssh_env: SshEnv, tmp_path: 
     store.close()
 
 
-def test_unknown_host_key_is_refused_with_the_fix(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_unknown_host_key_is_refused_with_the_fix(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h3 = ssh_env.host("h3")
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    target = SshTarget("h3", ssh_config=str(ssh_env.ssh_config), known_hosts=str(empty))
+    target = SSHTarget("h3", ssh_config=str(ssh_env.ssh_config), known_hosts=str(empty))
 
     async def attempt() -> None:
-        transport = SshTransport(target)
+        transport = SSHTransport(target)
         try:
             await transport.connect()
         finally:

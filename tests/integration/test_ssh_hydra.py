@@ -10,7 +10,7 @@ import pytest
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite
 
 from tests.integration.ssh_support import remote_project
-from tests.services import SshEnv
+from tests.services import SSHEnv
 
 pytestmark = pytest.mark.ssh
 
@@ -23,21 +23,21 @@ SSH_POOL = [
 
 
 @pytest.fixture(autouse=True)
-def _ssh_pool_env(ssh_env: SshEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+def _ssh_pool_env(ssh_env: SSHEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HSM_TEST_SSH_CONFIG", str(ssh_env.ssh_config))
     monkeypatch.setenv("HSM_TEST_REMOTE_PYTHON", ssh_env.host("h1").python)
     monkeypatch.setenv("HSM_TEST_REMOTE_PROJECT", remote_project(ssh_env, "h1"))
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [("hsm", SSH_POOL)])
-class TestHsmLauncherOnSsh(LauncherTestSuite):
+class TestHsmLauncherOnSSH(LauncherTestSuite):
     pass
 
 
 @pytest.mark.parametrize(
     "launcher_name, overrides", [("hsm", [*SSH_POOL, "hydra.sweeper.max_batch_size=2"])]
 )
-class TestBatchedOnSsh(BatchedSweeperTestSuite):
+class TestBatchedOnSSH(BatchedSweeperTestSuite):
     pass
 
 
@@ -79,7 +79,7 @@ def test_example_app_runs_on_the_ssh_host_and_comes_back(tmp_path: Path) -> None
 
 
 def test_many_jobs_on_several_hosts_all_find_their_payload(
-    ssh_env: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_env: SSHEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Several slots on each of three hosts (plus local), 56 jobs, the CPU busy: every
     job finds the shared payload on its host. A launch message that overtook the one
@@ -89,14 +89,14 @@ def test_many_jobs_on_several_hosts_all_find_their_payload(
 
     from hsm_core.model import TaskState
     from hsm_core.store import SweepStore
-    from tests.helpers import CpuHog
+    from tests.helpers import CPUHog
 
     for alias in ("h1", "h2", "h3"):
         project = remote_project(ssh_env, alias)
         monkeypatch.setenv(f"HSM_TEST_REMOTE_PROJECT_{alias.upper()}", project)
     app = Path(__file__).resolve().parents[1] / "hydra" / "apps" / "tiny.py"
     sweep_dir = tmp_path / "multirun"
-    with CpuHog():
+    with CPUHog():
         res = subprocess.run(
             [sys.executable, str(app), "-m", "hydra/launcher=hsm",
              f"hydra.searchpath=[file://{CONF}]", "hydra/launcher/pool=three_hosts",

@@ -16,7 +16,7 @@ from hsm_core.remote_agent import JOURNAL_DIR, Journal
 from hsm_core.store import SweepStore
 from tests.helpers import wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
-from tests.services import SshEnv
+from tests.services import SSHEnv
 
 DRIVER = """
 import asyncio, json, sys
@@ -45,7 +45,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigkilled_orchestrator_reattaches_and_collects(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_sigkilled_orchestrator_reattaches_and_collects(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     # Each task appends to a file in the remote project: a second start would show.
     script = 'echo start >> "$HSM_TASK_DIR/results/starts"; sleep 2.5; echo done-$0'

@@ -16,7 +16,7 @@ from hsm_core.remote_agent import JOURNAL_DIR, Journal
 from hsm_core.sources.ssh.source import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
-from tests.services import SshEnv
+from tests.services import SSHEnv
 from tests.sweep_utils import (
     LEAVES_BEHIND,
     check_nothing_left_behind,
@@ -56,7 +56,7 @@ HOSTILE = [
 ]
 
 
-def test_sweep_over_two_hosts(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_sweep_over_two_hosts(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     tasks = command_tasks([["python3", "echo.py", f"value-{i}"] for i in range(12)])
     store = new_store(tmp_path / "sweep", project, tasks)
@@ -86,7 +86,7 @@ def test_sweep_over_two_hosts(ssh_env: SshEnv, tmp_path: Path) -> None:
     store.close()
 
 
-def test_hostile_values_arrive_byte_exact(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_hostile_values_arrive_byte_exact(ssh_env: SSHEnv, tmp_path: Path) -> None:
     marker = Path("/tmp/hsm-pwned-ssh")
     marker.unlink(missing_ok=True)
     project = make_project(tmp_path / "proj")
@@ -105,7 +105,7 @@ def test_hostile_values_arrive_byte_exact(ssh_env: SshEnv, tmp_path: Path) -> No
     store.close()
 
 
-def test_results_are_local_before_the_sweep_ends(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_results_are_local_before_the_sweep_ends(ssh_env: SSHEnv, tmp_path: Path) -> None:
     """Each finished folder is here when its COMPLETED is recorded, while others run."""
     project = make_project(tmp_path / "proj")
     argvs = [["sh", "-c", "echo fast-$0", str(i)] for i in range(3)]
@@ -133,7 +133,7 @@ def test_results_are_local_before_the_sweep_ends(ssh_env: SshEnv, tmp_path: Path
     store.close()
 
 
-def test_cancel_kills_the_remote_process_group(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_cancel_kills_the_remote_process_group(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     # A task with a grandchild: cancel must take the whole group.
     tasks = command_tasks([["sh", "-c", "sleep 60 & sleep 60; wait"] for _ in range(2)])
@@ -188,7 +188,7 @@ def live_members(pgids: list[int]) -> list[int]:
     return found
 
 
-def test_large_outputs_by_sftp_and_excluded_globs(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_large_outputs_by_sftp_and_excluded_globs(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     script = (
         'cd "$HSM_TASK_DIR/results" && head -c 300000 /dev/urandom > big.bin && '
@@ -209,7 +209,7 @@ def test_large_outputs_by_sftp_and_excluded_globs(ssh_env: SshEnv, tmp_path: Pat
     store.close()
 
 
-def test_setup_lines_and_one_gpu_per_running_task(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_setup_lines_and_one_gpu_per_running_task(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     # The setup line's variable, the task's argv and the GPU of each task end up in stdout.
     script = 'echo "$HSM_MARK|$0|$CUDA_VISIBLE_DEVICES"; sleep 0.3'
@@ -238,7 +238,7 @@ def test_setup_lines_and_one_gpu_per_running_task(ssh_env: SshEnv, tmp_path: Pat
 
 
 def test_a_tasks_own_result_json_is_collected_and_decides_nothing(
-    ssh_env: SshEnv, tmp_path: Path
+    ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
     """On a host too, the exit status the agent saw decides, and the task's own
     result.json comes back as one of its files (issue 11, item 5)."""
@@ -249,7 +249,7 @@ def test_a_tasks_own_result_json_is_collected_and_decides_nothing(
     store.close()
 
 
-def test_what_a_task_leaves_behind_ends_with_it(ssh_env: SshEnv, tmp_path: Path) -> None:
+def test_what_a_task_leaves_behind_ends_with_it(ssh_env: SSHEnv, tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     store = new_store(tmp_path / "sweep", project, command_tasks([LEAVES_BEHIND] * 2))
     asyncio.run(run(store, [ssh_spec(ssh_env, "h1", slots=2)]))

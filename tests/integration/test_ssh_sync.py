@@ -14,7 +14,7 @@ from hsm_core.model import TaskState
 from hsm_core.orchestrate import context_for
 from hsm_core.sources.ssh.source import SSHSource
 from hsm_core.sources.ssh.sync import verify
-from hsm_core.transport.ssh import SshTarget, SshTransport
+from hsm_core.transport.ssh import SSHTarget, SSHTransport
 from tests.integration.ssh_support import (
     command_tasks,
     make_project,
@@ -23,16 +23,16 @@ from tests.integration.ssh_support import (
     run,
     ssh_spec,
 )
-from tests.services import SshEnv
+from tests.services import SSHEnv
 
 LOCAL_TEXT = "local version\n"
 
 
-async def _clone_and_dirty(ssh_env: SshEnv, project: Path, remote_dir: str) -> None:
+async def _clone_and_dirty(ssh_env: SSHEnv, project: Path, remote_dir: str) -> None:
     """Copy the project with its .git to the host, then edit a tracked file there."""
     async with ssh_env.connect("h1") as conn, conn.start_sftp_client() as sftp:
         await sftp.put(str(project), remote_dir, recurse=True)
-        transport = SshTransport(SshTarget("h1", ssh_config=str(ssh_env.ssh_config)))
+        transport = SSHTransport(SSHTarget("h1", ssh_config=str(ssh_env.ssh_config)))
         try:
             report = await verify(
                 transport,
@@ -50,7 +50,7 @@ async def _clone_and_dirty(ssh_env: SshEnv, project: Path, remote_dir: str) -> N
 
 
 @pytest.mark.parametrize("policy", ["warn", "fail", "push"])
-def test_dirty_remote_tree(ssh_env: SshEnv, tmp_path: Path, policy: str) -> None:
+def test_dirty_remote_tree(ssh_env: SSHEnv, tmp_path: Path, policy: str) -> None:
     project = make_project(tmp_path / "proj", {"data.txt": LOCAL_TEXT})
     remote_dir = remote_project(ssh_env, "h1")
     asyncio.run(_clone_and_dirty(ssh_env, project, remote_dir))
@@ -89,7 +89,7 @@ def test_dirty_remote_tree(ssh_env: SshEnv, tmp_path: Path, policy: str) -> None
     store.close()
 
 
-async def _exists(ssh_env: SshEnv, path: str) -> bool:
+async def _exists(ssh_env: SSHEnv, path: str) -> bool:
     async with ssh_env.connect("h1") as conn, conn.start_sftp_client() as sftp:
         try:
             await sftp.stat(path)

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from hsm_core.sources.hpc.options import HpcOptions
+from hsm_core.sources.hpc.options import HPCOptions
 from hsm_core.sources.hpc.slurm import Slurm
 from tests.helpers import assert_golden
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
 FOLDER = "/shared/sweeps/run 1/scripts/gpu"
 
-ARRAY = HpcOptions(
+ARRAY = HPCOptions(
     partition="gpu",
     account="abc123",
     qos="high",
@@ -34,7 +34,7 @@ ARRAY = HpcOptions(
     directives=("--constraint=a100", "--exclusive"),
     job_name="sweep",
 )
-SINGLE = HpcOptions(time_min=5, mem_gb=1.5, requeue=True, python="python3", job_name="one job")
+SINGLE = HPCOptions(time_min=5, mem_gb=1.5, requeue=True, python="python3", job_name="one job")
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def _srun_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-def _script(opts: HpcOptions, *, parallelism: int, count: int) -> str:
+def _script(opts: HPCOptions, *, parallelism: int, count: int) -> str:
     ex = Slurm(opts).executor(FOLDER, parallelism)
     if count > 1:
         ex.parameters["map_count"] = count  # what submitit sets for an array of `count`
@@ -57,7 +57,7 @@ def _script(opts: HpcOptions, *, parallelism: int, count: int) -> str:
     ("name", "opts", "parallelism", "count"),
     [("array", ARRAY, 4, 10), ("single", SINGLE, 1, 1)],
 )
-def test_golden_sbatch_script(name: str, opts: HpcOptions, parallelism: int, count: int) -> None:
+def test_golden_sbatch_script(name: str, opts: HPCOptions, parallelism: int, count: int) -> None:
     text = _script(opts, parallelism=parallelism, count=count)
     golden = DATA / f"golden_{name}.sh"
     assert_golden(golden, text)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from hsm_core.errors import ConfigError
-from hsm_core.sources.ssh.options import SshOptions, remote_path
+from hsm_core.sources.ssh.options import SSHOptions, remote_path
 from hsm_core.transport.ssh import command_line
 
 
 def test_defaults_and_agent_python() -> None:
-    opts = SshOptions.parse("s1", {"host": "server1", "project_dir": "~/proj/"})
+    opts = SSHOptions.parse("s1", {"host": "server1", "project_dir": "~/proj/"})
     assert (opts.python, opts.agent_python, opts.sync) == ("python3", "python3", "warn")
     assert opts.project_dir == "~/proj"
     assert opts.target.host == "server1" and opts.target.port is None
-    absolute = SshOptions.parse("s1", {"host": "h", "project_dir": "p", "python": "/env/py"})
+    absolute = SSHOptions.parse("s1", {"host": "h", "project_dir": "p", "python": "/env/py"})
     assert absolute.agent_python == "/env/py"  # safe: no setup line needed to find it
-    via_setup = SshOptions.parse(
+    via_setup = SSHOptions.parse(
         "s1", {"host": "h", "project_dir": "p", "python": "python", "setup": "conda activate x"}
     )
     assert via_setup.agent_python == "python3" and via_setup.setup == ("conda activate x",)
@@ -40,7 +40,7 @@ def test_defaults_and_agent_python() -> None:
 )
 def test_bad_keys_name_the_key(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        SshOptions.parse("s1", options)
+        SSHOptions.parse("s1", options)
     assert err.value.key == key
     assert "\n" not in str(err.value)
 
@@ -58,6 +58,6 @@ def test_command_line_quotes_every_word() -> None:
 
 
 def test_agent_timeout_defaults_to_a_minute_and_must_be_positive() -> None:
-    assert SshOptions.parse("s", {"host": "x", "project_dir": "p"}).agent_timeout == 60.0
+    assert SSHOptions.parse("s", {"host": "x", "project_dir": "p"}).agent_timeout == 60.0
     with pytest.raises(ConfigError, match="agent_timeout"):
-        SshOptions.parse("s", {"host": "x", "project_dir": "p", "agent_timeout": 0})
+        SSHOptions.parse("s", {"host": "x", "project_dir": "p", "agent_timeout": 0})

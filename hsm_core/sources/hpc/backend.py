@@ -21,7 +21,7 @@ from typing import Any
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.resume import KEPT
 from hsm_core.sources.hpc.job import run_task
-from hsm_core.sources.hpc.options import HpcOptions
+from hsm_core.sources.hpc.options import HPCOptions
 from hsm_core.sources.hpc.scheduler import Scheduler, tail_line
 from hsm_core.sources.hpc.slurm import Slurm
 from hsm_core.taskdir import (
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 STDERR_TAIL_BYTES = 4096
 
 
-def scheduler_for(opts: HpcOptions) -> Scheduler:
+def scheduler_for(opts: HPCOptions) -> Scheduler:
     if opts.scheduler == "pbs":
         from hsm_core.sources.hpc.pbs.scheduler import PBS
 
@@ -69,7 +69,7 @@ def prepare_task_dir(task_dir: str, attempt: int, resume: bool = False) -> None:
 
 
 def submit(
-    opts: HpcOptions, folder: str, jobs: Sequence[Mapping[str, Any]], parallelism: int
+    opts: HPCOptions, folder: str, jobs: Sequence[Mapping[str, Any]], parallelism: int
 ) -> tuple[list[str], str | None]:
     """Submit the job requests as arrays of at most `array_limit`, each throttled to
     `parallelism`. Returns the job ids of what was submitted (in order) and the error
@@ -135,7 +135,7 @@ def read_records(task_dir: str, attempt: int) -> dict[str, Any]:
 
 
 def poll(
-    opts: HpcOptions, job_ids: Sequence[str], dirs: Iterable[tuple[str, int]]
+    opts: HPCOptions, job_ids: Sequence[str], dirs: Iterable[tuple[str, int]]
 ) -> dict[str, Any]:
     """One status query (when job_ids is not empty) and then the records of the task dirs.
     The query comes first: a job it reports over has written its records already."""
@@ -152,15 +152,15 @@ def poll(
     return {"states": states, "status_error": error, "records": records, "accounting": accounting}
 
 
-def cancel(opts: HpcOptions, job_ids: Sequence[str]) -> None:
+def cancel(opts: HPCOptions, job_ids: Sequence[str]) -> None:
     scheduler_for(opts).cancel(job_ids)
 
 
-def check(opts: HpcOptions) -> dict[str, Any]:
+def check(opts: HPCOptions) -> dict[str, Any]:
     return scheduler_for(opts).check()
 
 
-def health(opts: HpcOptions) -> dict[str, Any]:
+def health(opts: HPCOptions) -> dict[str, Any]:
     return scheduler_for(opts).health()
 
 
@@ -168,7 +168,7 @@ def health(opts: HpcOptions) -> dict[str, Any]:
 
 
 def handle(request: Mapping[str, Any]) -> dict[str, Any]:
-    opts = HpcOptions.from_json(request["options"])
+    opts = HPCOptions.from_json(request["options"])
     op = request["op"]
     if op == "submit":
         ids, error = submit(opts, request["folder"], request["jobs"], int(request["parallelism"]))

@@ -18,7 +18,7 @@ from typing import Any
 
 from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt
-from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
+from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SSHBackend
 from hsm_core.sources.hpc.options import parse_options
 from hsm_core.sources.hpc.source import LEDGER
 
@@ -75,7 +75,7 @@ def cancel_recorded(store: Any) -> int:
             continue
         try:
             opts = parse_options(source_spec(name, entry))
-            client: BackendClient = SshBackend(opts, name) if opts.remote else LocalBackend(opts)
+            client: BackendClient = SSHBackend(opts, name) if opts.remote else LocalBackend(opts)
             asyncio.run(_cancel(client, ids))
         except (SourceError, HsmError) as exc:
             log.warning("%s: could not cancel jobs %s: %s", name, " ".join(ids), exc)

@@ -17,7 +17,7 @@ from typing import Any
 
 from hsm_core.errors import CommandError, HsmError, SchedulerError, SourceError
 from hsm_core.sources.hpc import backend as hpc_backend
-from hsm_core.sources.hpc.options import HpcOptions
+from hsm_core.sources.hpc.options import HPCOptions
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ REMOTE_TIMEOUT_S = 120.0
 class BackendClient(abc.ABC):
     """The operations of the backend, async, wherever the login node is."""
 
-    def __init__(self, opts: HpcOptions) -> None:
+    def __init__(self, opts: HPCOptions) -> None:
         self.opts = opts
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -58,16 +58,16 @@ class LocalBackend(BackendClient):
             raise SourceError(str(exc)) from None
 
 
-class SshBackend(BackendClient):
+class SSHBackend(BackendClient):
     """The login node is reached over ssh: one connection, one command per operation."""
 
-    def __init__(self, opts: HpcOptions, name: str) -> None:
+    def __init__(self, opts: HPCOptions, name: str) -> None:
         super().__init__(opts)
-        from hsm_core.transport.ssh import SshTarget, SshTransport
+        from hsm_core.transport.ssh import SSHTarget, SSHTransport
 
         assert opts.ssh is not None
-        target = SshTarget.from_options(opts.ssh, where=f"sources.{name}.ssh")
-        self.transport = SshTransport(target, name=name)
+        target = SSHTarget.from_options(opts.ssh, where=f"sources.{name}.ssh")
+        self.transport = SSHTransport(target, name=name)
         self.python = opts.login_python or opts.python or "python3"
         self.home = "~"
 

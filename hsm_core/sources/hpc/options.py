@@ -1,6 +1,6 @@
 """The `type: hpc` keys of hsm.yaml, checked once, with one clear line per mistake.
 
-The result, :class:`HpcOptions`, is plain JSON-able data: the login-node side of the
+The result, :class:`HPCOptions`, is plain JSON-able data: the login-node side of the
 source (``backend``) receives it as is, locally or over ssh, and builds the submitit
 executor from it.
 """
@@ -54,7 +54,7 @@ DEFAULT_SIGNAL_DELAY_S = 60
 
 
 @dataclass(frozen=True)
-class HpcOptions:
+class HPCOptions:
     scheduler: str = "slurm"
     partition: str | None = None  # Slurm partition / PBS queue
     account: str | None = None
@@ -107,7 +107,7 @@ class HpcOptions:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> HpcOptions:
+    def from_json(cls, data: Mapping[str, Any]) -> HPCOptions:
         values = dict(data)
         for name in ("setup", "directives", "srun_args"):
             values[name] = tuple(values.get(name) or ())
@@ -118,7 +118,7 @@ class HpcOptions:
         return self.ssh is not None
 
 
-def parse_options(spec: SourceSpec) -> HpcOptions:
+def parse_options(spec: SourceSpec) -> HPCOptions:
     """Check the options of an hpc source; raise ConfigError naming the key at fault."""
     opts = dict(spec.options)
     where = f"sources.{spec.name}"
@@ -195,7 +195,7 @@ def parse_options(spec: SourceSpec) -> HpcOptions:
             directives, typed["additional_parameters"] or {}, given, key
         )
     time_key = "timeout_min" if "timeout_min" in opts else "time"
-    return HpcOptions(
+    return HPCOptions(
         scheduler=scheduler,
         partition=partition,
         account=_word(opts.get("account"), key("account")),

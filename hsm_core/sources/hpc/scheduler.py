@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import SchedulerError
-from hsm_core.sources.hpc.options import HpcOptions
+from hsm_core.sources.hpc.options import HPCOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Scheduler(abc.ABC):
 
     name: str
 
-    def __init__(self, opts: HpcOptions) -> None:
+    def __init__(self, opts: HPCOptions) -> None:
         self.opts = opts
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.sources.hpc.keys import sbatch_option
-from hsm_core.sources.hpc.options import HpcOptions
+from hsm_core.sources.hpc.options import HPCOptions
 from hsm_core.sources.hpc.scheduler import Scheduler, run_command, tail_line, user
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Slurm(Scheduler):
     name = "slurm"
 
-    def __init__(self, opts: HpcOptions) -> None:
+    def __init__(self, opts: HPCOptions) -> None:
         super().__init__(opts)
         self.accounting = opts.accounting  # False once sacct said accounting is off
 

@@ -45,8 +45,8 @@ from hsm_core.model import (
 )
 from hsm_core.resume import RESUME_ENV
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
-from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SshBackend
-from hsm_core.sources.hpc.options import HpcOptions, parse_options
+from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SSHBackend
+from hsm_core.sources.hpc.options import HPCOptions, parse_options
 from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of
 
 LEDGER = "jobs.jsonl"
@@ -85,11 +85,11 @@ class HPCSource(ComputeSource):
         opts = parse_options(spec)
         if opts.python is None:
             opts = replace(opts, python="python3" if opts.remote else shlex.quote(ctx.python))
-        self.opts: HpcOptions = replace(opts, job_name=f"hsm-{ctx.sweep_id}"[:64])
+        self.opts: HPCOptions = replace(opts, job_name=f"hsm-{ctx.sweep_id}"[:64])
         self.max_num_timeout = self.opts.max_num_timeout
         self.log = logging.getLogger(f"hsm.source.{self.name}")
         self.client: BackendClient = (
-            SshBackend(self.opts, self.name) if self.opts.remote else LocalBackend(self.opts)
+            SSHBackend(self.opts, self.name) if self.opts.remote else LocalBackend(self.opts)
         )
         self.poll_interval = REMOTE_SCAN_INTERVAL_S if self.opts.remote else SCAN_INTERVAL_S
         self._jobs: dict[str, _Held] = {}
@@ -120,7 +120,7 @@ class HPCSource(ComputeSource):
     async def start(self, report: Any) -> None:
         await super().start(report)
         await self.client.start()
-        if isinstance(self.client, SshBackend):
+        if isinstance(self.client, SSHBackend):
             assert self.opts.project_dir is not None
             project = self.client.absolute(self.opts.project_dir)
             base = self.opts.remote_dir or posixpath.join(project, "sweeps", "outputs")

@@ -10,7 +10,7 @@ from importlib import resources
 import asyncssh
 
 from hsm_core.sources.agent_channel import AgentChannel, Event
-from hsm_core.transport.ssh import SshTransport
+from hsm_core.transport.ssh import SSHTransport
 
 __all__ = ["AgentChannel", "Event", "agent_source", "ssh_agent_channel"]
 
@@ -21,7 +21,7 @@ def agent_source() -> str:
 
 
 def ssh_agent_channel(
-    transport: SshTransport,
+    transport: SSHTransport,
     python: str,
     on_event: Callable[[Event], None],
     on_closed: Callable[[str], None],

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_core.errors import ConfigError
-from hsm_core.transport.ssh import TARGET_KEYS, SshTarget
+from hsm_core.transport.ssh import TARGET_KEYS, SSHTarget
 
 SYNC_POLICIES = ("warn", "fail", "push")
 KNOWN_KEYS = (
@@ -47,8 +47,8 @@ KNOWN_KEYS = (
 
 
 @dataclass(frozen=True)
-class SshOptions:
-    target: SshTarget
+class SSHOptions:
+    target: SSHTarget
     project_dir: str
     python: str = "python3"
     agent_python: str = "python3"
@@ -66,14 +66,14 @@ class SshOptions:
     agent_timeout: float = 60.0
 
     @classmethod
-    def parse(cls, name: str, options: Mapping[str, Any]) -> SshOptions:
+    def parse(cls, name: str, options: Mapping[str, Any]) -> SSHOptions:
         where = f"sources.{name}"
 
         def fail(key: str, message: str, hint: str | None = None) -> ConfigError:
             return ConfigError(message, key=f"{where}.{key}", hint=hint)
 
         check_keys(name, options)
-        target = SshTarget.from_options(options, where=where)
+        target = SSHTarget.from_options(options, where=where)
         project_dir = options.get("project_dir")
         if not isinstance(project_dir, str) or not project_dir.strip():
             raise fail(

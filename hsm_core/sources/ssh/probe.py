@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import CommandError, HsmError, SourceError
-from hsm_core.sources.ssh.options import SshOptions, remote_path
+from hsm_core.sources.ssh.options import SSHOptions, remote_path
 from hsm_core.sources.ssh.sync import remote_command, verify
-from hsm_core.transport.ssh import SshTransport
+from hsm_core.transport.ssh import SSHTransport
 
 PROBE_SCRIPT = r"""
 import json, os, shutil, subprocess, sys
@@ -63,9 +63,9 @@ class ProbeResult:
 
 
 async def probe_ssh(name: str, options: Mapping[str, Any], project_root: Path) -> ProbeResult:
-    opts = SshOptions.parse(name, options)
+    opts = SSHOptions.parse(name, options)
     result = ProbeResult(name, False, host=opts.target.label)
-    transport = SshTransport(opts.target, name=name)
+    transport = SSHTransport(opts.target, name=name)
     try:
         t0 = time.perf_counter()
         await transport.connect()

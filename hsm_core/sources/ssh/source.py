@@ -48,8 +48,8 @@ from hsm_core.sources.base import (
 )
 from hsm_core.sources.ssh import collect
 from hsm_core.sources.ssh.agent import AgentChannel, Event, ssh_agent_channel
-from hsm_core.sources.ssh.options import SshOptions, remote_path
-from hsm_core.transport.ssh import SshTransport
+from hsm_core.sources.ssh.options import SSHOptions, remote_path
+from hsm_core.transport.ssh import SSHTransport
 
 # Payloads up to this size travel inside the launch message; larger ones by SFTP first.
 INLINE_PAYLOAD_MAX = 4 * 1024 * 1024
@@ -84,8 +84,8 @@ class SSHSource(ComputeSource):
 
     def __init__(self, spec: SourceSpec, ctx: SweepContext) -> None:
         super().__init__(spec, ctx)
-        self.opts = SshOptions.parse(spec.name, spec.options)
-        self.transport = SshTransport(self.opts.target, name=spec.name)
+        self.opts = SSHOptions.parse(spec.name, spec.options)
+        self.transport = SSHTransport(self.opts.target, name=spec.name)
         self.log = logging.getLogger(f"hsm.source.{self.name}")
         self.metadata: dict[str, Any] = {}  # sync report etc., for the sweep metadata
         self._agent: AgentChannel | None = None

@@ -34,7 +34,7 @@ from typing import Any
 import asyncssh
 
 from hsm_core.errors import CommandError, HsmError, SourceError, SourceUnavailable
-from hsm_core.transport.ssh import SshTransport
+from hsm_core.transport.ssh import SSHTransport
 
 log = logging.getLogger("hsm.sync")
 
@@ -287,7 +287,7 @@ def remote_command(python: str, setup: tuple[str, ...], shell: str, argv: list[s
 
 
 async def remote_state(
-    transport: SshTransport,
+    transport: SSHTransport,
     remote_dir: str,
     python: str,
     setup: tuple[str, ...] = (),
@@ -344,7 +344,7 @@ def version_problems(local: Side, remote: Side, hydra: bool) -> tuple[list[str],
 
 
 async def verify(
-    transport: SshTransport,
+    transport: SSHTransport,
     *,
     source: str,
     host: str,
@@ -499,7 +499,7 @@ async def local_state_ahead(root: Path, skip: tuple[Path, ...] = ()) -> LocalSta
 
 
 async def _compare(
-    transport: SshTransport,
+    transport: SSHTransport,
     local_root: Path,
     remote_dir: str,
     python: str,
@@ -517,7 +517,7 @@ async def _compare(
 
 
 async def push_files(
-    transport: SshTransport, local_root: Path, remote_dir: str, files: list[str]
+    transport: SSHTransport, local_root: Path, remote_dir: str, files: list[str]
 ) -> int:
     """Copy files of the working tree to the host by SFTP (directories made as needed)."""
     sftp = await transport.sftp()
