@@ -26,7 +26,7 @@ from hsm_core.errors import HsmError, InfrastructureError, SourceError, SourceUn
 from hsm_core.health import HealthMonitor, HealthSettings
 from hsm_core.model import TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.sources.base import ComputeSource, SweepContext
-from hsm_core.store import SweepStore
+from hsm_core.store import Reopen, SweepStore
 from hsm_core.strategies import Load, Placer
 from hsm_core.taskdir import ATTEMPT_FILES, TaskPaths
 from hsm_core.views import ViewWriter, task_name
@@ -136,7 +136,7 @@ class SweepEngine:
         self._inflight: dict[str, int] = {name: 0 for name in self.sources}
         self._assigned_total: dict[str, int] = {name: 0 for name in self.sources}
         self._events: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
-        self._writes: list[TaskEvent | tuple[str, int] | _Handle | _Cancelled] = []
+        self._writes: list[TaskEvent | Reopen | _Handle | _Cancelled] = []
         # One thread for the journal's writes, in order, on the store's connection. The
         # views are another thread's business (ViewWriter): it reads the journal through
         # its own connection, and the engine never waits for it while tasks are placed.
@@ -269,6 +269,22 @@ class SweepEngine:
             ):
                 self._reopen(key)
         self._reattach = reattach
+        self._load_resumes()
+
+    def _load_resumes(self) -> None:
+        """What a previous orchestrator decided about time limits and preemptions: the
+        counts against max_num_timeout, and an open attempt's resume on its source."""
+        for key, rows in self.store.resumes().items():
+            live = self._live.get(key)
+            if live is None:
+                continue
+            for attempt, kind, source in rows:
+                if kind == "timeout":
+                    live.timeouts += 1
+                else:
+                    live.preemptions += 1
+                if attempt == live.attempt and not live.state.terminal:
+                    live.resume, live.pin = kind, source
 
     async def _start_sources(self) -> None:
         """Start every source, START_AT_ONCE at a time, and wait until each has started
@@ -735,7 +751,7 @@ class SweepEngine:
         live.attempt += 1
         live.resume, live.pin = resume, pin
         self._set_state(live, TaskState.PENDING)
-        self._writes.append((key, live.attempt))
+        self._writes.append(Reopen(key, live.attempt, resume, pin))
         self._queue.append(key)
 
     async def _flush(self) -> None:
@@ -744,29 +760,30 @@ class SweepEngine:
         writes, self._writes = self._writes, []
         await self._in_io(self._write, writes)
 
-    def _write(self, writes: list[TaskEvent | tuple[str, int] | _Handle | _Cancelled]) -> None:
+    def _write(self, writes: list[TaskEvent | Reopen | _Handle | _Cancelled]) -> None:
         # Only the journal here: it must be on disk before anything starts. The views
-        # follow it in their own thread (ViewWriter).
-        events: list[TaskEvent] = []
+        # follow it in their own thread (ViewWriter). Reports and new attempts go in
+        # one transaction, in order: a terminal report is never on disk without the
+        # attempt (and resume) it opened.
+        batch: list[TaskEvent | Reopen] = []
         for w in writes:
-            if isinstance(w, TaskEvent):
-                events.append(w)
+            if isinstance(w, TaskEvent | Reopen):
+                batch.append(w)
                 continue
-            if events:
-                self.store.apply_many(events)
-                events = []
+            self._apply(batch)
+            batch = []
             if isinstance(w, _Handle):
                 self.store.set_handle(w.key, w.attempt, w.handle)
-                continue
-            if isinstance(w, _Cancelled):
+            else:
                 self.store.cancel_pending(w.attempts, w.time)
-                continue
-            key, attempt = w
-            got = self.store.new_attempt(key)
-            if got != attempt:
-                log.error("attempt numbering diverged for %s: %d != %d", key, got, attempt)
-        if events:
-            self.store.apply_many(events)
+        self._apply(batch)
+
+    def _apply(self, batch: list[TaskEvent | Reopen]) -> None:
+        if not batch:
+            return
+        for item, ok in zip(batch, self.store.apply_many(batch), strict=True):
+            if isinstance(item, Reopen) and not ok:
+                log.error("attempt numbering diverged for %s at %d", item.key, item.attempt)
 
     async def _poll_loop(self, src: ComputeSource) -> None:
         assert src.poll_interval

@@ -14,6 +14,14 @@ METRICS_TABLE = (
     "data TEXT NOT NULL, PRIMARY KEY (key, attempt))"
 )
 
+# The attempts that go on from their predecessor's checkpoint (hsm_core.resume), with the
+# source that holds it: written with the attempt, so an orchestrator killed between a
+# time limit and the resubmit still resumes, pinned and counted, under `hsm complete`.
+RESUMES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS resumes (key TEXT NOT NULL, attempt INTEGER NOT NULL, "
+    "kind TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (key, attempt))"
+)
+
 ATTEMPT_COLS = "key, attempt, state, source, handle, created, started, ended, exit_code, error"
 
 _MULTI = "SELECT key FROM attempts WHERE attempt > 1"

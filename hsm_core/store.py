@@ -22,7 +22,7 @@ from typing import Any
 
 from hsm_core.errors import HsmError, SweepNotFound
 from hsm_core.journal_sql import ATTEMPT_COLS as _ATTEMPT_COLS
-from hsm_core.journal_sql import METRICS_TABLE
+from hsm_core.journal_sql import METRICS_TABLE, RESUMES_TABLE
 from hsm_core.journal_sql import REPRESENTATIVE as _REPRESENTATIVE
 from hsm_core.model import NOT_PLACED, Attempt, TaskEvent, TaskSpec, TaskState, can_move
 from hsm_core.views import HWM_TASKS, sync_views, write_metadata, write_new_mapping, write_status
@@ -63,11 +63,23 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT
 );
 """
-_SCHEMA += METRICS_TABLE + ";\n"
+_SCHEMA += METRICS_TABLE + ";\n" + RESUMES_TABLE + ";\n"
 
 _INSERT_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLS}) VALUES (?,?,?,NULL,NULL,?,NULL,NULL,NULL,NULL)"
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Reopen:
+    """Attempt `attempt` of `key` opens in PENDING, after a retry or a re-queue. With
+    `resume` ("timeout" / "preempted"), it goes on from the last attempt's checkpoint on
+    source `on` (hsm_core.resume)."""
+
+    key: str
+    attempt: int
+    resume: str | None = None
+    on: str | None = None
 
 
 class TaskStubs(Mapping[str, TaskSpec]):
@@ -466,17 +478,41 @@ class SweepStore:
     def new_attempt(self, key: str) -> int:
         """Open attempt n+1 in PENDING (after a retry or a re-queue)."""
         with self._tx() as c:
-            (last,) = c.execute("SELECT MAX(attempt) FROM attempts WHERE key=?", (key,)).fetchone()
-            n = int(last or 0) + 1
-            now = time.time()
-            c.execute(_INSERT_ATTEMPT, (key, n, TaskState.PENDING.value, now))
-            # An event like every other change of an attempt: the views follow the events.
-            c.execute(
-                "INSERT INTO events (time, key, attempt, state, source, message) "
-                "VALUES (?,?,?,?,NULL,NULL)",
-                (now, key, n, TaskState.PENDING.value),
-            )
+            return self._open_attempt(c, key)
+
+    @staticmethod
+    def _open_attempt(
+        c: sqlite3.Connection, key: str, resume: tuple[str, str] | None = None
+    ) -> int:
+        (last,) = c.execute("SELECT MAX(attempt) FROM attempts WHERE key=?", (key,)).fetchone()
+        n = int(last or 0) + 1
+        now = time.time()
+        c.execute(_INSERT_ATTEMPT, (key, n, TaskState.PENDING.value, now))
+        # An event like every other change of an attempt: the views follow the events.
+        c.execute(
+            "INSERT INTO events (time, key, attempt, state, source, message) "
+            "VALUES (?,?,?,?,NULL,NULL)",
+            (now, key, n, TaskState.PENDING.value),
+        )
+        if resume is not None:
+            c.execute(RESUMES_TABLE)  # a sweep made by an older hsm has none
+            c.execute("INSERT OR REPLACE INTO resumes VALUES (?,?,?,?)", (key, n, *resume))
         return n
+
+    def resumes(self) -> dict[str, list[tuple[int, str, str]]]:
+        """key -> (attempt, kind, source) of each attempt that resumed its predecessor."""
+        out: dict[str, list[tuple[int, str, str]]] = {}
+        try:
+            rows = self._conn.execute(
+                "SELECT key, attempt, kind, source FROM resumes ORDER BY key, attempt"
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return out  # made by an older hsm: nothing resumed
+        for key, attempt, kind, source in rows:
+            out.setdefault(key, []).append((int(attempt), str(kind), str(source)))
+        return out
 
     def set_handle(self, key: str, attempt: int, handle: str) -> None:
         """Record where an attempt runs (pid, job id) if no report has said so yet."""
@@ -489,11 +525,18 @@ class SweepStore:
     def apply(self, event: TaskEvent) -> bool:
         return self.apply_many([event])[0]
 
-    def apply_many(self, events: Iterable[TaskEvent]) -> list[bool]:
-        """Apply source reports in one transaction; refuse any that would move back."""
+    def apply_many(self, events: Iterable[TaskEvent | Reopen]) -> list[bool]:
+        """Apply source reports, and open new attempts, in order and in one transaction
+        (a time limit and the resumed attempt it opens are on disk together or not at
+        all); refuse any report that would move back. A Reopen is accepted when it opens
+        the attempt number it names."""
         accepted: list[bool] = []
         with self._tx() as c:
             for ev in events:
+                if isinstance(ev, Reopen):
+                    resume = (ev.resume, ev.on) if ev.resume and ev.on else None
+                    accepted.append(self._open_attempt(c, ev.key, resume) == ev.attempt)
+                    continue
                 row = c.execute(
                     "SELECT state FROM attempts WHERE key=? AND attempt=?", (ev.key, ev.attempt)
                 ).fetchone()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hsm_core.model import SourceSpec, TaskEvent, TaskState
+from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.orchestrate import context_for
-from hsm_core.store import SweepStore
+from hsm_core.store import Reopen, SweepStore
 from tests.fakes.clock import run_virtual
-from tests.fakes.scripted import ScriptedSource, holds
+from tests.fakes.scripted import Script, ScriptedSource, Step, holds
 from tests.sweep_utils import command_tasks, make_sweep
 from tests.unit.test_engine_branches import Run, _until
 
@@ -64,6 +64,8 @@ def test_time_limits_resume_until_max_num_timeout_with_results_kept(tmp_path: Pa
     assert (tdir / "attempt_1" / "stdout.log").read_text() == "attempt 1\n"
     assert (tdir / "attempt_2" / "stdout.log").read_text() == "attempt 2\n"
     assert not (tdir / "attempt_1" / "results").exists()
+    # Each resume is journaled with its attempt: a later `hsm complete` knows them.
+    assert store.resumes() == {task.key: [(2, "timeout", "a"), (3, "timeout", "a")]}
 
 
 def test_without_max_num_timeout_a_time_limit_says_how_to_resume(tmp_path: Path) -> None:
@@ -114,3 +116,52 @@ def test_preemptions_resume_without_counting_on_their_source(tmp_path: Path) -> 
     assert all(x.error == "preempted (PREEMPTED)" for x in atts[:3])
     assert other.submitted == []  # never placed away from its checkpoint
     assert (tdir / "results" / "seen").read_text() == "3"
+
+
+def test_a_resume_decided_before_a_kill_survives_into_hsm_complete(tmp_path: Path) -> None:
+    """The journal as `kill -9` leaves it between a time limit and the resubmit: the
+    next orchestrator resumes on the source with the checkpoint, with HSM_RESUME=1 and
+    results/ kept, and counts the time limit already spent against max_num_timeout."""
+    store = make_sweep(tmp_path, command_tasks([["true"]]))
+    (task,) = store.tasks()
+    tdir = store.task_dir(task)
+    # What the killed orchestrator wrote, in the one transaction the engine uses.
+    assert store.apply_many([TaskEvent(task.key, 1, TaskState.ASSIGNED, "a")]) == [True]
+    stopped = TaskEvent(
+        task.key, 1, TaskState.FAILED, "a", error="time limit reached (TIMEOUT)", resume="timeout"
+    )
+    assert store.apply_many([stopped, Reopen(task.key, 2, "timeout", "a")]) == [True, True]
+    (tdir / "results").mkdir(parents=True, exist_ok=True)
+    (tdir / "results" / "ckpt").write_text("1")
+
+    seen: list[tuple[str, int, dict[str, str]]] = []
+    ctx = context_for(store)
+
+    def script(name: str) -> Script:
+        def steps(t: TaskSpec, n: int) -> list[Step]:
+            seen.append((name, n, dict(t.env)))
+            return list(holds())
+
+        return steps
+
+    a = ScriptedSource(SourceSpec("a", "scripted", 1), ctx, script("a"))
+    b = ScriptedSource(SourceSpec("b", "scripted", 4), ctx, script("b"))  # the emptier one
+    a.max_num_timeout = 1
+    run = Run(store, [a, b])
+
+    async def scenario() -> None:
+        job = asyncio.create_task(run.engine.run())
+        await _until(lambda: bool(seen), "attempt 2 placed")
+        _stopped(a if seen[0][0] == "a" else b, task.key, 2, "timeout")
+        await job
+
+    run_virtual(scenario())
+    assert [(name, n) for name, n, _ in seen] == [("a", 2)]
+    assert seen[0][2].get("HSM_RESUME") == "1"
+    assert (tdir / "results" / "ckpt").read_text() == "1"
+    atts = store.attempts(task.key)
+    assert [x.state for x in atts] == [TaskState.FAILED, TaskState.FAILED]
+    assert atts[1].error == (
+        "time limit reached 2 times (max_num_timeout=1): "
+        "save checkpoints more often or raise timeout_min"
+    )
