@@ -53,11 +53,25 @@ def task_argv(task: TaskSpec, python: str, sweep_dir: str, task_dir: str) -> lis
 
 
 def task_env(
-    task: TaskSpec, sweep_id: str, sweep_dir: str, task_dir: str, attempt: int
+    task: TaskSpec,
+    sweep_id: str,
+    sweep_dir: str,
+    task_dir: str,
+    attempt: int,
+    *,
+    one_process: bool = True,
 ) -> dict[str, str]:
     """The task's own environment plus what hsm tells every task, whatever runs it
-    (folders as seen on the machine that runs it)."""
-    env = dict(task.env)
+    (folders as seen on the machine that runs it).
+
+    `one_process`: the task is one process that hsm started itself (local, ssh, forked),
+    so it also gets submitit's local job environment: code written for submitit's
+    launchers calls `submitit.JobEnvironment()` for its rank, and that raises outside a
+    job submitit knows. A scheduler's job (hpc) passes False: its job script tells
+    submitit which cluster it is on, and ranks come from the scheduler."""
+    env = _SUBMITIT_LOCAL | {"SUBMITIT_LOCAL_JOB_ID": task.name, "SUBMITIT_FOLDER": task_dir}
+    env = env if one_process else {}
+    env.update(task.env)
     env.update(
         HSM_SWEEP_ID=sweep_id,
         HSM_TASK_ID=task.name,
@@ -67,6 +81,17 @@ def task_env(
         HSM_ATTEMPT=str(attempt),
     )
     return env
+
+
+# submitit's LocalJobEnvironment reads these: one rank of one task on one node.
+_SUBMITIT_LOCAL = {
+    "SUBMITIT_EXECUTOR": "local",
+    "SUBMITIT_LOCAL_NTASKS": "1",
+    "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+    "SUBMITIT_LOCAL_NODEID": "0",
+    "SUBMITIT_LOCAL_GLOBALID": "0",
+    "SUBMITIT_LOCAL_LOCALID": "0",
+}
 
 
 @dataclass(frozen=True)

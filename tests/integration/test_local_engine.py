@@ -137,6 +137,22 @@ def test_environment_of_a_task(tmp_path: Path) -> None:
     assert env["HSM_TASK_DIR"] == str(store.task_dir(task))
 
 
+# Code written for Hydra's submitit launchers asks submitit where it runs.
+SUBMITIT_ENV = (
+    "import submitit; e = submitit.JobEnvironment(); "
+    "print(type(e).__name__, e.job_id, e.global_rank, e.local_rank, e.num_tasks, e.num_nodes, "
+    "e.paths.folder.name)"
+)
+
+
+def test_submitit_job_environment_works_in_a_local_task(tmp_path: Path) -> None:
+    store = make_sweep(tmp_path, command_tasks([[PY, "-c", SUBMITIT_ENV]]))
+    assert run_local(store).ok
+    task = store.tasks()[0]
+    out = (store.task_dir(task) / "stdout.log").read_text().split()
+    assert out == ["LocalJobEnvironment", "task_001", "0", "0", "1", "1", "task_001"]
+
+
 def test_seed_layout_is_written(tmp_path: Path) -> None:
     store = make_sweep(tmp_path, command_tasks([[PY, "-c", "print('hi')"]] * 2))
     assert run_local(store).ok

@@ -10,12 +10,13 @@ import posixpath
 import time
 from pathlib import Path
 
-from hsm_core.model import TaskEvent, TaskState
+from hsm_core.model import PYTHON, TaskEvent, TaskState
 from hsm_core.orchestrate import context_for
 from hsm_core.remote_agent import JOURNAL_DIR, Journal
 from hsm_core.sources.ssh.source import SSHSource
 from tests.helpers import async_wait_for, wait_for
 from tests.integration.ssh_support import command_tasks, make_project, new_store, run, ssh_spec
+from tests.integration.test_local_engine import SUBMITIT_ENV
 from tests.services import SSHEnv
 from tests.sweep_utils import (
     LEAVES_BEHIND,
@@ -83,6 +84,17 @@ def test_sweep_over_two_hosts(ssh_env: SSHEnv, tmp_path: Path) -> None:
         # Really started through that host's sshd (server address of the session).
         assert env["SSH_CONNECTION"].split()[2] == ssh_env.host(host).address
         assert not (tdir / ".hsm_pid.json").exists()  # agent bookkeeping stays remote
+    store.close()
+
+
+def test_submitit_job_environment_works_on_an_ssh_host(ssh_env: SSHEnv, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    store = new_store(tmp_path / "sweep", project, command_tasks([[PYTHON, "-c", SUBMITIT_ENV]]))
+    outcome = asyncio.run(run(store, [ssh_spec(ssh_env, "h1")]))
+    assert outcome.counts[TaskState.COMPLETED] == 1, outcome.counts
+    (task,) = store.tasks()
+    out = (store.sweep_dir / "tasks" / task.name / "stdout.log").read_text().split()
+    assert out == ["LocalJobEnvironment", task.name, "0", "0", "1", "1", task.name]
     store.close()
 
 

@@ -250,7 +250,14 @@ class HPCSource(ComputeSource):
     def _request(self, job: _Held) -> dict[str, Any]:
         task = job.task
         cwd = posixpath.normpath(posixpath.join(self.cluster_project_dir, task.cwd))
-        env = task_env(task, self.ctx.sweep_id, self.cluster_sweep_dir, job.task_dir, job.attempt)
+        env = task_env(
+            task,
+            self.ctx.sweep_id,
+            self.cluster_sweep_dir,
+            job.task_dir,
+            job.attempt,
+            one_process=False,
+        )
         # The compute node's interpreter is only known there: the job binds PYTHON.
         argv = task_argv(task, PYTHON, self.cluster_sweep_dir, job.task_dir)
         return {
