@@ -13,7 +13,8 @@ from typing import Any
 from hsm_core.model import SourceSpec, TaskState
 from hsm_core.orchestrate import RunOptions, context_for, run_sweep
 from hsm_core.sources.hpc.source import HPCSource
-from tests.integration.test_pbs_executor import FakePBS, pbs  # noqa: F401 - the fixture
+from tests.fakes.pbs_env import FakePBS
+from tests.integration.test_pbs_executor import pbs  # noqa: F401 - the fixture
 from tests.sweep_utils import PY, command_tasks, make_sweep, states
 
 FAST = {"time": 5, "poll_min": 0.3, "poll_interval": 1, "batch_window": 0.1}
