@@ -8,15 +8,19 @@ one line per call. Tests poll with deadlines, never sleep to synchronise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -457,40 +461,94 @@ def _sacct_id_lists(sched: SchedulerLog) -> list[list[str]]:
     return out
 
 
+# A task held until the test opens its gate: "fail" tasks exit 1 on their first attempt and
+# wait for `go` on their retry; "hold" tasks wait for `drain`. (The wait is bounded, so
+# that a failed test leaves no job behind.)
+GATED = (
+    "import os, sys, time\n"
+    "kind, gates = sys.argv[1], sys.argv[2]\n"
+    "if kind == 'fail' and os.environ['HSM_ATTEMPT'] == '1': sys.exit(1)\n"
+    "gate = os.path.join(gates, 'go' if kind == 'fail' else 'drain')\n"
+    "t = time.time()\n"
+    "while not os.path.exists(gate):\n"
+    "    if time.time() - t > 120: sys.exit(2)\n"
+    "    time.sleep(0.1)\n"
+)
+
+
 def test_a_later_array_gets_the_rest_of_the_cap_and_more_once_others_drain(
-    tmp_path: Path, slurm_env: SlurmEnv, sched: SchedulerLog
+    tmp_path: Path, slurm_env: SlurmEnv
 ) -> None:
-    # Tasks 1-4 fail on their first attempt (retried as a second array while tasks 5-8
-    # of the first one still hold the cap of 4): the retries start at `%1`, and get
-    # the whole cap once the first array has drained.
-    timed = (
-        "import json, os, sys, time\n"
-        "d = os.environ['HSM_TASK_DIR']; m = os.path.join(d, 'marker')\n"
-        "if sys.argv[1] == 'fail' and not os.path.exists(m):\n"
-        "    open(m, 'w').close(); sys.exit(1)\n"
-        "t0 = time.time(); time.sleep(float(sys.argv[2])); t1 = time.time()\n"
-        "json.dump([t0, t1], open(os.path.join(d, 'results', 'span.json'), 'w'))\n"
-    )
-    argvs = [[PY, "-c", timed, "fail", "1.5"]] * 4 + [[PY, "-c", timed, "ok", "4"]] * 4
+    # Cap 4. Tasks 1-4 fail at once and are retried as a second array while tasks 5-8 of
+    # the first hold the cap: the retries get what the cap leaves (%1). Once the first
+    # array drains, the retries are raised to the whole cap. Asserted on Slurm's own
+    # state (scontrol, squeue) at each step, the tasks held by gates the test opens.
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    argvs = [[PY, "-c", GATED, kind, str(gates)] for kind in ["fail"] * 4 + ["hold"] * 4]
     store = make_sweep(tmp_path, command_tasks(argvs))
-    out, _ = run_hpc(store, hpc_spec(slurm_env, slots=4), max_retries=1)
+    # A wide batch window: the four failures, read in one or two scans, are one array.
+    spec = hpc_spec(slurm_env, slots=4, batch_window=3)
+    ledger = tmp_path / "t" / "scripts" / spec.name / "jobs.jsonl"
+
+    def arrays(attempt: int) -> dict[str, int]:
+        """Array id -> how many tasks of the given attempt it has, from the source's ledger."""
+        out: dict[str, int] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in ledger.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["attempt"] == attempt:
+                    array = rec["job"].split("_")[0]
+                    out[array] = out.get(array, 0) + 1
+        return out
+
+    def until(what: str, check: Any, seen: Any = lambda: "") -> None:
+        deadline = time.monotonic() + 90
+        while not check():
+            assert not run.done(), f"the sweep ended before {what}: {run.result()[0].counts}"
+            assert time.monotonic() < deadline, f"not within 90 s: {what} {seen()}"
+            time.sleep(0.3)
+
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_hpc, store, spec, max_retries=1)
+        try:
+            until("4 retries submitted", lambda: sum(arrays(2).values()) == 4, lambda: arrays(2))
+            assert len(arrays(2)) == 1, f"the retries were split into arrays: {arrays(2)}"
+            (first,), (retry,) = arrays(1), arrays(2)
+            # Tasks 5-8 run (they hold the cap); the retries wait in Slurm, throttled
+            # to what the cap leaves: 1 running, 3 pending.
+            in_first, in_retry = partial(_array_states, first), partial(_array_states, retry)
+            until("tasks 5-8 running", lambda: in_first().count("RUNNING") == 4, in_first)
+            assert _throttle(retry) == 1
+            held = ["PENDING"] * 3 + ["RUNNING"]
+            until("one retry running, 3 held", lambda: sorted(in_retry()) == held, in_retry)
+            assert in_first().count("RUNNING") == 4  # still: the cap is shared
+            # The first array drains: the retries get the whole cap.
+            (gates / "drain").touch()
+            until("all 4 retries running", lambda: in_retry() == ["RUNNING"] * 4, in_retry)
+            assert _throttle(retry) == 4
+        finally:
+            for gate in ("drain", "go"):
+                (gates / gate).touch()
+            out, _ = run.result(timeout=180)
     assert out.ok, out.counts
-    # Whether the retries form a second array, and whether it still needs more room when
-    # the first drains, depends on how the failures fall into the source's batching
-    # window: at most one throttle update, and the retries must not run one at a time.
-    updates = [c for c in sched.calls("scontrol") if c[1] == "update"]  # not `show config`
-    assert len(updates) <= 1
-    assert all(u[-1].startswith("ArrayTaskThrottle=") for u in updates)
-    spans = [
-        json.loads((store.task_dir(t) / "results" / "span.json").read_text())
-        for t in store.tasks()[:4]
-    ]
-    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    assert peak >= 2  # the retries did not all run one at a time
+    assert [len(store.attempts(t.key)) for t in store.tasks()] == [2] * 4 + [1] * 4
+
+
+def _array_states(array_id: str) -> list[str]:
+    """Slurm's state of each task of the array still in its queue, one per task."""
+    argv = ["squeue", "-h", "-r", "-j", array_id, "-o", "%T"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return done.stdout.split()
+
+
+def _throttle(array_id: str) -> int:
+    """The array's `%` limit, as Slurm holds it."""
+    argv = ["scontrol", "show", "job", array_id]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    found = set(re.findall(r"ArrayTaskThrottle=(\d+)", done.stdout))
+    assert len(found) == 1, done.stdout
+    return int(found.pop())
 
 
 def test_hsm_cancel_without_its_orchestrator_still_empties_the_queue(
