@@ -5,7 +5,9 @@ Used when jobs can be neither forked (the app runs threads) nor sent to a fresh
 interpreter (the payload cannot be pickled). The engine still keeps the journal (states,
 errors.log, resume) but runs in a thread of its own; the main thread takes the jobs from
 it one at a time. Ctrl-C interrupts the running job (a KeyboardInterrupt in the task
-function, as under the basic launcher) and cancels the rest.
+function, as under the basic launcher) and cancels the rest; between jobs it only
+cancels the rest (a KeyboardInterrupt there would lose the outcome of the job that was
+being started or recorded).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
 from hsm_core.taskdir import WORKER_RECORD
 
 Settled = Callable[[TaskSpec, TaskState, str | None], None]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class InProcessSource(ComputeSource):
@@ -46,6 +49,9 @@ class InProcessSource(ComputeSource):
         self.requests: queue.Queue[tuple[TaskSpec, int] | None] = queue.Queue()
         self._held: dict[str, tuple[TaskSpec, int]] = {}  # accepted, not yet settled
         self._current: str | None = None
+        self._in_job = False  # the main thread is inside the job's own code
+        self._kill_sent = False  # cancel() signalled the running job
+        self._interrupt = False  # Ctrl-C between jobs: cancel the rest at the next turn
         self._cancelled: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_run: Callable[[], None] | None = None
@@ -75,6 +81,7 @@ class InProcessSource(ComputeSource):
         for key in [k for k in self._held if keys is None or k in keys]:
             if key == self._current:
                 self._cancelled.add(key)
+                self._kill_sent = True
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
             else:  # queued: it never starts
                 _, attempt = self._held.pop(key)
@@ -94,23 +101,35 @@ class InProcessSource(ComputeSource):
 
     def serve(self, engine_thread: threading.Thread) -> None:
         """Run the jobs the engine hands out until it is done."""
-        previous = signal.signal(signal.SIGTERM, _as_interrupt)  # `hsm cancel`: like Ctrl-C
+        # Ctrl-C, and `hsm cancel`'s SIGTERM, as Ctrl-C.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             while True:
+                if self._interrupt:
+                    self._interrupt = False
+                    self._interrupted()
                 try:
                     item = self.requests.get(timeout=0.2)
                 except queue.Empty:
                     if not engine_thread.is_alive():
                         return
                     continue
-                except KeyboardInterrupt:
-                    self._interrupted()
-                    continue
                 if item is None:
                     return
                 self._run_one(*item)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """A KeyboardInterrupt only inside the job's own code (the basic launcher's Ctrl-C);
+        anywhere else in this loop it would escape before the job's outcome is told."""
+        kill_sent, self._kill_sent = self._kill_sent, False
+        if self._in_job:
+            raise KeyboardInterrupt
+        if kill_sent:  # cancel() meant a job that has ended since
+            return
+        self._interrupt = True
 
     def _interrupted(self) -> None:
         if self._loop is not None and self._cancel_run is not None:
@@ -126,6 +145,10 @@ class InProcessSource(ComputeSource):
         self._tell(TaskEvent(task.key, attempt, TaskState.RUNNING, self.name, handle="launcher"))
         interrupted = False
         try:
+            self._in_job = True
+            if self._interrupt:  # Ctrl-C while the job was being started: as if in it
+                self._interrupt = False
+                raise KeyboardInterrupt
             code = run_here(
                 self.rt,
                 num=job.num,
@@ -136,6 +159,7 @@ class InProcessSource(ComputeSource):
         except KeyboardInterrupt:  # between the job's own steps
             code, interrupted = 1, True
         finally:
+            self._in_job = False
             self._current = None
         interrupted = interrupted or _ended_by_interrupt(task_dir)
         asked = task.key in self._cancelled
@@ -152,10 +176,6 @@ class InProcessSource(ComputeSource):
         self._tell(TaskEvent(task.key, attempt, state, self.name, exit_code=code, error=error))
         if interrupted and not asked:  # Ctrl-C in the job: cancel the rest too
             self._interrupted()
-
-
-def _as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _ended_by_interrupt(task_dir: Path) -> bool:
