@@ -10,6 +10,7 @@ from hsm_core import resume
 from hsm_core.errors import ConfigError
 from hsm_core.model import SourceSpec, TaskEvent, TaskState
 from hsm_core.sources.hpc.options import parse_options, parse_time
+from hsm_core.sources.hpc.source import _Array, throttle_raises
 from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of
 
 OK = {"attempt": 1, "exit_code": 0}
@@ -221,3 +222,36 @@ def test_bad_options_name_the_key(options: dict[str, Any], key: str, text: str) 
     assert err.value.key == key
     assert text in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_throttle_raises_wait_until_they_are_worth_a_call() -> None:
+    """Cap 16: array 1 drains while refill 2 (20 tasks) waits at %1 and refill 3 (3
+    tasks) at %1. A raise comes when it gives at least min(min_refill, cap/2) = 8 slots,
+    or all the array can use, or after `wait` s; not for each task that ends."""
+    keys = [f"k{i}" for i in range(40)]
+    first = _Array(16, set(keys[:16]))
+    second, third = _Array(1, set(keys[16:36])), _Array(1, set(keys[36:39]))
+    arrays = {"1": first, "2": second}
+
+    def drain_to(n: int) -> None:
+        first.unsettled = set(keys[:n])
+
+    def raises(now: float) -> dict[str, int]:
+        return throttle_raises(arrays, 16, step=20, wait=30.0, now=now)
+
+    assert raises(0.0) == {}
+    drain_to(12)  # 3 slots more for array 2: not yet worth a call
+    assert raises(1.0) == {}
+    drain_to(7)  # 8 more
+    assert raises(2.0) == {"2": 9}
+    drain_to(3)  # 4 more: a call only once they have been free for 30 s
+    assert raises(3.0) == {} and raises(32.9) == {}
+    assert raises(33.0) == {"2": 13} and second.throttle == 13
+    drain_to(2)
+    arrays["3"] = third  # 1 slot free: 3 can run 1 of its tasks, as it does at %1
+    assert raises(34.0) == {}
+    drain_to(0)  # 3 slots free: all 3 needs (2 would gain too few)
+    assert raises(35.0) == {"3": 3}
+    third.unsettled = set()  # 3 is done: 2 gets all it can use
+    assert raises(36.0) == {"2": 16}
+    assert sum(a.throttle for a in arrays.values() if a.unsettled) == 16

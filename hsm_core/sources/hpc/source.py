@@ -75,6 +75,7 @@ class _Array:
     throttle: int
     unsettled: set[str] = field(default_factory=set)
     array: bool = True  # False: a plain job (a chunk of one), no throttle to change
+    short_since: float | None = None  # since when slots it could use are free, not raised
 
 
 class HPCSource(ComputeSource):
@@ -343,20 +344,18 @@ class HPCSource(ComputeSource):
     async def _rebalance(self) -> None:
         """Raise the `%` throttle of arrays that got less than the running cap because
         others were still out when they were submitted (Slurm only: one `scontrol
-        update` per array raised, and only when an earlier array has drained)."""
+        update` per array raised, once the raise is worth a call: see `throttle_raises`)."""
         if self.opts.scheduler != "slurm":
             return
-        cap = self.opts.array_parallelism
-        raises: dict[str, int] = {}
-        for main, array in sorted(self._arrays.items(), key=lambda kv: int(kv[0] or 0)):
-            others = sum(
-                min(a.throttle, len(a.unsettled)) for m, a in self._arrays.items() if m != main
-            )
-            want = min(cap - others, len(array.unsettled))
-            if want > array.throttle and array.array:
-                raises[main] = want
-                array.throttle = want
+        raises = throttle_raises(
+            self._arrays,
+            self.opts.array_parallelism,
+            step=self.opts.min_refill,
+            wait=self.opts.poll_interval_s,
+            now=time.monotonic(),
+        )
         if raises:
+            self.log.debug("raising array throttles: %s", raises)
             try:
                 await self.client.call("throttle", arrays=raises)
             except SourceError as exc:
@@ -547,6 +546,35 @@ class HPCSource(ComputeSource):
         if not ok:
             detail += f"; partition {want!r} not found"
         return HealthReport(self.name, ok, detail, extra=info)
+
+
+def throttle_raises(
+    arrays: dict[str, _Array], cap: int, *, step: int, wait: float, now: float
+) -> dict[str, int]:
+    """Array id -> its new `%`, for arrays that may run more now that others drained
+    (their throttles are updated here). Every change is an `scontrol update`, and the
+    arrays before it drain a few tasks per poll cycle: raised as slots free, a refill
+    array took a call per cycle (100 for 1,000 tasks at max_queued 200). So a raise
+    waits until it is worth a call: it gives at least `step` slots (min_refill, at most
+    half the cap), or all the array can use, or its slots have been free for `wait` s
+    (poll_interval: an idle slot waits no longer than a status query would)."""
+    step = max(1, min(step, (cap + 1) // 2))
+    out: dict[str, int] = {}
+    for main, array in sorted(arrays.items(), key=lambda kv: int(kv[0] or 0)):
+        if not array.array:
+            continue
+        others = sum(min(a.throttle, len(a.unsettled)) for m, a in arrays.items() if m != main)
+        need = min(cap, len(array.unsettled))
+        want = min(cap - others, need)
+        if want <= array.throttle:
+            array.short_since = None
+            continue
+        if array.short_since is None:
+            array.short_since = now
+        if want - array.throttle >= step or want == need or now - array.short_since >= wait:
+            out[main] = array.throttle = want
+            array.short_since = None
+    return out
 
 
 def _describe_partition(part: dict[str, Any]) -> str:
