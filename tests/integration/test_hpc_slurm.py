@@ -461,25 +461,26 @@ def _sacct_id_lists(sched: SchedulerLog) -> list[list[str]]:
     return out
 
 
-# A task held until the test opens its gate: "fail" tasks exit 1 on their first attempt and
-# wait for `go` on their retry; "hold" tasks wait for `drain`. (The wait is bounded, so
-# that a failed test leaves no job behind.)
+# A task held until the test opens its gate: "fail" tasks wait for `fail` and exit 1 on
+# their first attempt, and wait for `go` on their retry; "hold" tasks wait for `drain`.
+# (The wait is bounded, so that a failed test leaves no job behind.)
 GATED = (
     "import os, sys, time\n"
     "kind, gates = sys.argv[1], sys.argv[2]\n"
-    "if kind == 'fail' and os.environ['HSM_ATTEMPT'] == '1': sys.exit(1)\n"
-    "gate = os.path.join(gates, 'go' if kind == 'fail' else 'drain')\n"
+    "retry = os.environ['HSM_ATTEMPT'] != '1'\n"
+    "gate = {'fail': 'go' if retry else 'fail', 'hold': 'drain'}[kind]\n"
     "t = time.time()\n"
-    "while not os.path.exists(gate):\n"
-    "    if time.time() - t > 120: sys.exit(2)\n"
+    "while not os.path.exists(os.path.join(gates, gate)):\n"
+    "    if time.time() - t > 300: sys.exit(2)\n"
     "    time.sleep(0.1)\n"
+    "sys.exit(1 if gate == 'fail' else 0)\n"
 )
 
 
 def test_a_later_array_gets_the_rest_of_the_cap_and_more_once_others_drain(
     tmp_path: Path, slurm_env: SlurmEnv
 ) -> None:
-    # Cap 4. Tasks 1-4 fail at once and are retried as a second array while tasks 5-8 of
+    # Cap 4. Tasks 1-4 fail together and are retried as a second array while tasks 5-8 of
     # the first hold the cap: the retries get what the cap leaves (%1). Once the first
     # array drains, the retries are raised to the whole cap. Asserted on Slurm's own
     # state (scontrol, squeue) at each step, the tasks held by gates the test opens.
@@ -503,43 +504,57 @@ def test_a_later_array_gets_the_rest_of_the_cap_and_more_once_others_drain(
         return out
 
     def until(what: str, check: Any, seen: Any = lambda: "") -> None:
-        deadline = time.monotonic() + 90
+        # Generous: the shared test Slurm's node may be busy with other runs' jobs.
+        deadline = time.monotonic() + 180
         while not check():
             assert not run.done(), f"the sweep ended before {what}: {run.result()[0].counts}"
-            assert time.monotonic() < deadline, f"not within 90 s: {what} {seen()}"
+            assert time.monotonic() < deadline, f"not within 180 s: {what} {seen()}"
             time.sleep(0.3)
 
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(run_hpc, store, spec, max_retries=1)
         try:
+            # Tasks 1-4 (the lowest indices of the %4 array) run, then fail at once.
+            until("the first array submitted", lambda: len(arrays(1)) == 1)
+            (first,) = arrays(1)
+            in_first = partial(_array_states, first)
+            until("tasks 1-4 running", lambda: _running(in_first(), first, 0, 4), in_first)
+            (gates / "fail").touch()
             until("4 retries submitted", lambda: sum(arrays(2).values()) == 4, lambda: arrays(2))
             assert len(arrays(2)) == 1, f"the retries were split into arrays: {arrays(2)}"
-            (first,), (retry,) = arrays(1), arrays(2)
+            (retry,) = arrays(2)
+            in_retry = partial(_array_states, retry)
             # Tasks 5-8 run (they hold the cap); the retries wait in Slurm, throttled
             # to what the cap leaves: 1 running, 3 pending.
-            in_first, in_retry = partial(_array_states, first), partial(_array_states, retry)
-            until("tasks 5-8 running", lambda: in_first().count("RUNNING") == 4, in_first)
+            until("tasks 5-8 running", lambda: _running(in_first(), first, 4, 8), in_first)
             assert _throttle(retry) == 1
             held = ["PENDING"] * 3 + ["RUNNING"]
-            until("one retry running, 3 held", lambda: sorted(in_retry()) == held, in_retry)
-            assert in_first().count("RUNNING") == 4  # still: the cap is shared
+            until(
+                "one retry running, 3 held", lambda: sorted(in_retry().values()) == held, in_retry
+            )
+            assert _running(in_first(), first, 4, 8)  # still: the cap is shared
             # The first array drains: the retries get the whole cap.
             (gates / "drain").touch()
-            until("all 4 retries running", lambda: in_retry() == ["RUNNING"] * 4, in_retry)
+            until("all 4 retries running", lambda: _running(in_retry(), retry, 0, 4), in_retry)
             assert _throttle(retry) == 4
         finally:
-            for gate in ("drain", "go"):
+            for gate in ("fail", "drain", "go"):
                 (gates / gate).touch()
-            out, _ = run.result(timeout=180)
+            out, _ = run.result(timeout=300)
     assert out.ok, out.counts
     assert [len(store.attempts(t.key)) for t in store.tasks()] == [2] * 4 + [1] * 4
 
 
-def _array_states(array_id: str) -> list[str]:
-    """Slurm's state of each task of the array still in its queue, one per task."""
-    argv = ["squeue", "-h", "-r", "-j", array_id, "-o", "%T"]
+def _array_states(array_id: str) -> dict[str, str]:
+    """Slurm's state of each task of the array still in its queue, by job id (A_i)."""
+    argv = ["squeue", "-h", "-r", "-j", array_id, "-o", "%i %T"]
     done = subprocess.run(argv, capture_output=True, text=True)
-    return done.stdout.split()
+    return dict(line.split() for line in done.stdout.splitlines() if line.strip())
+
+
+def _running(states: dict[str, str], array_id: str, lo: int, hi: int) -> bool:
+    """Tasks lo..hi-1 of the array are RUNNING."""
+    return all(states.get(f"{array_id}_{i}") == "RUNNING" for i in range(lo, hi))
 
 
 def _throttle(array_id: str) -> int:
