@@ -46,7 +46,11 @@ def runner(job: Mapping[str, Any], gate: Any) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "sleep":
         child = subprocess.Popen(["sleep", "60"])  # a grandchild in the job's group
-        (task_dir / "child.pid").write_text(str(child.pid))
+        # Whole or not at all: the tests act once it exists (a job killed between the
+        # file's creation and its write left it empty).
+        tmp = task_dir / "child.pid.tmp"
+        tmp.write_text(str(child.pid))
+        os.replace(tmp, task_dir / "child.pid")
         time.sleep(60)
     if action == "busy":
         time.sleep(0.3)
