@@ -7,7 +7,8 @@ against tests/fakes' ScriptedSource, so that the fake the engine's unit tests re
 behaves as the real ones do.
 
 The suite drives a source the way the engine does (start, submit into free slots, poll
-every poll_interval, cancel, close) and checks only what the interface promises. Its
+every poll_interval, cancel, close) and checks only what the interface promises; a cancel
+must end the task's processes too, not only report CANCELLED. Its
 tasks are shapes (exit code, seconds asleep; or "record your environment"): each
 source type's Harness turns them into what that source runs, a command or a Hydra job."""
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from hsm_core.sources.base import ComputeSource
 from hsm_core.store import SweepStore
 from tests.fakes.pbs_env import fake_pbs
 from tests.fakes.scripted import ScriptedSource, Step, completes, fails, holds
+from tests.hydra.util import pid_alive
 from tests.integration.ssh_support import FAST_SSH, make_project, new_store, ssh_spec
 
 HPC_FAST = {"time": 2, "poll_min": 0.5, "poll_interval": 1, "batch_window": 0.1}
@@ -45,14 +48,29 @@ ENV_PY = (
 )
 
 
-def _command(num: int, shape: Shape) -> TaskSpec:
+def _command(num: int, shape: Shape, token: str) -> TaskSpec:
+    """`token` in its command line finds the task's process, wherever hsm started it."""
     if shape == ENV:
         params: dict[str, Any] = {"env": 1}
-        return TaskSpec(key=task_key(params), num=num, params=params, argv=(PYTHON, "-c", ENV_PY))
+        body = f"{ENV_PY}  # {token}"
+        return TaskSpec(key=task_key(params), num=num, params=params, argv=(PYTHON, "-c", body))
     code, sleep = shape
     params = {"code": code, "sleep": sleep, "num": num}
-    body = f"import sys, time; time.sleep({sleep}); sys.exit({code})"
+    body = f"import sys, time; time.sleep({sleep}); sys.exit({code})  # {token}"
     return TaskSpec(key=task_key(params), num=num, params=params, argv=(PYTHON, "-c", body))
+
+
+def _processes_with(token: str) -> list[int]:
+    """Live processes on this machine whose command line holds `token` (the loopback ssh
+    hosts, the one-node Slurm and the FAKE PBS all run their tasks here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if token.encode() in (entry / "cmdline").read_bytes():  # empty for a zombie
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _as_params_say(task: TaskSpec, attempt: int) -> Sequence[Step]:
@@ -68,20 +86,32 @@ class Harness:
     """How the suite stands one source type up: the tasks its shapes become, the sweep
     they are stored in, the source, and where the scenario runs (the main thread)."""
 
-    def __init__(self, make: Callable[[SweepStore], ComputeSource] | None = None) -> None:
+    def __init__(
+        self, make: Callable[[SweepStore], ComputeSource] | None = None, *, runs: bool = True
+    ) -> None:
         self.make = make
+        self.runs = runs  # its tasks are processes here, that still_running() can see
+        self.tokens: dict[str, str] = {}  # task key -> the token in its command line
 
     def prepare(
         self, tmp_path: Path, shapes: Sequence[Shape]
     ) -> tuple[SweepStore, list[TaskSpec], ComputeSource]:
         assert self.make is not None
-        tasks = [_command(i + 1, shape) for i, shape in enumerate(shapes)]
+        tasks = []
+        for i, shape in enumerate(shapes):
+            token = f"hsm-contract-{uuid.uuid4().hex}"
+            tasks.append(_command(i + 1, shape, token))
+            self.tokens[tasks[-1].key] = token
         project = make_project(tmp_path / "project")
         store = new_store(tmp_path / "sweep", project, tasks)
         return store, tasks, self.make(store)
 
     def run(self, src: ComputeSource, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(scenario())
+
+    def still_running(self, task: TaskSpec) -> list[int]:
+        """Processes of the task's attempt that are still alive (a scripted task has none)."""
+        return _processes_with(self.tokens[task.key])
 
 
 class HydraHarness(Harness):
@@ -92,9 +122,10 @@ class HydraHarness(Harness):
     when jobs can be neither forked nor pickled)."""
 
     def __init__(self, *, inprocess: bool) -> None:
-        super().__init__()
+        super().__init__(runs=not inprocess)
         self.inprocess = inprocess
         self.servers: list[Any] = []
+        self.pid_files: dict[str, Path] = {}  # task key -> where its job wrote its pid
 
     def prepare(
         self, tmp_path: Path, shapes: Sequence[Shape]
@@ -113,6 +144,7 @@ class HydraHarness(Harness):
             jobs.append(_tasks.Job(num, overrides, _tasks.hydra_task_key(num, overrides)))
         rt = _hydra_runtime(task_function, sweep_dir, [j.overrides for j in jobs])
         table = {j.num: j for j in jobs}
+        self.pid_files = {j.key: sweep_dir / str(j.num) / "pid" for j in jobs}
         server = None
         if not self.inprocess:
 
@@ -157,6 +189,15 @@ class HydraHarness(Harness):
         assert isinstance(src, InProcessSource)
         result: T = run_in_main_thread(src, lambda: asyncio.run(scenario()))
         return result
+
+    def still_running(self, task: TaskSpec) -> list[int]:
+        if self.inprocess:  # the job was a call in this process, over before its report
+            return []
+        try:  # the job's own process, forked by the server
+            pid = int(self.pid_files[task.key].read_text())
+        except (OSError, ValueError):
+            return []
+        return [pid] if pid_alive(pid) else []
 
     def close(self) -> None:
         for server in self.servers:
@@ -230,7 +271,8 @@ def harness(
         yield Harness(
             lambda store: ScriptedSource(
                 SourceSpec("fake", "scripted", 2), context_for(store), _as_params_say
-            )
+            ),
+            runs=False,
         )
     elif source_type == "local":
         yield Harness(
@@ -329,9 +371,13 @@ def test_cancel_ends_a_running_attempt(tmp_path: Path, harness: Harness) -> None
             await d.submit(long)
             await d.until(lambda: d.said(long.key, TaskState.RUNNING), "the long one runs")
             await d.until(lambda: bool(d.final(short.key)), "the short one ends")
+            if harness.runs:  # RUNNING may come before the task's own process exists
+                await d.until(lambda: bool(harness.still_running(long)), "its process starts")
             await src.cancel([long.key])
             await d.until(lambda: bool(d.final(long.key)), "the cancelled one ends", 60)
             await d.until(lambda: src.running() == 0, "no attempt held")
+            # Ended, not only reported: nothing of it may keep running (and using a slot).
+            await d.until(lambda: not harness.still_running(long), "its processes end", 30)
         return d
 
     d = harness.run(src, scenario)

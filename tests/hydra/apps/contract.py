@@ -9,6 +9,7 @@ import sys
 import time
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 KEYS = ("HSM_SWEEP_ID", "HSM_TASK_ID", "HSM_TASK_KEY", "HSM_ATTEMPT")
@@ -20,6 +21,9 @@ def job(cfg: DictConfig) -> None:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "env.json"), "w") as f:
             json.dump({k: os.environ.get(k) for k in KEYS}, f)
+    # Where the suite looks for the job's process after it cancelled the job.
+    with open(os.path.join(HydraConfig.get().runtime.output_dir, "pid"), "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(float(cfg.sleep))
     sys.exit(int(cfg.code))
 
