@@ -22,14 +22,14 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hsm_core import remote_agent, taskdir
 from hsm_core.errors import ForkServerError, SourceError
 from hsm_core.hydra.fork_messages import Event, JobRequest
-from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkServer
+from hsm_core.hydra.forkserver import EXIT_CANCELLED, ForkJobs, ForkServer
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, Reporter, SweepContext
 
@@ -38,7 +38,18 @@ KILL_GRACE_S = 3.0
 # journals each exit: how long a recovery waits for those lines.
 RECOVER_WAIT_S = 15.0
 
-Request = Callable[[TaskSpec, int], JobRequest]
+
+class Jobs(ForkJobs, Protocol):
+    """The jobs this source runs (hsm_core.hydra.jobs.HydraJobs): what the server runs,
+    and on this side what one attempt needs and who hears how it ended."""
+
+    def request(self, ctx: SweepContext, task: TaskSpec, attempt: int) -> JobRequest:
+        """The request the server hands to `run` (JSON): task_dir, stdout, stderr, env;
+        with `journal` and `attempt`, the server journals the job (see forkserver)."""
+        ...
+
+    def settled(self, task: TaskSpec, state: TaskState, error: str | None) -> None:
+        """Called as each attempt settles, before the engine hears of it."""
 
 
 @dataclass
@@ -88,16 +99,14 @@ class ForkSource(ComputeSource):
         spec: SourceSpec,
         ctx: SweepContext,
         server: ForkServer,
-        request: Request,
+        jobs: Jobs,
         *,
         ahead: int = 2,
-        on_settled: Callable[[TaskSpec, TaskState, str | None], None] | None = None,
     ) -> None:
         super().__init__(spec, ctx)
         self.server = server
-        self.request = request
+        self.jobs = jobs
         self.ahead = max(0, ahead)
-        self.on_settled = on_settled
         gpus = [str(g) for g in spec.option("gpus") or []]
         self.gpu_env = gpu_sets(gpus, spec.max_parallel, int(spec.option("gpus_per_slot", 1)))
         self._jobs: dict[str, _Held] = {}  # by jid
@@ -140,7 +149,7 @@ class ForkSource(ComputeSource):
         self._counter += 1
         job = _Held(task, attempt, f"{task.name}.{attempt}.{self._counter}")
         job.done = asyncio.get_running_loop().create_future()
-        req = self.request(task, attempt)
+        req = self.jobs.request(self.ctx, task, attempt)
         try:
             self.server.send({"op": "run", "id": job.jid, "job": req})
         except ForkServerError as exc:
@@ -195,8 +204,7 @@ class ForkSource(ComputeSource):
         verdict = taskdir.settle(
             record, hydra=True, worker=worker, timeout_s=task.timeout_s, folder=folder
         )
-        if self.on_settled is not None:
-            self.on_settled(task, verdict.state, verdict.error)
+        self.jobs.settled(task, verdict.state, verdict.error)
         self._report(
             TaskEvent(
                 task.key,
@@ -330,8 +338,7 @@ class ForkSource(ComputeSource):
         if job.slot is not None:
             self._free.append(job.slot)
             self._free.sort()
-        if self.on_settled is not None:  # e.g. the launcher reads the JobReturn now
-            self.on_settled(job.task, state, error)
+        self.jobs.settled(job.task, state, error)  # e.g. the JobReturn is read now
         self._report(
             TaskEvent(job.task.key, job.attempt, state, self.name, exit_code=code, error=error)
         )
@@ -359,3 +366,23 @@ class ForkSource(ComputeSource):
                 self._settle(job, job.stopping, job.reason, None)
             else:
                 self._settle(job, TaskState.LOST, self._broken, None)
+
+
+def make_sources(
+    specs: Sequence[SourceSpec],
+    ctx: SweepContext,
+    jobs: Jobs,
+    server: ForkServer | None,
+    *,
+    ahead: int,
+) -> list[ComputeSource]:
+    """The sources of a Hydra launch: a local one runs its jobs forked from the fork
+    server (when there is one: else cold workers); any other is made by its type."""
+    from hsm_core.sources import make_source
+
+    return [
+        ForkSource(spec, ctx, server, jobs, ahead=ahead)
+        if spec.type == "local" and server is not None
+        else make_source(spec, ctx)
+        for spec in specs
+    ]

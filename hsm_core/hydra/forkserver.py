@@ -40,14 +40,25 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hsm_core import remote_agent
 from hsm_core.errors import ForkServerError
 from hsm_core.hydra.fork_messages import Event, JobRequest, Op
 
-Runner = Callable[[Mapping[str, Any], Callable[[], None]], int]
-Prefork = Callable[[Mapping[str, Any]], None]
+Gate = Callable[[], None]
+
+
+class ForkJobs(Protocol):
+    """What the server runs, given each job's request (the "job" of a "run" command)."""
+
+    def prefork(self, job: JobRequest) -> None:
+        """In the server, before it forks the job: work that later jobs then inherit."""
+
+    def run(self, job: JobRequest, gate: Gate) -> int:
+        """In the job's own process, its output and environment set: the job, which
+        calls `gate()` once set up, to wait for a slot; returns the exit code."""
+
 
 EXIT_INTERNAL = 70  # the job process failed outside the job (hsm's own bug or set-up)
 EXIT_CANCELLED = 75  # cancelled while waiting at the gate
@@ -71,7 +82,7 @@ class _State:
     wake_r: int
     wake_w: int
     sel: selectors.BaseSelector
-    prefork: Prefork | None = None
+    jobs: ForkJobs
     children: dict[str, _Child] = field(default_factory=dict)
     pids: dict[int, str] = field(default_factory=dict)
     buf: bytes = b""
@@ -137,11 +148,8 @@ class _Journal:
 class ForkServer:
     """The launcher's handle on the server process."""
 
-    def __init__(self, runner: Runner, prefork: Prefork | None = None) -> None:
-        """`runner(job, gate)` runs in each job process; `prefork(job)` in the server,
-        before it forks that job (work that later jobs then inherit)."""
-        self.runner = runner
-        self.prefork = prefork
+    def __init__(self, jobs: ForkJobs) -> None:
+        self.jobs = jobs
         self.pid: int | None = None
         self.cmd_w: int | None = None
         self.evt_r: int | None = None
@@ -166,7 +174,7 @@ class ForkServer:
             try:
                 os.close(cmd_w)
                 os.close(evt_r)
-                _serve(self.runner, self.prefork, cmd_r, evt_w)
+                _serve(self.jobs, cmd_r, evt_w)
             except BaseException:
                 traceback.print_exc()
                 code = EXIT_INTERNAL
@@ -220,7 +228,7 @@ def _flush_all() -> None:
 _PRCTL: Any = None
 
 
-def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> None:
+def _serve(jobs: ForkJobs, cmd_r: int, evt_w: int) -> None:
     global _PRCTL
     _PRCTL = _load_prctl()  # once, in the server: every job process inherits it
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -232,7 +240,7 @@ def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> N
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sel = selectors.DefaultSelector()
-    st = _State(cmd_r, evt_w, wake_r, wake_w, sel, prefork, journal=_Journal())
+    st = _State(cmd_r, evt_w, wake_r, wake_w, sel, jobs, journal=_Journal())
     st.reaper = remote_agent.subreaper()
     sel.register(cmd_r, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
@@ -246,7 +254,7 @@ def _serve(runner: Runner, prefork: Prefork | None, cmd_r: int, evt_w: int) -> N
             if key.fd == wake_r:
                 _drain(wake_r)
             elif key.fd == cmd_r:
-                _read_commands(runner, st)
+                _read_commands(st)
         _escalate(st)
 
 
@@ -265,7 +273,7 @@ def _emit(st: _State, msg: Event) -> None:
         st.closing = True
 
 
-def _read_commands(runner: Runner, st: _State) -> None:
+def _read_commands(st: _State) -> None:
     data = os.read(st.cmd_r, 65536)
     if not data:
         _shutdown(st)
@@ -274,14 +282,14 @@ def _read_commands(runner: Runner, st: _State) -> None:
     *lines, st.buf = st.buf.split(b"\n")
     for line in lines:
         if line.strip():
-            _command(runner, st, json.loads(line))
+            _command(st, json.loads(line))
 
 
-def _command(runner: Runner, st: _State, msg: Op) -> None:
+def _command(st: _State, msg: Op) -> None:
     jid = str(msg["id"])
     child = st.children.get(jid)
     if msg["op"] == "run":
-        _spawn(runner, st, jid, msg["job"])
+        _spawn(st, jid, msg["job"])
     elif msg["op"] == "go" and child is not None and child.go_w is not None:
         try:
             os.write(child.go_w, (json.dumps(msg.get("env") or {}) + "\n").encode())
@@ -360,12 +368,11 @@ def _shutdown(st: _State) -> None:
         child.kill_at = time.monotonic() + 2.0
 
 
-def _spawn(runner: Runner, st: _State, jid: str, job: JobRequest) -> None:
-    if st.prefork is not None:
-        try:
-            st.prefork(job)
-        except Exception:
-            traceback.print_exc()  # an optimisation failed: the job still runs
+def _spawn(st: _State, jid: str, job: JobRequest) -> None:
+    try:
+        st.jobs.prefork(job)
+    except Exception:
+        traceback.print_exc()  # an optimisation failed: the job still runs
     go_r, go_w = os.pipe()
     _flush_all()
     gc.freeze()
@@ -378,7 +385,7 @@ def _spawn(runner: Runner, st: _State, jid: str, job: JobRequest) -> None:
         return
     if pid == 0:
         _die_with_parent()
-        _child_main(runner, st, job, go_r, go_w)  # never returns
+        _child_main(st, job, go_r, go_w)  # never returns
     os.close(go_r)
     try:
         os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
@@ -417,7 +424,7 @@ def _load_prctl() -> Any:
         return None
 
 
-def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, go_w: int) -> None:
+def _child_main(st: _State, job: JobRequest, go_r: int, go_w: int) -> None:
     code = EXIT_INTERNAL
     try:
         os.setpgid(0, 0)
@@ -444,7 +451,7 @@ def _child_main(runner: Runner, st: _State, job: Mapping[str, Any], go_r: int, g
         os.environ.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
         # Handlers inherited from the launcher (console, sweep logs) are not this job's.
         logging.getLogger().handlers.clear()
-        code = runner(job, _make_gate(go_r))
+        code = st.jobs.run(job, _make_gate(go_r))
     except BaseException:
         try:
             traceback.print_exc()
@@ -499,7 +506,7 @@ def _redirect(job: Mapping[str, Any]) -> None:
     sys.stderr = open(2, "w", closefd=False, **opts)  # noqa: SIM115
 
 
-def _make_gate(go_r: int) -> Callable[[], None]:
+def _make_gate(go_r: int) -> Gate:
     def gate() -> None:
         data = b""
         while not data.endswith(b"\n"):

@@ -6,6 +6,10 @@ Order matters (see research/hydra_fork.md):
 3. fork the fork server while this process has one thread and no SQLite connection;
 4. open the store, add the jobs as tasks, run the engine (threads from here on);
 5. hand back every job's JobReturn, in input order.
+
+What a Hydra job is (its task, its request, how it runs, its JobReturn) is one object,
+hsm_core.hydra.jobs.HydraJobs: this module makes it, hands it to the fork server and the
+sources, and asks it for the JobReturns at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from hydra.errors import CompactHydraException
 
 from hsm_core.errors import HsmError
 from hsm_core.hydra.compose import JobComposer
-from hsm_core.hydra.job import JobRuntime, run_here
+from hsm_core.hydra.job import JobRuntime
+from hsm_core.hydra.jobs import HydraJobs
 from hsm_core.hydra.payload import (
     PayloadError,
     SweepPart,
@@ -39,14 +44,13 @@ from hsm_core.hydra.payload import (
 )
 from hsm_core.model import SourceSpec
 from hsm_core.sweeps import project_root_for
-from hydra_plugins.hsm_launcher import _results, _tasks
+from hydra_plugins.hsm_launcher import _tasks
 from hydra_plugins.hsm_launcher._settings import (
     Resolved,
     Settings,
     resolve,
     settings_from,
 )
-from hydra_plugins.hsm_launcher._tasks import Job, hydra_task_key
 
 log = logging.getLogger("hydra_plugins.hsm_launcher")
 
@@ -116,6 +120,7 @@ class _Setup:
     cwd: Path
     script: Path
     composer: JobComposer
+    jobs: HydraJobs
     sweep_file: str | None  # the shared payload, or None if it cannot be pickled
     server: Any  # the fork server, or None (no local source, or threads: cold workers)
     payload_error: str | None = None  # why the payload cannot be pickled
@@ -137,7 +142,7 @@ class _Launch:
         self.config = launcher.config
         self.hydra_context = launcher.hydra_context
         self.task_function = launcher.task_function
-        self.jobs = [Job(n, list(o), hydra_task_key(n, o)) for n, o in jobs]
+        self.batch = [(n, list(o)) for n, o in jobs]
         self.lock: Any = None
         self._t0 = time.perf_counter()
 
@@ -174,17 +179,19 @@ class _Launch:
         # Before anything is written there: one owner per sweep folder (SweepBusy).
         self.lock = hold(self.launcher, sweep_dir)
         where = ", ".join(f"{s.name}:{s.max_parallel}" for s in resolved.specs)
-        log.info(f"Launching {len(self.jobs)} jobs with hsm on {where}")
-        for job in self.jobs:
-            log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))}")
+        log.info(f"Launching {len(self.batch)} jobs with hsm on {where}")
+        for num, overrides in self.batch:
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
 
         composer = JobComposer(self.hydra_context.config_loader, cfg)
-        first = composer.full(self.jobs[0].overrides)  # a bad override fails the launch here
-        composer.set_template(self.jobs[0].overrides, first)
-        composer.prepare([j.overrides for j in self.jobs])
+        first = composer.full(self.batch[0][1])  # a bad override fails the launch here
+        composer.set_template(self.batch[0][1], first)
+        composer.prepare([o for _, o in self.batch])
         self._mark("composed the template")
+        rt = JobRuntime(self.task_function, self.hydra_context, composer)
+        jobs = HydraJobs(rt, self.batch, sweep_dir)
         script = _script_dir(self.task_function)
-        setup = _Setup(settings, resolved, sweep_dir, root, cwd, script, composer, None, None)
+        setup = _Setup(settings, resolved, sweep_dir, root, cwd, script, composer, jobs, None, None)
         setup.sweep_file = self._payload(setup)
         self._mark("pickled the payload")
         setup.server = self._fork_server(setup)
@@ -220,28 +227,8 @@ class _Launch:
             return None
         from hsm_core.hydra.forkserver import ForkServer
 
-        rt = JobRuntime(self.task_function, self.hydra_context, s.composer)
-        table = {j.num: j for j in self.jobs}  # the task keys are settled later, with the store
-
-        def runner(req: Any, gate: Any) -> int:  # in each job process
-            job = table[int(req["num"])]
-            task_dir = Path(req["task_dir"])
-            return run_here(
-                rt,
-                num=job.num,
-                job_id=job.job_id,
-                overrides=job.overrides,
-                task_dir=task_dir,
-                gate=gate,
-                inplace=True,
-                last_in_process=True,
-            )
-
-        def prefork(req: Any) -> None:  # in the fork server: a template per job shape
-            s.composer.ensure_template(table[int(req["num"])].overrides)
-
         if threading.active_count() == 1:
-            server = ForkServer(runner, prefork)
+            server = ForkServer(s.jobs)
             server.start()
             return server
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
@@ -256,7 +243,7 @@ class _Launch:
                 "the threads inside the task function, or make that object picklable",
                 names,
                 s.payload_error,
-                len(self.jobs),
+                len(self.batch),
             )
             s.inprocess = True
             return None
@@ -271,13 +258,13 @@ class _Launch:
     def _run(self, s: _Setup) -> list[JobReturn]:
         from hsm_core.orchestrate import RunOptions, context_for, run_sweep
 
-        store = _results.open_store(
+        store = _tasks.open_store(
             s.sweep_dir, self.config, s.settings, s.specs, s.project_root, self.task_function
         )
+        jobs = s.jobs
         try:
-            self.jobs = _tasks.fresh_keys(store, self.jobs)
             cwd = _relative(s.cwd, s.project_root)
-            tasks = _tasks.add_tasks(store, self.jobs, cwd=cwd, timeout_s=s.settings.timeout_s)
+            tasks = jobs.add_tasks(store, cwd=cwd, timeout_s=s.settings.timeout_s)
             store.set_meta("hydra_app", app_fingerprint(self.task_function))
             write_parts = self._payload_writer(s, store, tasks)
             if write_parts is not None and (s.server is None or s.remote):
@@ -285,20 +272,16 @@ class _Launch:
                 write_parts = None
             self._mark("stored the tasks")
             ctx = context_for(store)
-            returns = _results.Returns(s.sweep_dir, _results.ErrorLog(s.sweep_dir))
-            job_nums = {j.key: j.num for j in self.jobs}
             inprocess = None
             if s.inprocess:
                 from hydra_plugins.hsm_launcher._inprocess import InProcessSource
 
-                rt = JobRuntime(self.task_function, self.hydra_context, s.composer)
-                by_key = {j.key: j for j in self.jobs}
-                inprocess = InProcessSource(s.specs[0], ctx, rt, by_key, returns.settled)
+                inprocess = InProcessSource(s.specs[0], ctx, jobs)
                 sources: list[Any] = [inprocess]
             else:
-                sources = _results.make_sources(
-                    s.specs, ctx, s.server, s.settings, returns, job_nums
-                )
+                from hsm_core.hydra.fork import make_sources
+
+                sources = make_sources(s.specs, ctx, jobs, s.server, ahead=s.settings.ahead)
             opts = RunOptions(
                 strategy=s.resolved.strategy,
                 max_retries=s.resolved.max_retries,
@@ -307,14 +290,18 @@ class _Launch:
                 health=s.resolved.health,
                 require_all_sources=s.resolved.require_all_sources,
             )
-            progress = _results.progress_bar(len(tasks)) if s.settings.progress else None
+            progress = None
+            if s.settings.progress:
+                from hydra_plugins.hsm_launcher._progress import progress_bar
+
+                progress = progress_bar(len(tasks))
             from hsm_core.job_output import JobOutput
 
             output = JobOutput(
                 s.settings.output,
                 s.sweep_dir,
                 {t.key: t for t in tasks},
-                label=lambda t: f"#{job_nums[t.key]}",
+                label=jobs.label,
                 rate=s.settings.output_rate,
             )
             # The engine's records go to the sweep's log files, not to the app's console.
@@ -364,7 +351,7 @@ class _Launch:
             self._mark("engine done")
             for name, why in sorted(outcome.not_started.items()):
                 log.warning(f"source {name} never started: {why}")
-            results = _results.collect(store, self.jobs, tasks, returns)
+            results = jobs.returns(store)
             self._mark("read the JobReturns")
         finally:
             store.close()
@@ -381,9 +368,10 @@ class _Launch:
             return None
         # Remote hosts may not have the config files where this machine has them: their
         # jobs get their composed config in the payload.
-        configs = [s.composer.compose(j.overrides) if s.remote else None for j in self.jobs]
+        jobs = s.jobs.jobs
+        configs = [s.composer.compose(j.overrides) if s.remote else None for j in jobs]
         rel = _relative(s.script, s.project_root)
-        return _tasks.payload_writer(store, self.jobs, tasks, s.sweep_file, configs, s.script, rel)
+        return _tasks.payload_writer(store, jobs, tasks, s.sweep_file, configs, s.script, rel)
 
 
 def hold(launcher: Any, sweep_dir: Path) -> Any:

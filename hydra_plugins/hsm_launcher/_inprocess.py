@@ -20,12 +20,12 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from hsm_core.hydra.job import JobRuntime, read_info, run_here
+from hsm_core.hydra.job import read_info
+from hsm_core.hydra.jobs import HydraJobs
 from hsm_core.model import SourceSpec, TaskEvent, TaskSpec, TaskState
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext
 from hsm_core.taskdir import WORKER_RECORD
 
-Settled = Callable[[TaskSpec, TaskState, str | None], None]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -38,14 +38,10 @@ class InProcessSource(ComputeSource):
         self,
         spec: SourceSpec,
         ctx: SweepContext,
-        rt: JobRuntime,
-        jobs: dict[str, Any],  # task key -> the launcher's Job
-        on_settled: Settled | None = None,
+        jobs: HydraJobs,
     ) -> None:
         super().__init__(SourceSpec(spec.name, "local", 1, dict(spec.options)), ctx)
-        self.rt = rt
         self.jobs = jobs
-        self.on_settled = on_settled
         self.requests: queue.Queue[tuple[TaskSpec, int] | None] = queue.Queue()
         self._held: dict[str, tuple[TaskSpec, int]] = {}  # accepted, not yet settled
         self._current: str | None = None
@@ -138,9 +134,8 @@ class InProcessSource(ComputeSource):
     def _run_one(self, task: TaskSpec, attempt: int) -> None:
         if task.key in self._cancelled or task.key not in self._held:
             return
-        job = self.jobs[task.key]
-        task_dir = self.ctx.task_dir(task)
-        (task_dir / "results").mkdir(parents=True, exist_ok=True)
+        req = self.jobs.request(self.ctx, task, attempt)
+        task_dir = Path(req["task_dir"])
         self._current = task.key
         self._tell(TaskEvent(task.key, attempt, TaskState.RUNNING, self.name, handle="launcher"))
         interrupted = False
@@ -149,13 +144,7 @@ class InProcessSource(ComputeSource):
             if self._interrupt:  # Ctrl-C while the job was being started: as if in it
                 self._interrupt = False
                 raise KeyboardInterrupt
-            code = run_here(
-                self.rt,
-                num=job.num,
-                job_id=job.job_id,
-                overrides=job.overrides,
-                task_dir=task_dir,
-            )
+            code = self.jobs.run_inline(req)
         except KeyboardInterrupt:  # between the job's own steps
             code, interrupted = 1, True
         finally:
@@ -171,8 +160,7 @@ class InProcessSource(ComputeSource):
             info = read_info(task_dir, WORKER_RECORD) or {}
             state, error = TaskState.FAILED, str(info.get("error") or "job failed")
         self._held.pop(task.key, None)
-        if self.on_settled is not None:
-            self.on_settled(task, state, error)
+        self.jobs.settled(task, state, error)
         self._tell(TaskEvent(task.key, attempt, state, self.name, exit_code=code, error=error))
         if interrupted and not asked:  # Ctrl-C in the job: cancel the rest too
             self._interrupted()

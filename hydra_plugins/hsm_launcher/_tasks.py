@@ -1,92 +1,57 @@
-"""A launch's jobs as stored tasks: identity, numbers, re-runs, and their payload files."""
+"""A launch's store and its jobs' payload files (the jobs themselves: hsm_core.hydra.jobs)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm_core.hydra.job import job_params
-from hsm_core.hydra.payload import JOB_FILE, JobPart, write_job_part
-from hsm_core.model import TaskKind, TaskSpec, TaskState, task_key
+from hsm_core.hydra.jobs import Job
+from hsm_core.hydra.payload import JobPart, write_job_part
+from hsm_core.model import SourceSpec, TaskSpec
 
 
-@dataclass(frozen=True)
-class Job:
-    num: int  # Hydra's job number
-    overrides: list[str]
-    key: str
+def open_store(
+    sweep_dir: Path,
+    config: Any,
+    settings: Any,
+    specs: Sequence[SourceSpec],
+    project_root: Path,
+    task_function: Any,
+) -> Any:
+    """The sweep folder's store: the one an earlier launch there made (its jobs join it),
+    or a new one, registered so that `hsm` commands find it."""
+    from omegaconf import OmegaConf
 
-    @property
-    def job_id(self) -> str:
-        return str(self.num)
+    from hsm_core.store import SweepStore
+    from hsm_core.sweeps import new_sweep_id, register
 
-
-def hydra_task_key(num: int, overrides: Sequence[str], rerun: int = 0) -> str:
-    """A job is its number and its overrides: a second run of the same command in the same
-    sweep dir finds the same tasks; the same overrides under another number stay apart."""
-    ident: dict[str, Any] = {"job": num, "params": job_params(overrides)}
-    if rerun:
-        ident["rerun"] = rerun
-    return task_key(ident)
-
-
-def fresh_keys(store: Any, jobs: list[Job]) -> list[Job]:
-    """A launcher runs what it is given. A job that completed in an earlier run in this
-    sweep dir (the same command again under the basic sweeper) becomes a new task: a
-    completed task is final in the journal. (The hsm sweeper leaves such jobs out.)"""
-    latest = store.latest_attempts()
-    out = []
-    for job in jobs:
-        key, rerun = job.key, 0
-        while (att := latest.get(key)) is not None and att.state is TaskState.COMPLETED:
-            rerun += 1
-            key = hydra_task_key(job.num, job.overrides, rerun)
-        out.append(Job(job.num, job.overrides, key))
-    return out
-
-
-def add_tasks(
-    store: Any, jobs: Sequence[Job], *, cwd: str, timeout_s: float | None
-) -> list[TaskSpec]:
-    """Store the jobs as tasks numbered from 1 (job #0 is task_001) where that number is
-    free; failed, lost or cancelled ones from an earlier run get a new attempt."""
-    known = {t.key: t.num for t in store.tasks()}
-    used = set(known.values())
-    next_num = max(used, default=0) + 1
-    specs = []
-    for job in jobs:
-        num = known.get(job.key)
-        if num is None:
-            num = job.num + 1
-            if num in used:
-                num = next_num
-            used.add(num)
-            next_num = max(next_num, num + 1)
-        specs.append(
-            TaskSpec(
-                key=job.key,
-                num=num,
-                params=job_params(job.overrides),
-                kind=TaskKind.HYDRA,
-                argv=(sys.executable, "-m", "hsm_core.hydra.worker"),
-                cwd=cwd,
-                payload=f"tasks/task_{num:03d}/{JOB_FILE}",
-                timeout_s=timeout_s,
-            )
-        )
-    tasks: list[TaskSpec] = store.add_tasks(specs)
-    latest = store.latest_attempts()
-    for task in tasks:
-        att = latest.get(task.key)
-        if att is not None and att.state.terminal:
-            store.new_attempt(task.key)
-    nums = dict(store.meta("hydra_job_nums") or {})
-    nums.update({j.key: j.num for j in jobs})
-    store.set_meta("hydra_job_nums", nums)
-    return tasks
+    if SweepStore.exists(sweep_dir):
+        return SweepStore.open(sweep_dir)
+    sweep_id = new_sweep_id()
+    launcher = {k: v for k, v in vars(settings).items() if k not in ("pool",)}
+    store = SweepStore.create(
+        sweep_dir,
+        sweep_id=sweep_id,
+        kind="hydra",
+        config={
+            "app": str(config.hydra.job.name),
+            "overrides": OmegaConf.to_container(config.hydra.overrides.task),
+            "launcher": launcher,
+            "sources": [
+                {"name": s.name, "type": s.type, "max_parallel": s.max_parallel} for s in specs
+            ],
+        },
+        metadata={
+            "hydra_sweep_dir": str(sweep_dir),
+            "task_function": getattr(task_function, "__qualname__", str(task_function)),
+            "command": " ".join(sys.argv),
+        },
+        project_root=project_root,
+    )
+    register(sweep_id, sweep_dir, project_root)
+    return store
 
 
 def payload_writer(

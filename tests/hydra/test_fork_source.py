@@ -31,50 +31,58 @@ def _write_result(task_dir: Path, code: int, **extra: Any) -> None:
     os.replace(tmp, task_dir / WORKER_RECORD)
 
 
-def runner(job: Mapping[str, Any], gate: Any) -> int:
-    """What a job does, by its `action` (runs in the forked job process)."""
-    task_dir = Path(job["task_dir"])
-    action = job["env"]["ACTION"]
-    gate()
-    start = time.time()
-    if action == "fail":
-        _write_result(task_dir, 1, error="ValueError: bad")
-        return 1
-    if action == "exit":
-        os._exit(3)
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action == "sleep":
-        child = subprocess.Popen(["sleep", "60"])  # a grandchild in the job's group
-        # Whole or not at all: the tests act once it exists (a job killed between the
-        # file's creation and its write left it empty).
-        tmp = task_dir / "child.pid.tmp"
-        tmp.write_text(str(child.pid))
-        os.replace(tmp, task_dir / "child.pid")
-        time.sleep(60)
-    if action == "busy":
-        time.sleep(0.3)
-    _write_result(
-        task_dir,
-        0,
-        start=start,
-        end=time.time(),
-        cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
-        pid=os.getpid(),
-    )
-    print("done", flush=True)
-    return 0
+class PlainJobs:
+    """Plain jobs, not Hydra ones: what each does is its task's `action`."""
 
+    def prefork(self, job: Mapping[str, Any]) -> None:
+        pass
 
-def request(task: TaskSpec, attempt: int, ctx: Any) -> dict[str, Any]:
-    tdir = ctx.task_dir(task)
-    return {
-        "key": task.key,
-        "task_dir": str(tdir),
-        "stdout": str(tdir / "stdout.log"),
-        "stderr": str(tdir / "stderr.log"),
-        "env": {"ACTION": task.params["action"]},
-    }
+    def run(self, job: Mapping[str, Any], gate: Any) -> int:
+        """What a job does, by its `action` (runs in the forked job process)."""
+        task_dir = Path(job["task_dir"])
+        action = job["env"]["ACTION"]
+        gate()
+        start = time.time()
+        if action == "fail":
+            _write_result(task_dir, 1, error="ValueError: bad")
+            return 1
+        if action == "exit":
+            os._exit(3)
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "sleep":
+            child = subprocess.Popen(["sleep", "60"])  # a grandchild in the job's group
+            # Whole or not at all: the tests act once it exists (a job killed between the
+            # file's creation and its write left it empty).
+            tmp = task_dir / "child.pid.tmp"
+            tmp.write_text(str(child.pid))
+            os.replace(tmp, task_dir / "child.pid")
+            time.sleep(60)
+        if action == "busy":
+            time.sleep(0.3)
+        _write_result(
+            task_dir,
+            0,
+            start=start,
+            end=time.time(),
+            cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            pid=os.getpid(),
+        )
+        print("done", flush=True)
+        return 0
+
+    def request(self, ctx: Any, task: TaskSpec, attempt: int) -> dict[str, Any]:
+        tdir = ctx.task_dir(task)
+        return {
+            "key": task.key,
+            "task_dir": str(tdir),
+            "stdout": str(tdir / "stdout.log"),
+            "stderr": str(tdir / "stderr.log"),
+            "env": {"ACTION": task.params["action"]},
+        }
+
+    def settled(self, task: TaskSpec, state: TaskState, error: str | None) -> None:
+        pass
 
 
 def run(
@@ -87,7 +95,7 @@ def run(
     timeout: float | None = None,
     during: Any = None,
 ) -> tuple[SweepStore, list[TaskSpec]]:
-    server = ForkServer(runner)
+    server = ForkServer(PlainJobs())
     server.start()  # before any SQLite connection and any thread
     try:
         store = SweepStore.create(tmp_path / "sweep", sweep_id="t", kind="hydra", config={})
@@ -98,7 +106,7 @@ def run(
         tasks = store.add_tasks(specs)
         ctx = context_for(store)
         spec = SourceSpec("local", "local", slots, options or {})
-        src = ForkSource(spec, ctx, server, lambda t, a: request(t, a, ctx), ahead=ahead)
+        src = ForkSource(spec, ctx, server, PlainJobs(), ahead=ahead)
         engine = SweepEngine(store, ctx, [src])
 
         async def main() -> None:
@@ -201,7 +209,7 @@ def test_refuses_to_fork_with_threads() -> None:
     t.start()
     try:
         with pytest.raises(ForkServerError, match="threads"):
-            ForkServer(runner).start()
+            ForkServer(PlainJobs()).start()
     finally:
         stop.set()
         t.join()

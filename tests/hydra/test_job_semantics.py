@@ -100,6 +100,7 @@ def test_threads_and_unpicklable_global_run_in_process_like_basic(tmp_path: Path
     values = [job_return(found[n]["dir"]).return_value for n in (0, 1, 3)]
     assert [v["x"] for v in values] == [2, 4, 8]
     assert len({v["pid"] for v in values}) == 1  # the launcher's own process
+    assert [v["attempt"] for v in values] == ["1"] * 3  # the task env, as in a fork
     assert (sweep / "0" / ".hydra" / "overrides.yaml").is_file()
     assert "#2 FAILED x=3 ValueError: three" in res.stdout
 

@@ -132,54 +132,33 @@ class HydraHarness(Harness):
     ) -> tuple[SweepStore, list[TaskSpec], ComputeSource]:
         from hsm_core.hydra.fork import ForkSource
         from hsm_core.hydra.forkserver import ForkServer
-        from hsm_core.hydra.job import run_here
-        from hydra_plugins.hsm_launcher import _results, _tasks
+        from hsm_core.hydra.jobs import HydraJobs
         from tests.hydra.apps.contract import job as task_function
 
         sweep_dir = tmp_path / "sweep"
-        jobs = []
+        batch = []
         for num, shape in enumerate(shapes):
             code, sleep = shape
             overrides = ["env=true"] if shape == ENV else [f"code={code}", f"sleep={sleep}"]
-            jobs.append(_tasks.Job(num, overrides, _tasks.hydra_task_key(num, overrides)))
-        rt = _hydra_runtime(task_function, sweep_dir, [j.overrides for j in jobs])
-        table = {j.num: j for j in jobs}
-        self.pid_files = {j.key: sweep_dir / str(j.num) / "pid" for j in jobs}
+            batch.append((num, overrides))
+        rt = _hydra_runtime(task_function, sweep_dir, [o for _, o in batch])
+        jobs = HydraJobs(rt, batch, sweep_dir)  # what the launcher hands its sources
         server = None
         if not self.inprocess:
-
-            def runner(req: Any, gate: Any) -> int:  # in each forked job process
-                job = table[int(req["num"])]
-                return run_here(
-                    rt,
-                    num=job.num,
-                    job_id=job.job_id,
-                    overrides=job.overrides,
-                    task_dir=Path(req["task_dir"]),
-                    gate=gate,
-                    inplace=True,
-                    last_in_process=True,
-                )
-
-            def prefork(req: Any) -> None:  # in the fork server
-                rt.composer.ensure_template(table[int(req["num"])].overrides)
-
             # Forked before the store's SQLite connection exists, as the launcher does.
-            server = ForkServer(runner, prefork)
+            server = ForkServer(jobs)
             server.start()
             self.servers.append(server)
         store = SweepStore.create(sweep_dir, sweep_id="contract", kind="hydra", config={})
-        tasks = _tasks.add_tasks(store, jobs, cwd=".", timeout_s=None)
+        tasks = jobs.add_tasks(store, cwd=".", timeout_s=None)
+        self.pid_files = {j.key: sweep_dir / str(j.num) / "pid" for j in jobs.jobs}
         ctx = context_for(store)
         if self.inprocess:
             from hydra_plugins.hsm_launcher._inprocess import InProcessSource
 
-            by_key = {j.key: j for j in jobs}
-            inproc = InProcessSource(SourceSpec("local", "local", 1), ctx, rt, by_key)
-            return store, tasks, inproc
-        nums = {j.key: j.num for j in jobs}
+            return store, tasks, InProcessSource(SourceSpec("local", "local", 1), ctx, jobs)
         spec = SourceSpec("local", "local", 2)
-        return store, tasks, ForkSource(spec, ctx, server, _results._requester(ctx, nums))
+        return store, tasks, ForkSource(spec, ctx, server, jobs)
 
     def run(self, src: ComputeSource, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if not self.inprocess:
@@ -386,15 +365,10 @@ def test_cancel_ends_a_running_attempt(tmp_path: Path, harness: Harness) -> None
 
 
 def test_the_task_sees_what_hsm_tells_every_task(
-    tmp_path: Path, harness: Harness, source_type: str, request: pytest.FixtureRequest
+    tmp_path: Path, harness: Harness, source_type: str
 ) -> None:
     if source_type == "scripted":
         pytest.skip("the scripted source runs nothing")
-    if source_type == "hydra-inprocess":
-        # A gap, not a limit: the source could set them around each job. Strict, so that
-        # the fix turns this into a failure until the mark goes.
-        reason = "InProcessSource runs jobs in the launcher's environment: no HSM_* variables"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     store, (task,), src = harness.prepare(tmp_path, [ENV])
 
     async def scenario() -> None:

@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> dict:
         time.sleep(float(cfg.get("sleep", 0)))
         if int(cfg.x) == 3:
             raise ValueError("three")
-        return {"x": int(cfg.x) * 2, "pid": os.getpid()}
+        return {"x": int(cfg.x) * 2, "pid": os.getpid(), "attempt": os.environ.get("HSM_ATTEMPT")}
 
 
 if __name__ == "__main__":
