@@ -123,8 +123,19 @@ def check_folder(sweep: Path, n: int) -> None:
         raise SystemExit(f"benchmark aborted: {sweep}: " + "; ".join(problems))
 
 
-def interrupted(argv: list[str], sweep: Path, cwd: Path, env: dict[str, str], after: int) -> float:
-    """Seconds from SIGINT (sent once `after` tasks are COMPLETED) to the exit of `hsm run`."""
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a live process and of the children it has waited for."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK
+
+
+def interrupted(
+    argv: list[str], sweep: Path, cwd: Path, env: dict[str, str], after: int
+) -> tuple[float, float]:
+    """Seconds from SIGINT (sent once `after` tasks are COMPLETED) to the exit of `hsm run`,
+    and the CPU seconds its process tree spent in them (steadier than wall on a busy
+    machine)."""
     import signal
     import sqlite3
 
@@ -150,13 +161,17 @@ def interrupted(argv: list[str], sweep: Path, cwd: Path, env: dict[str, str], af
         if done >= after:
             break
         time.sleep(0.05)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_at_signal = _tree_cpu(proc.pid)
     start = time.perf_counter()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     took = time.perf_counter() - start
+    after_exit = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 130:
         raise SystemExit(f"benchmark aborted: hsm run exited {proc.returncode}:\n{err[-2000:]}")
-    return took
+    tree = (after_exit.ru_utime - before.ru_utime) + (after_exit.ru_stime - before.ru_stime)
+    return took, tree - cpu_at_signal
 
 
 def check_views_agree(sweep: Path) -> str:
@@ -169,7 +184,9 @@ def check_views_agree(sweep: Path) -> str:
             "WHERE a.attempt = (SELECT MAX(attempt) FROM attempts b WHERE b.key = a.key)"
         ).fetchall()
     want = dict(rows)
-    mapping = yaml.safe_load((sweep / "task_mapping.yaml").read_text())["tasks"]
+    # libyaml's loader when there is one: the pure-Python one takes minutes on 100,000 rows.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    mapping = yaml.load((sweep / "task_mapping.yaml").read_text(), Loader=loader)["tasks"]
     shown = {int(name.split("_")[1]): v["state"] for name, v in mapping.items()}
     problems = []
     if shown != want:
@@ -302,21 +319,29 @@ def interrupt_main(
     out: Console,
 ) -> int:
     t = Table(title=f"Ctrl-C once {args.interrupt} tasks are COMPLETED (local:{args.width})")
-    for col in ("tasks", "SIGINT to exit s (median)", "range s", "journal after the last"):
+    for col in ("tasks", "SIGINT to exit s (median)", "range s", "CPU s after SIGINT",
+                "journal after the last"):  # fmt: skip
         t.add_column(col, justify="right")
     n_out = 0
     for n in sizes:
         took: list[float] = []
+        cpu: list[float] = []
         counts = ""
         for _ in range(args.rounds):
             n_out += 1
             sweep = tmp / "out" / f"i{n_out}"
             argv = [*hsm, "run", "-c", str(inputs[n]), "-s", f"local:{args.width}"]
             argv += ["--no-progress", "--output-dir", str(sweep)]
-            took.append(interrupted(argv, sweep, tmp, env, args.interrupt))
+            wall, spent = interrupted(argv, sweep, tmp, env, args.interrupt)
+            took.append(wall)
+            cpu.append(spent)
             counts = check_views_agree(sweep)
         t.add_row(
-            f"{n:,}", f"{statistics.median(took):.2f}", f"{min(took):.2f}-{max(took):.2f}", counts
+            f"{n:,}",
+            f"{statistics.median(took):.2f}",
+            f"{min(took):.2f}-{max(took):.2f}",
+            f"{statistics.median(cpu):.2f}",
+            counts,
         )
     out.print(t)
     load = os.getloadavg()

@@ -197,6 +197,8 @@ class JobOutput:
     # --------------------------------------------------------------- input
     def on_event(self, ev: TaskEvent) -> None:
         """An engine listener (on the event loop)."""
+        if ev.source is None and ev.state is TaskState.CANCELLED:
+            return  # never placed, so no output (Ctrl-C cancels a whole queue at once)
         task = self.tasks.get(ev.key)
         if task is None:
             return

@@ -581,19 +581,28 @@ class SweepStore:
             )
             c.execute("DELETE FROM temp.hsm_cancel")
             c.executemany("INSERT OR IGNORE INTO temp.hsm_cancel VALUES (?, ?)", attempts)
-            c.execute(
+            n = c.execute(
                 "INSERT INTO events (time, key, attempt, state, source, message) "
                 "SELECT ?, a.key, a.attempt, 'CANCELLED', NULL, NULL FROM temp.hsm_cancel x "
                 "JOIN attempts a ON a.key = x.key AND a.attempt = x.attempt "
                 "WHERE a.state = 'PENDING'",
                 (when,),
-            )
-            n = c.execute(
-                "UPDATE attempts SET state = 'CANCELLED', ended = ?, error = NULL "
-                "WHERE state = 'PENDING' AND (key, attempt) IN "
-                "(SELECT key, attempt FROM temp.hsm_cancel)",
-                (when,),
             ).rowcount
+            (pending,) = c.execute(
+                "SELECT COUNT(*) FROM attempts WHERE state = 'PENDING'"
+            ).fetchone()
+            # As many of these as there are PENDING attempts: they are all of them (the
+            # usual Ctrl-C), and one pass over the table beats a look-up per attempt.
+            only = (
+                ""
+                if n == pending
+                else " AND (key, attempt) IN (SELECT key, attempt FROM temp.hsm_cancel)"
+            )
+            c.execute(
+                "UPDATE attempts SET state = 'CANCELLED', ended = ?, error = NULL "
+                f"WHERE state = 'PENDING'{only}",
+                (when,),
+            )
             c.execute("DELETE FROM temp.hsm_cancel")
         return int(n)
 

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +163,19 @@ class _Mapping:
         self.current: dict[str, bytes] = {}  # what the file holds there (from the index)
 
     def region(self, att: Attempt | None) -> bytes | None:
-        state = att.state.value if att else "null"
-        source = scalar(att.source) if att else "null"
-        attempt = str(att.attempt) if att else "null"
-        if source is None or len(source) > self.width or len(attempt) > _ATTEMPT_W:
+        if att is None:
+            return self.region_of(None, None, None)
+        return self.region_of(att.state.value, att.source, att.attempt)
+
+    def region_of(self, state: str | None, source: str | None, attempt: int | None) -> bytes | None:
+        src = scalar(source) if source is not None else "null"
+        num = str(attempt) if attempt is not None else "null"
+        if src is None or len(src) > self.width or len(num) > _ATTEMPT_W:
             return None  # does not fit: the file is written anew
         return (
-            f"    state: {state:<{_STATE_W}}\n"
-            f"    source: {source:<{self.width}}\n"
-            f"    attempt: {attempt:<{_ATTEMPT_W}}\n"
+            f"    state: {state or 'null':<{_STATE_W}}\n"
+            f"    source: {src:<{self.width}}\n"
+            f"    attempt: {num:<{_ATTEMPT_W}}\n"
         ).encode()
 
     def index(self, keys: Iterable[str]) -> bool:
@@ -243,6 +247,22 @@ class _Mapping:
         os.pwrite(fd, region, off)
         return True
 
+    def update_unplaced(self, fd: int, rows: Iterable[tuple[str, int, str]]) -> bool:
+        """Rewrite the fields of tasks never placed, given as (key, attempt, state): one
+        pwrite each of a region made once per (state, attempt), no Attempt built. False
+        if one is not in the file or does not fit (rewrite all)."""
+        offsets = self.offsets
+        regions: dict[tuple[str, int], bytes | None] = {}
+        for key, attempt, state in rows:
+            region = regions.get((state, attempt), b"")
+            if region == b"":
+                region = regions[state, attempt] = self.region_of(state, None, attempt)
+            off = offsets.get(key)
+            if off is None or region is None:
+                return False
+            os.pwrite(fd, region, off)
+        return True
+
 
 # ------------------------------------------------------------------------ the writer
 _COLS = (
@@ -251,6 +271,11 @@ _COLS = (
 )
 _SCORE = "CASE WHEN a.state = 'COMPLETED' THEN -a.attempt ELSE a.attempt - 1000000000 END"
 REFRESH_EVENTS = 20_000  # events per step of a refresh: what it holds in memory at once
+# A step with at least this many events of tasks not placed (Ctrl-C cancelling a queue)
+# writes those tasks set-wise: per task, one pwrite instead of an Attempt, a stat and a
+# patch made one by one.
+BULK_MIN = 500
+_SQL_ARGS = 500  # host parameters per `IN (...)` (SQLite before 3.32 allows 999)
 
 
 def attempt_from_row(row: tuple[Any, ...]) -> Attempt:
@@ -323,8 +348,10 @@ class ViewWriter:
                 log.exception("views of %s could not be written", self.sweep_dir)
         self._shutdown()
 
-    def sync(self) -> None:
-        """Bring every view up to date with the journal, in this thread."""
+    def sync(self, *, audit: bool = True) -> None:
+        """Bring every view up to date with the journal, in this thread (`audit=False`:
+        what changed only, as an interrupted orchestrator leaves them)."""
+        self._audit = audit
         self._open()
         self._finish()
 
@@ -557,11 +584,7 @@ class ViewWriter:
         # cancels them all at once, and a step's rows are all held in memory.
         while self._event_mark < top:
             hi = min(top, self._event_mark + REFRESH_EVENTS)
-            changed = self._latest(
-                "a.key IN (SELECT key FROM events WHERE id > ? AND id <= ?)",
-                (self._event_mark, hi),
-            )
-            for num, att in changed:
+            for num, att in self._changed(self._event_mark, hi):
                 self._write_status(num, att)
                 self._note(att)
                 self._patch_mapping(att)
@@ -570,6 +593,68 @@ class ViewWriter:
             self._set_meta(HWM_EVENT, hi)
         self._write_metadata()
         self.refreshes += 1
+
+    def _changed(self, lo: int, hi: int) -> list[tuple[int, Attempt]]:
+        """The representative attempts of the tasks with events in (lo, hi], to write one
+        by one; but when many of them were never placed (Ctrl-C on a big sweep cancels
+        its whole queue at once), those without a folder are written here set-wise."""
+        db = self._db()
+        events = "SELECT key FROM events WHERE id > ? AND id <= ?"
+        (unplaced,) = db.execute(
+            "SELECT COUNT(*) FROM events WHERE id > ? AND id <= ? AND source IS NULL", (lo, hi)
+        ).fetchone()
+        if unplaced < BULK_MIN:
+            return self._latest(f"a.key IN ({events})", (lo, hi))
+        # Every attempt of these tasks, four columns (no Attempt built, no join). A task
+        # never placed has no COMPLETED attempt, so its newest stands for it, and no
+        # folder unless an older hsm (or a hand) made one.
+        newest: dict[str, tuple[str, int, str]] = {}
+        one_by_one: set[str] = set()
+        for key, attempt, state, source in db.execute(
+            f"SELECT key, attempt, state, source FROM attempts WHERE key IN ({events})", (lo, hi)
+        ):
+            if source is not None:
+                one_by_one.add(key)
+            elif (have := newest.get(key)) is None or attempt > have[1]:
+                newest[key] = (key, attempt, state)
+        one_by_one.update(self._with_folder(newest))
+        for key in one_by_one:
+            newest.pop(key, None)
+        self._ensure_mapping()
+        assert self._map_fd is not None
+        if not self._mapping.update_unplaced(self._map_fd, newest.values()):
+            self._write_mapping()  # a task the file does not hold yet
+            self._ensure_mapping()
+        self._states.update((key, state) for key, _, state in newest.values())
+        return self._latest_of(one_by_one)
+
+    def _with_folder(self, keys: Collection[str]) -> list[str]:
+        """Those of `keys` whose task has a folder: one listing of tasks/ (on a new sweep
+        it holds the tasks placed so far), not a stat per task."""
+        try:
+            names = os.listdir(self._tasks_dir)
+        except FileNotFoundError:
+            return []
+        nums = [int(n[5:]) for n in names if n.startswith("task_") and n[5:].isdigit()]
+        found = []
+        for i in range(0, len(nums), _SQL_ARGS):
+            part = nums[i : i + _SQL_ARGS]
+            found += [
+                k
+                for (k,) in self._db().execute(
+                    f"SELECT key FROM tasks WHERE num IN ({','.join('?' * len(part))})", part
+                )
+                if k in keys
+            ]
+        return found
+
+    def _latest_of(self, keys: Collection[str]) -> list[tuple[int, Attempt]]:
+        keys = list(keys)
+        out: list[tuple[int, Attempt]] = []
+        for i in range(0, len(keys), _SQL_ARGS):
+            part = keys[i : i + _SQL_ARGS]
+            out += self._latest(f"a.key IN ({','.join('?' * len(part))})", tuple(part))
+        return out
 
     def _record_metrics(self, lo: int, hi: int) -> None:
         """The metrics of the attempts that completed in events (lo, hi], read once from

@@ -253,3 +253,54 @@ def test_metrics_are_read_once_when_a_task_completes_and_reports_read_the_journa
         db.execute("DROP TABLE metrics")  # a sweep of an older hsm
     assert losses() == {"task_001": None, "task_002": None, "task_003": None, "task_004": None}
     store.close()
+
+
+def test_a_whole_queue_cancelled_at_once_is_written_set_wise_and_right(tmp_path: Path) -> None:
+    """Ctrl-C on a big sweep cancels its queue in one statement; the writer then writes
+    the tasks never placed set-wise (no folder, one patch of the mapping each), and every
+    task that was placed, or has a folder anyway, one by one, as it stands."""
+    from hsm_core.views import BULK_MIN, write_status
+
+    store, tasks = make(tmp_path, BULK_MIN + 40)
+    sync_views(store.sweep_dir)
+    finish(store, tasks[0])  # done before the Ctrl-C
+    store.apply(TaskEvent(tasks[1].key, 1, TaskState.ASSIGNED, "h1"))
+    sync_views(store.sweep_dir)  # its folder is made
+    store.apply(TaskEvent(tasks[1].key, 1, TaskState.LOST, "h1"))
+    assert store.new_attempt(tasks[1].key) == 2  # queued again: it has a folder
+    store.apply(TaskEvent(tasks[2].key, 1, TaskState.CANCELLED, None))
+    assert store.new_attempt(tasks[2].key) == 2  # never placed, two attempts
+    finish(store, tasks[3])
+    assert store.new_attempt(tasks[3].key) == 2  # a re-run queued: attempt 1 stands
+    sync_views(store.sweep_dir)
+    store.apply(TaskEvent(tasks[5].key, 1, TaskState.ASSIGNED, "h2"))  # no folder yet
+    # A folder an older hsm made for a task never placed: its status.yaml is kept right.
+    write_status(store.sweep_dir, tasks[4].num, store.attempts(tasks[4].key)[0])
+    pending = [(a.key, a.attempt) for a in store.attempts() if a.state is TaskState.PENDING]
+    last = pending.pop()  # some of the queue (a look-up per attempt), then the rest
+    assert store.cancel_pending(pending, 1.0) == len(pending) > BULK_MIN
+    assert store.cancel_pending([last, (tasks[0].key, 1)], 2.0) == 1
+    writer = ViewWriter(store.sweep_dir)
+    writer.sync(audit=False)  # as Ctrl-C leaves them: nothing read back and repaired
+    writer.close(audit=False)
+
+    latest = store.latest_attempts()
+    assert latest[tasks[0].key].state is TaskState.COMPLETED
+    assert (latest[tasks[3].key].state, latest[tasks[3].key].attempt) == (TaskState.COMPLETED, 1)
+    rows = mapping(store)
+    for t in tasks:
+        att = latest[t.key]
+        shown = (rows[t.name]["state"], rows[t.name]["source"], rows[t.name]["attempt"])
+        assert shown == (att.state.value, att.source, att.attempt), t.name
+        if t in tasks[:6] and t is not tasks[2]:  # placed, or a folder anyway
+            assert (status(store, t)["state"], status(store, t)["attempt"]) == (
+                att.state.value,
+                att.attempt,
+            ), t.name
+        else:
+            assert not store.task_dir(t).exists(), t.name
+    meta = yaml.safe_load((store.sweep_dir / "sweep_metadata.yaml").read_text())
+    assert meta["counts"]["CANCELLED"] == len(tasks) - 3
+    assert meta["counts"]["ASSIGNED"] == 1
+    assert meta["counts"]["COMPLETED"] == 2
+    store.close()
