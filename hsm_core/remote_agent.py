@@ -109,7 +109,19 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if sys.version_info >= (3, 8):  # noqa: UP036 - the agent runs on any Python >= 3.7
+    from typing import TypedDict
+else:  # the messages' types are for the orchestrator's checker; 3.7 runs without them
+
+    class TypedDict(dict):
+        def __init_subclass__(cls, total=True, **kwargs):
+            super().__init_subclass__(**kwargs)
+
+
+if TYPE_CHECKING:
+    from typing import Literal
 
 # 2: journals instead of per-task files; 3: keeper, start lines by the task; 4: sha256 sums
 # in exit events (`checksums`). The orchestrator ships this file's text, so an agent it
@@ -141,6 +153,139 @@ STREAM_S = 0.3
 STREAM_MAX = 64 * 1024
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
+
+
+# -- the protocol's messages (see the docstring), one TypedDict per kind ----------------
+# The orchestrator (agent_channel and the sources) uses these same classes; a unit test
+# checks every message the agent sends and receives against them.
+class _Config(TypedDict):
+    op: Literal["config"]
+
+
+class ConfigOp(_Config, total=False):  # a key absent: that setting is unchanged
+    journal: str
+    slots: int
+    gpus: list[str] | None
+    inline_max: int
+    exclude: list[str]
+    grace: float
+    listing: bool
+    stream: bool
+    checksums: bool
+
+
+class _Launch(TypedDict):
+    op: Literal["launch"]
+    id: str
+    attempt: int
+    dir: str
+    cwd: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+class LaunchOp(_Launch, total=False):
+    timeout: float | None  # seconds; absent or null: none
+    files: dict[str, str]  # path (relative to dir, or absolute) -> base64
+    skip: list[str]  # names in dir the exit event leaves out (they came with the launch)
+
+
+class KillOp(TypedDict):
+    op: Literal["kill"]
+    ids: list[str]
+
+
+class _ScanTask(TypedDict):
+    id: str
+    attempt: int
+    dir: str
+
+
+class ScanTask(_ScanTask, total=False):
+    timeout: float | None
+    skip: list[str]
+
+
+class ScanOp(TypedDict):
+    op: Literal["scan"]
+    tasks: list[ScanTask]
+
+
+class PingOp(TypedDict):
+    op: Literal["ping"]
+    seq: int
+    path: str | None  # the free space of its file system comes back
+
+
+Op = Union[ConfigOp, LaunchOp, KillOp, ScanOp, PingOp]  # noqa: UP007 - runs on 3.7
+
+
+class HelloEvent(TypedDict):
+    ev: Literal["hello"]
+    protocol: int
+    pid: int
+    boot_id: str
+    python: str
+    version: list[int]
+    home: str
+    host: str
+    keeper: int | None
+
+
+class StartedEvent(TypedDict):
+    ev: Literal["started"]
+    id: str
+    pid: int  # the task's process group
+
+
+class RunningEvent(TypedDict):
+    ev: Literal["running"]
+    id: str
+    pid: int | None
+
+
+class _Exit(TypedDict):
+    ev: Literal["exit"]
+    id: str
+    record: dict[str, Any] | None  # the journal's exit record; None: lost, or never run
+    error: str | None
+    files: dict[str, str]  # REL -> base64
+    large: list[list[str | int | float]]  # [REL, SIZE, MTIME]: for SFTP
+
+
+class ExitEvent(_Exit, total=False):
+    launch_error: bool
+    never_started: bool
+    sums: dict[str, list[str | int]]  # REL -> [SIZE, SHA256]
+    excluded: list[list[str | int]]  # [REL, SIZE]; SIZE -1: a folder
+
+
+class OutEvent(TypedDict):
+    ev: Literal["out"]
+    id: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+    skipped: int
+
+
+class PongEvent(TypedDict):
+    ev: Literal["pong"]
+    seq: int
+    load: list[float]
+    running: int
+    queued: int
+    disk_free: int | None
+    cpus: int | None
+
+
+class ErrorEvent(TypedDict):
+    ev: Literal["error"]
+    id: str | None
+    msg: str
+
+
+# After the hello: what the orchestrator reads from the agent.
+Event = Union[StartedEvent, RunningEvent, ExitEvent, OutEvent, PongEvent, ErrorEvent]  # noqa: UP007
 
 
 def atomic_write(path, data):
@@ -476,17 +621,17 @@ class Hasher:
 
     def __init__(self, wake_fd):
         self.wake_fd = wake_fd
-        self.todo: queue.Queue[Any] = queue.Queue()
-        self.finished: collections.deque[dict[str, Any]] = collections.deque()
+        self.todo: queue.Queue[tuple[ExitEvent, str, list[str]]] = queue.Queue()
+        self.finished: collections.deque[ExitEvent] = collections.deque()
         threading.Thread(target=self.run, name="hsm-hasher", daemon=True).start()
 
-    def put(self, event, d, large):
-        self.todo.put((event, d, large))
+    def put(self, event: ExitEvent, d: str, names: list[str]) -> None:
+        self.todo.put((event, d, names))
 
     def run(self):
         while True:
-            event, d, large = self.todo.get()
-            for rel, _, _ in large:
+            event, d, names = self.todo.get()
+            for rel in names:
                 try:
                     event["sums"][rel] = file_sha256(os.path.join(d, rel))
                 except OSError:
@@ -561,6 +706,12 @@ def kill_group(pgid, sig):
     return False
 
 
+def _id_of(msg: object) -> str | None:
+    """The task an op is about, for an error event about it."""
+    task = msg.get("id") if isinstance(msg, dict) else None
+    return task if isinstance(task, str) else None
+
+
 class Job:
     def __init__(self, spec):
         self.spec = spec
@@ -601,7 +752,7 @@ class Agent:
         self.journal_dir = None
         self.journal_fd = None
         self.journal = Journal("")  # of the journal dir: for scans and adopted tasks
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.queue: collections.deque[LaunchOp] = collections.deque()
         self.running: dict[str, Job] = {}
         self.by_pid: dict[int, Job] = {}  # tasks this agent started, by pid
         # (when, pid, group): SIGKILL then, to a task's group or to one leftover process
@@ -619,7 +770,7 @@ class Agent:
         self.host = socket.gethostname()
 
     # -- plumbing ---------------------------------------------------------------------
-    def emit(self, **event):
+    def emit(self, event: Event | HelloEvent) -> None:
         """Queue an event; `flush` sends what one turn of the loop produced together (an
         exit and the start that refills its slot: one packet instead of two)."""
         if self.detached:
@@ -671,15 +822,17 @@ class Agent:
         self.sel.register(r, selectors.EVENT_READ, "wake")
         self.sel.register(0, selectors.EVENT_READ, "stdin")
         self.emit(
-            ev="hello",
-            protocol=PROTOCOL,
-            pid=self.me,
-            boot_id=self.boot,
-            python=sys.executable,
-            version=list(sys.version_info[:3]),
-            home=os.path.expanduser("~"),
-            host=self.host,
-            keeper=self.keeper[0] if self.keeper else None,
+            {
+                "ev": "hello",
+                "protocol": PROTOCOL,
+                "pid": self.me,
+                "boot_id": self.boot,
+                "python": sys.executable,
+                "version": list(sys.version_info[:3]),
+                "home": os.path.expanduser("~"),
+                "host": self.host,
+                "keeper": self.keeper[0] if self.keeper else None,
+            }
         )
         self.flush()
         while True:
@@ -716,25 +869,24 @@ class Agent:
             if line.strip():
                 self.handle(json.loads(line.decode("ascii")))
 
-    def handle(self, msg):
-        op = msg.get("op")
+    def handle(self, msg: Op) -> None:
         try:
-            if op == "config":
+            if msg["op"] == "config":
                 self.configure(msg)
-            elif op == "launch":
+            elif msg["op"] == "launch":
                 self.receive(msg)
-            elif op == "kill":
+            elif msg["op"] == "kill":
                 self.kill(set(msg.get("ids") or ()))
-            elif op == "scan":
+            elif msg["op"] == "scan":
                 self.scan(msg.get("tasks") or ())
-            elif op == "ping":
+            elif msg["op"] == "ping":
                 self.pong(msg)
             else:
-                self.emit(ev="error", id=None, msg=f"unknown op {op!r}")
+                self.emit({"ev": "error", "id": None, "msg": f"unknown op {msg['op']!r}"})
         except Exception as exc:  # one bad message must not take the host's tasks down
-            self.emit(ev="error", id=msg.get("id"), msg=f"{type(exc).__name__}: {exc}")
+            self.emit({"ev": "error", "id": _id_of(msg), "msg": f"{type(exc).__name__}: {exc}"})
 
-    def configure(self, msg):
+    def configure(self, msg: ConfigOp) -> None:
         if "slots" in msg:
             self.slots = max(1, int(msg["slots"]))
         if "gpus" in msg:
@@ -842,7 +994,7 @@ class Agent:
             return min(self.slots, len(self.gpus))
         return self.slots
 
-    def receive(self, spec):
+    def receive(self, spec: LaunchOp) -> None:
         """Write what the launch carries now, not when it starts: a later launch may rely
         on a shared file it carried (a Hydra payload, sent once per host), whether this
         one starts, waits in the queue, is killed there or dropped by a detach."""
@@ -870,8 +1022,17 @@ class Agent:
                 self.launch_failed(spec, f"cannot launch: {type(exc).__name__}: {exc}")
 
     def launch_failed(self, spec, error):
-        event = {"record": None, "files": {}, "large": [], "launch_error": True, "error": error}
-        self.emit(ev="exit", id=spec["id"], **event)
+        self.emit(
+            {
+                "ev": "exit",
+                "id": spec["id"],
+                "record": None,
+                "files": {},
+                "large": [],
+                "launch_error": True,
+                "error": error,
+            }
+        )
 
     def launch(self, spec):
         d = spec["dir"]
@@ -941,7 +1102,7 @@ class Agent:
                 start=job.start,
                 **who,
             )
-            self.emit(ev="started", id=job.id, pid=job.pid)
+            self.emit({"ev": "started", "id": job.id, "pid": job.pid})
             if spec.get("timeout"):
                 job.deadline = time.monotonic() + float(spec["timeout"])
         else:
@@ -1027,7 +1188,7 @@ class Agent:
         try:
             self.note(e="exit", dir=d, attempt=spec["attempt"], record=record)
         except OSError as exc:
-            self.emit(ev="error", id=job.id, msg=f"cannot journal the exit: {exc}")
+            self.emit({"ev": "error", "id": job.id, "msg": f"cannot journal the exit: {exc}"})
         self.forget(job)
         self.report_exit(spec, record)
 
@@ -1050,7 +1211,14 @@ class Agent:
                 continue
             job.sent[stream] = start + skipped + len(data)
             text = data.decode("utf-8", "replace")
-            self.emit(ev="out", id=job.id, stream=stream, text=text, skipped=skipped)
+            out: OutEvent = {
+                "ev": "out",
+                "id": job.id,
+                "stream": stream,
+                "text": text,
+                "skipped": skipped,
+            }
+            self.emit(out)
 
     def forget(self, job: Job) -> None:
         if self.running.get(job.id) is job:
@@ -1094,24 +1262,31 @@ class Agent:
         error = None
         if record is None:
             error = "the task ended without an exit record (its agent was killed)"
-        event = {"ev": "exit", "id": spec["id"], "record": record, "error": error}
+        event: ExitEvent = {
+            "ev": "exit",
+            "id": spec["id"],
+            "record": record,
+            "error": error,
+            "files": {},
+            "large": [],
+        }
         if not self.send_files:
-            self.emit(**event, files={}, large=[])
+            self.emit(event)
             return
         files, large, sums, excluded = self.listing(d, spec.get("skip") or ())
-        event.update(files=files, large=large)
+        event["files"], event["large"] = files, large
         if not self.checksums:
-            self.emit(**event)
+            self.emit(event)
             return
-        event.update(sums=sums, excluded=excluded)
+        event["sums"], event["excluded"] = sums, excluded
         if not large:
-            self.emit(**event)
+            self.emit(event)
             return
         # Reading a big file takes a while: a thread hashes it while the loop goes on
         # (hashlib lets go of the GIL), and the exit goes out once it is done.
         if self.hasher is None:
             self.hasher = Hasher(self.wake_fd)
-        self.hasher.put(event, d, large)
+        self.hasher.put(event, d, [rel for rel, _, _ in large])
 
     def listing(self, d, skip):
         """Small files inline (hsm's worker record first), the rest named for SFTP; with
@@ -1139,7 +1314,7 @@ class Agent:
     def drain_hashed(self):
         if self.hasher is not None:
             for event in self.hasher.done():
-                self.emit(**event)
+                self.emit(event)
 
     # -- kill, scan, ping -------------------------------------------------------------
     def kill(self, ids):
@@ -1154,7 +1329,16 @@ class Agent:
                 "timed_out": False,
                 "layout": LAYOUT,
             }
-            self.emit(ev="exit", id=spec["id"], record=record, error=None, files={}, large=[])
+            self.emit(
+                {
+                    "ev": "exit",
+                    "id": spec["id"],
+                    "record": record,
+                    "error": None,
+                    "files": {},
+                    "large": [],
+                }
+            )
         for job_id in ids:
             job = self.running.get(job_id)
             if job is None:
@@ -1173,7 +1357,7 @@ class Agent:
 
     def scan_one(self, spec, journal):
         if spec["id"] in self.running:
-            self.emit(ev="running", id=spec["id"], pid=self.running[spec["id"]].pid)
+            self.emit({"ev": "running", "id": spec["id"], "pid": self.running[spec["id"]].pid})
             return
         if any(q["id"] == spec["id"] for q in self.queue):
             return  # sent to this agent already: it starts when a slot frees
@@ -1216,7 +1400,7 @@ class Agent:
         else:
             job.ended = time.monotonic()  # done; its agent is writing the record
         self.running[job.id] = job
-        self.emit(ev="running", id=job.id, pid=job.pid)
+        self.emit({"ev": "running", "id": job.id, "pid": job.pid})
 
     def pending_check(self, job):
         key = (job.spec["dir"], job.spec["attempt"])
@@ -1238,13 +1422,15 @@ class Agent:
         never = kind != "start"
         why = "no record of this attempt on the host" if never else "its task is gone"
         self.emit(
-            ev="exit",
-            id=spec["id"],
-            record=None,
-            files={},
-            large=[],
-            never_started=never,
-            error=f"not running: {why}",
+            {
+                "ev": "exit",
+                "id": spec["id"],
+                "record": None,
+                "files": {},
+                "large": [],
+                "never_started": never,
+                "error": f"not running: {why}",
+            }
         )
 
     def hold_gpu(self, job):
@@ -1254,7 +1440,7 @@ class Agent:
             self.free_gpus.remove(gpu)
             job.gpu = gpu
 
-    def pong(self, msg):
+    def pong(self, msg: PingOp) -> None:
         disk = None
         path = msg.get("path")
         if path:
@@ -1264,13 +1450,15 @@ class Agent:
             except OSError:
                 pass
         self.emit(
-            ev="pong",
-            seq=msg.get("seq"),
-            load=list(os.getloadavg()),
-            running=len(self.running),
-            queued=len(self.queue),
-            disk_free=disk,
-            cpus=os.cpu_count(),
+            {
+                "ev": "pong",
+                "seq": msg["seq"],
+                "load": list(os.getloadavg()),
+                "running": len(self.running),
+                "queued": len(self.queue),
+                "disk_free": disk,
+                "cpus": os.cpu_count(),
+            }
         )
 
 

@@ -17,10 +17,9 @@ from typing import Any
 
 from hsm_core import remote_agent
 from hsm_core.errors import HsmError, SourceError, SourceUnavailable
+from hsm_core.remote_agent import ConfigOp, Event, HelloEvent, Op
 
 log = logging.getLogger(__name__)
-
-Event = dict[str, Any]
 
 
 class AgentChannel:
@@ -47,7 +46,7 @@ class AgentChannel:
         self._proc: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
-        self.hello: Event = {}
+        self.hello: HelloEvent | None = None
 
     @property
     def alive(self) -> bool:
@@ -57,7 +56,7 @@ class AgentChannel:
     def process(self) -> Any:
         return self._proc
 
-    async def start(self, config: dict[str, Any], timeout: float) -> Event:
+    async def start(self, config: ConfigOp, timeout: float) -> HelloEvent:
         """Start the agent, wait for its hello, send its config; return the hello."""
         proc = await self._spawn()
         self._proc = proc
@@ -78,7 +77,7 @@ class AgentChannel:
                 f"{self.name}: cannot start the hsm agent{how}: {last[0]}", self._python_hint
             )
         try:
-            hello = json.loads(line)
+            hello: HelloEvent = json.loads(line)
         except ValueError:
             raise SourceUnavailable(
                 f"{self.name}: the hsm agent printed {line[:80]!r} instead of its greeting",
@@ -88,11 +87,11 @@ class AgentChannel:
         if hello.get("protocol") != remote_agent.PROTOCOL:
             raise HsmError(f"{self.name}: agent protocol {hello.get('protocol')} is unsupported")
         self.hello = hello
-        self.send({"op": "config", **config})
+        self.send(config)
         self._reader = asyncio.create_task(self._read_loop(proc))
         return hello
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: Op) -> None:
         """Queue one op; raises SourceError when the channel is gone."""
         proc = self._proc
         if proc is None or self._closed:
@@ -112,7 +111,7 @@ class AgentChannel:
                 if not line:
                     break
                 try:
-                    event = json.loads(line)
+                    event: Event = json.loads(line)
                 except ValueError:
                     log.warning("%s: unreadable agent line %r", self.name, line[:200])
                     continue

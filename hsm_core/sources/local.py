@@ -25,8 +25,8 @@ from typing import Any
 from hsm_core import taskdir
 from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
-from hsm_core.remote_agent import JOURNAL_DIR
-from hsm_core.sources.agent_channel import AgentChannel, Event
+from hsm_core.remote_agent import JOURNAL_DIR, ConfigOp, Event, ExitEvent, LaunchOp, ScanTask
+from hsm_core.sources.agent_channel import AgentChannel
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
 
 KILL_GRACE_S = 3.0
@@ -106,7 +106,8 @@ class LocalSource(ComputeSource):
                 self._closed(agent, reason)
 
             agent = AgentChannel(f"local {self.name}", spawn, self._on_event, closed)
-            config = {
+            config: ConfigOp = {
+                "op": "config",
                 "journal": str(self.ctx.sweep_dir / JOURNAL_DIR),
                 "slots": max(1, self.spec.max_parallel),
                 "grace": KILL_GRACE_S,
@@ -169,7 +170,7 @@ class LocalSource(ComputeSource):
     def _scan(self, agent: AgentChannel, runs: list[_Held]) -> None:
         for run in runs:
             run.agent = agent
-        tasks = [
+        tasks: list[ScanTask] = [
             {
                 "id": r.id,
                 "attempt": r.attempt,
@@ -206,7 +207,7 @@ class LocalSource(ComputeSource):
             return False
         return True
 
-    def _launch(self, run: _Held) -> dict[str, Any]:
+    def _launch(self, run: _Held) -> LaunchOp:
         task, task_dir = run.task, self.ctx.task_dir(run.task)
         env = task_env(task, self.ctx.sweep_id, str(self.ctx.sweep_dir), str(task_dir), run.attempt)
         env.update(self.extra_env)
@@ -226,24 +227,25 @@ class LocalSource(ComputeSource):
 
     # ----------------------------------------------------------------- events
     def _on_event(self, ev: Event) -> None:
-        kind = ev.get("ev")
-        if kind == "error":
-            self.log.warning("agent: %s", ev.get("msg"))
+        if ev["ev"] == "error":
+            self.log.warning("agent: %s", ev["msg"])
             return
-        run = self._runs.get(str(ev.get("id")))
+        if ev["ev"] == "pong":
+            return
+        run = self._runs.get(ev["id"])
         if run is None:
             return
-        if kind in ("started", "running"):
-            pid = ev.get("pid")
+        if ev["ev"] == "started" or ev["ev"] == "running":
+            pid = ev["pid"]
             run.started = True
             self._report(
                 TaskEvent(run.task.key, run.attempt, TaskState.RUNNING, self.name, handle=str(pid))
             )
             self.log.debug("started %s attempt %d pid %s", run.task.name, run.attempt, pid)
-        elif kind == "exit":
+        elif ev["ev"] == "exit":
             self._exited(run, ev)
 
-    def _exited(self, run: _Held, ev: Event) -> None:
+    def _exited(self, run: _Held, ev: ExitEvent) -> None:
         record = ev.get("record")
         never = ev.get("never_started") or (record or {}).get("never_started")
         if never and not run.started and self._resend(run):

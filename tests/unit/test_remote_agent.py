@@ -1,5 +1,9 @@
 """The remote agent driven directly over pipes (real processes, no ssh): launch, exit
-events with inline files, kill of the whole group, timeout, re-attach by a new agent."""
+events with inline files, kill of the whole group, timeout, re-attach by a new agent.
+
+Every op these tests send and every event the agent answers with is checked against the
+protocol's TypedDicts (remote_agent.ConfigOp ... ErrorEvent), which the orchestrator's
+side is type-checked with: the types cannot drift from what travels."""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
+from hsm_core import remote_agent
 from hsm_core.remote_agent import Journal
 from hsm_core.sources.ssh.agent import agent_source
 from tests.helpers import wait_for
@@ -23,6 +30,86 @@ from tests.helpers import wait_for
 
 def journal(root: Path) -> Journal:
     return Journal(str(root / "journal")).refresh()
+
+
+def _members(union: Any) -> dict[str, type]:
+    """The TypedDicts of a union by their tag (`op` or `ev`)."""
+    out = {}
+    for cls in typing.get_args(union):
+        hints = _hints(cls)
+        tag = hints.get("op", hints.get("ev"))
+        (name,) = typing.get_args(tag)
+        out[name] = cls
+    return out
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    # Literal is imported for the checker only: the agent runs where typing may lack it.
+    return typing.get_type_hints(cls, localns={"Literal": Literal})
+
+
+def _problems(value: Any, tp: Any, where: str) -> list[str]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return []
+    if origin in (typing.Union, types.UnionType):
+        fits = [a for a in args if not _problems(value, a, where)]
+        return [] if fits else [f"{where}: {value!r} is not {tp}"]
+    if origin is Literal:
+        return [] if value in args else [f"{where}: {value!r} is not one of {args}"]
+    if tp is type(None):
+        return [] if value is None else [f"{where}: {value!r} is not null"]
+    if typing.is_typeddict(tp):
+        return _fits(value, tp, where)
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{where}: {value!r} is not a list"]
+        return [p for i, v in enumerate(value) for p in _problems(v, args[0], f"{where}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{where}: {value!r} is not an object"]
+        return [p for k, v in value.items() for p in _problems(v, args[1], f"{where}.{k}")]
+    ok = (int, float) if tp is float else tp  # JSON has one kind of number
+    if not isinstance(value, ok) or (isinstance(value, bool) and tp is not bool):
+        return [f"{where}: {value!r} is not {tp.__name__}"]
+    return []
+
+
+def _fits(msg: Any, cls: Any, where: str) -> list[str]:
+    if not isinstance(msg, dict):
+        return [f"{where}: {msg!r} is not an object"]
+    hints = _hints(cls)
+    missing = sorted(cls.__required_keys__ - set(msg))
+    unknown = sorted(set(msg) - set(hints))
+    out = [f"{where}: missing {missing}"] if missing else []
+    out += [f"{where}: unknown {unknown}"] if unknown else []
+    return out + [p for k in set(msg) & set(hints) for p in _problems(msg[k], hints[k], k)]
+
+
+OPS = _members(remote_agent.Op)
+EVENTS = {**_members(remote_agent.Event), "hello": remote_agent.HelloEvent}
+
+
+def check_message(msg: dict[str, Any], kinds: dict[str, type]) -> None:
+    tag = msg.get("op", msg.get("ev"))
+    assert tag in kinds, f"no TypedDict for {tag!r}: {msg}"
+    problems = _fits(msg, kinds[tag], kinds[tag].__name__)
+    assert not problems, problems
+
+
+def test_the_message_check_finds_what_does_not_fit() -> None:
+    check_message({"ev": "started", "id": "a", "pid": 3}, EVENTS)
+    wrong: list[dict[str, Any]] = [
+        {"ev": "started", "id": "a"},  # a key missing
+        {"ev": "started", "id": "a", "pid": 3, "host": "x"},  # a key the type lacks
+        {"ev": "started", "id": "a", "pid": "3"},  # a value of the wrong type
+        {"ev": "exit", "id": "a", "record": None, "error": None, "files": {}, "large": [[{}]]},
+        {"ev": "begun", "id": "a"},  # a kind of its own
+    ]
+    for bad in wrong:
+        with pytest.raises(AssertionError):
+            check_message(bad, EVENTS)
+    assert set(OPS) == {"config", "launch", "kill", "scan", "ping"}
 
 
 class Agent:
@@ -37,6 +124,10 @@ class Agent:
         self.send(op="config", journal=str(root / "journal"))
 
     def send(self, **msg: Any) -> None:
+        check_message(msg, OPS)
+        self.send_unchecked(msg)
+
+    def send_unchecked(self, msg: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
         self.proc.stdin.flush()
@@ -46,6 +137,7 @@ class Agent:
         line = self.proc.stdout.readline()
         assert line, "agent exited"
         event: dict[str, Any] = json.loads(line)
+        check_message(event, EVENTS)
         return event
 
     def until(self, ev: str, job: str) -> dict[str, Any]:
@@ -401,3 +493,22 @@ def test_a_launch_without_its_start_holds_its_slot_until_the_keeper_says(tmp_pat
         (tmp_path / "go").touch()
         task.wait()
         agent.close()
+
+
+def test_the_rarer_messages_fit_their_types_too(agent: Agent, tmp_path: Path) -> None:
+    """Pong, error, an exit with sums of a hashed large file, a launch that fails: each
+    is checked by `recv` like every event above."""
+    agent.send(op="ping", seq=7, path=str(tmp_path))
+    pong = agent.recv()
+    assert pong["ev"] == "pong" and pong["seq"] == 7 and pong["disk_free"] > 0
+    agent.send(op="config", inline_max=10, checksums=True)
+    d = tmp_path / "t"
+    launch(agent, "big", d, ["sh", "-c", f"cd {d} && echo 0123456789abc > big && mkdir x.ckpt"])
+    done = agent.until("exit", "big")
+    assert "big" in done["sums"] and [e[0] for e in done["large"]] == ["big"]
+    assert done["excluded"] == [["x.ckpt/", -1]]  # a folder
+    launch(agent, "bad", Path("/dev/null/t"), ["true"])
+    failed = agent.until("exit", "bad")
+    assert failed["launch_error"] and failed["record"] is None
+    agent.send_unchecked({"op": "nonsense"})
+    assert agent.recv() == {"ev": "error", "id": None, "msg": "unknown op 'nonsense'"}

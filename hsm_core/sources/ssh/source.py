@@ -37,7 +37,15 @@ from typing import Any
 from hsm_core import integrity, taskdir
 from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
-from hsm_core.remote_agent import JOURNAL_DIR
+from hsm_core.remote_agent import (
+    JOURNAL_DIR,
+    ConfigOp,
+    Event,
+    ExitEvent,
+    LaunchOp,
+    PongEvent,
+    ScanTask,
+)
 from hsm_core.sources.base import (
     ComputeSource,
     HealthReport,
@@ -47,7 +55,7 @@ from hsm_core.sources.base import (
     task_env,
 )
 from hsm_core.sources.ssh import collect
-from hsm_core.sources.ssh.agent import AgentChannel, Event, ssh_agent_channel
+from hsm_core.sources.ssh.agent import AgentChannel, ssh_agent_channel
 from hsm_core.sources.ssh.options import SSHOptions, remote_path
 from hsm_core.transport.ssh import SSHTransport
 
@@ -97,7 +105,7 @@ class SSHSource(ComputeSource):
         self._check: asyncio.Task[None] | None = None  # a sync check that only reports
         self._sync_error = ""  # why that check failed, if it did
         self._jobs: set[asyncio.Task[Any]] = set()
-        self._pongs: dict[int, asyncio.Future[Event]] = {}
+        self._pongs: dict[int, asyncio.Future[PongEvent]] = {}
         self._seq = itertools.count(1)
         # Shared Hydra payload files (relative to the sweep dir) -> resolves True once the
         # launch carrying it went out to the current agent, False if it never did.
@@ -220,7 +228,8 @@ class SSHSource(ComputeSource):
         agent = ssh_agent_channel(
             self.transport, self.opts.agent_python, self._on_event, self._channel_closed
         )
-        config = {
+        config: ConfigOp = {
+            "op": "config",
             "slots": self.spec.max_parallel,
             "gpus": list(self.opts.gpus) or None,
             "inline_max": self.opts.inline_max,
@@ -326,7 +335,7 @@ class SSHSource(ComputeSource):
                 if not fut.done():
                     fut.set_result(sent)
 
-    async def _launch_message(self, att: _Held, shared: list[str]) -> dict[str, Any]:
+    async def _launch_message(self, att: _Held, shared: list[str]) -> LaunchOp:
         task, rdir = att.task, att.remote_dir
         files: dict[str, str] = {}
         if task.kind is TaskKind.HYDRA and task.payload:
@@ -376,24 +385,22 @@ class SSHSource(ComputeSource):
 
     # ----------------------------------------------------------------- events
     def _on_event(self, ev: Event) -> None:
-        kind = ev.get("ev")
-        if kind == "pong":
-            fut = self._pongs.pop(int(ev.get("seq") or 0), None)
+        if ev["ev"] == "pong":
+            fut = self._pongs.pop(ev["seq"], None)
             if fut is not None and not fut.done():
                 fut.set_result(ev)
             return
-        if kind == "error":
-            self.log.warning("agent: %s", ev.get("msg"))
+        if ev["ev"] == "error":
+            self.log.warning("agent: %s", ev["msg"])
             return
-        att = self._atts.get(str(ev.get("id")))
+        att = self._atts.get(ev["id"])
         if att is None:
             return
-        if kind == "out":
+        if ev["ev"] == "out":
             if self._output is not None:
-                text, skipped = str(ev.get("text") or ""), int(ev.get("skipped") or 0)
-                self._output(att.task.key, str(ev.get("stream")), text, skipped)
+                self._output(att.task.key, ev["stream"], ev["text"], ev["skipped"])
             return
-        if kind in ("started", "running"):
+        if ev["ev"] == "started" or ev["ev"] == "running":
             att.started = True
             self._report(
                 TaskEvent(
@@ -401,10 +408,10 @@ class SSHSource(ComputeSource):
                     att.attempt,
                     TaskState.RUNNING,
                     self.name,
-                    handle=f"{self.opts.target.host}:{ev.get('pid')}",
+                    handle=f"{self.opts.target.host}:{ev['pid']}",
                 )
             )
-        elif kind == "exit" and not att.finishing:
+        elif ev["ev"] == "exit" and not att.finishing:
             att.finishing = True
             self._spawn(self._finish(att, ev))
 
@@ -413,7 +420,7 @@ class SSHSource(ComputeSource):
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    async def _finish(self, att: _Held, ev: Event) -> None:
+    async def _finish(self, att: _Held, ev: ExitEvent) -> None:
         record = ev.get("record")
         if (record or {}).get("never_started") and not att.started and await self._resend(att):
             return  # made but never run (its agent died at that moment): launch again
@@ -575,7 +582,7 @@ class SSHSource(ComputeSource):
             return
         for att in atts:
             att.finishing = False
-        tasks: list[dict[str, Any]] = [
+        tasks: list[ScanTask] = [
             {
                 "id": a.id,
                 "attempt": a.attempt,
@@ -625,7 +632,7 @@ class SSHSource(ComputeSource):
         if self._state is not Link.UP or self._agent is None:
             return HealthReport(self.name, False, f"unreachable: {self._last_error}")
         seq = next(self._seq)
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[PongEvent] = asyncio.get_running_loop().create_future()
         self._pongs[seq] = fut
         try:
             self._agent.send({"op": "ping", "seq": seq, "path": self.project_dir})
@@ -633,14 +640,13 @@ class SSHSource(ComputeSource):
         except (SourceError, asyncio.TimeoutError) as exc:
             self._pongs.pop(seq, None)
             return HealthReport(self.name, False, f"agent did not answer: {exc}")
-        disk = pong.get("disk_free")
-        load = pong.get("load") or [None]
+        disk = pong["disk_free"]
         return HealthReport(
             self.name,
             True,
-            f"{self.opts.target.label}: {pong.get('running')} running",
-            load=load[0],
-            cpus=pong.get("cpus"),
+            f"{self.opts.target.label}: {pong['running']} running",
+            load=pong["load"][0] if pong["load"] else None,
+            cpus=pong["cpus"],
             disk_free_gb=disk / 1e9 if disk is not None else None,
             gpus=self.opts.gpus,
         )
