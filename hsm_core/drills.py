@@ -302,7 +302,7 @@ async def _cancel_queued(run: _Run, place: _Place, info: dict[str, Any]) -> None
     info["victim"] = key
     log.info("drill: cancelling job %s (%s)", job_id, key)
     t0 = time.monotonic()
-    await src.client.call("cancel", job_ids=[job_id])
+    await src.client.call({"op": "cancel", "job_ids": [job_id]})
     await run.until(lambda: run.first(key, TaskState.LOST, attempt), 120, "its end as LOST")
     info["detect"] = (run.first(key, TaskState.LOST, attempt) or t0) - t0
     again = attempt + 1

@@ -16,12 +16,22 @@ import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.resume import KEPT
 from hsm_core.sources.hpc.job import run_task
 from hsm_core.sources.hpc.options import HPCOptions
+from hsm_core.sources.hpc.rpc import (
+    Answer,
+    CheckAnswer,
+    ErrorAnswer,
+    HealthAnswer,
+    JobRequest,
+    Op,
+    PollAnswer,
+    Records,
+)
 from hsm_core.sources.hpc.scheduler import Scheduler, tail_line
 from hsm_core.sources.hpc.slurm import Slurm
 from hsm_core.taskdir import (
@@ -69,7 +79,7 @@ def prepare_task_dir(task_dir: str, attempt: int, resume: bool = False) -> None:
 
 
 def submit(
-    opts: HPCOptions, folder: str, jobs: Sequence[Mapping[str, Any]], parallelism: int
+    opts: HPCOptions, folder: str, jobs: Sequence[JobRequest], parallelism: int
 ) -> tuple[list[str], str | None]:
     """Submit the job requests as arrays of at most `array_limit`, each throttled to
     `parallelism`. Returns the job ids of what was submitted (in order) and the error
@@ -112,7 +122,7 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def read_records(task_dir: str, attempt: int) -> dict[str, Any]:
+def read_records(task_dir: str, attempt: int) -> Records:
     """The records this attempt left so far (records of other attempts are ignored)."""
     tdir = Path(task_dir)
 
@@ -121,22 +131,21 @@ def read_records(task_dir: str, attempt: int) -> dict[str, Any]:
             return None
         return rec
 
-    out: dict[str, Any] = {
+    exit = mine(read_json(tdir / HPC_EXIT))
+    out: Records = {
         "started": mine(read_json(tdir / HPC_START)),
-        "exit": mine(read_json(tdir / HPC_EXIT)),
+        "exit": exit,
         "worker": mine(read_json(tdir / WORKER_RECORD)),
     }
-    if out["exit"] is not None and "layout" not in out["exit"]:
+    if exit is not None and "layout" not in exit:
         # An attempt an older hsm ran: its worker record was result.json.
         out["legacy_result"] = mine(read_json(tdir / LEGACY_RESULT))
-    if out["exit"] is not None:
+    if exit is not None:
         out["stderr"] = _tail(tdir / STDERR)
     return out
 
 
-def poll(
-    opts: HPCOptions, job_ids: Sequence[str], dirs: Iterable[tuple[str, int]]
-) -> dict[str, Any]:
+def poll(opts: HPCOptions, job_ids: Sequence[str], dirs: Iterable[tuple[str, int]]) -> PollAnswer:
     """One status query (when job_ids is not empty) and then the records of the task dirs.
     The query comes first: a job it reports over has written its records already."""
     states: dict[str, str] = {}
@@ -156,46 +165,48 @@ def cancel(opts: HPCOptions, job_ids: Sequence[str]) -> None:
     scheduler_for(opts).cancel(job_ids)
 
 
-def check(opts: HPCOptions) -> dict[str, Any]:
+def check(opts: HPCOptions) -> CheckAnswer:
     return scheduler_for(opts).check()
 
 
-def health(opts: HPCOptions) -> dict[str, Any]:
+def health(opts: HPCOptions) -> HealthAnswer:
     return scheduler_for(opts).health()
 
 
 # ---------------------------------------------------------- remote entry point
 
 
-def handle(request: Mapping[str, Any]) -> dict[str, Any]:
+def handle(request: Mapping[str, Any]) -> Answer:
+    """One request as it travels: the op's keys (rpc.Op) and `options`."""
     opts = HPCOptions.from_json(request["options"])
-    op = request["op"]
-    if op == "submit":
-        ids, error = submit(opts, request["folder"], request["jobs"], int(request["parallelism"]))
+    op = cast(Op, request)
+    if op["op"] == "submit":
+        ids, error = submit(opts, op["folder"], op["jobs"], int(op["parallelism"]))
         return {"job_ids": ids, "error": error}
-    if op == "poll":
-        dirs = [(str(d), int(a)) for d, a in request.get("dirs", [])]
-        return poll(opts, request.get("job_ids", []), dirs)
-    if op == "cancel":
-        cancel(opts, request["job_ids"])
+    if op["op"] == "poll":
+        dirs = [(str(d), int(a)) for d, a in op.get("dirs", [])]
+        return poll(opts, op.get("job_ids", []), dirs)
+    if op["op"] == "cancel":
+        cancel(opts, op["job_ids"])
         return {}
-    if op == "throttle":
-        scheduler_for(opts).throttle({str(k): int(v) for k, v in request["arrays"].items()})
+    if op["op"] == "throttle":
+        scheduler_for(opts).throttle({str(k): int(v) for k, v in op["arrays"].items()})
         return {}
-    if op == "check":
+    if op["op"] == "check":
         return check(opts)
-    if op == "health":
+    if op["op"] == "health":
         return health(opts)
-    if op == "ping":
+    if op["op"] == "ping":
         import os
 
         return {"python": sys.version.split()[0], "home": str(Path.home()), "cwd": os.getcwd()}
-    raise ValueError(f"unknown op {op!r}")
+    raise ValueError(f"unknown op {op['op']!r}")
 
 
 def main() -> None:
     """`python -m hsm_core.sources.hpc.backend`: one JSON request on stdin, one answer."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    answer: Answer | ErrorAnswer
     try:
         answer = handle(json.loads(sys.stdin.read()))
     except SchedulerError as exc:  # an InfrastructureError: before the user's errors

@@ -87,6 +87,6 @@ def cancel_recorded(store: Any) -> int:
 async def _cancel(client: BackendClient, ids: list[str]) -> None:
     await client.start()
     try:
-        await client.call("cancel", job_ids=ids)
+        await client.call({"op": "cancel", "job_ids": ids})
     finally:
         await client.close()

@@ -13,11 +13,27 @@ import logging
 import posixpath
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from hsm_core.errors import CommandError, HsmError, SchedulerError, SourceError
 from hsm_core.sources.hpc import backend as hpc_backend
 from hsm_core.sources.hpc.options import HPCOptions
+from hsm_core.sources.hpc.rpc import (
+    CancelOp,
+    CheckAnswer,
+    CheckOp,
+    HealthAnswer,
+    HealthOp,
+    NoAnswer,
+    Op,
+    PingAnswer,
+    PingOp,
+    PollAnswer,
+    PollOp,
+    SubmitAnswer,
+    SubmitOp,
+    ThrottleOp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +52,25 @@ class BackendClient(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
-    @abc.abstractmethod
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
+    @overload
+    async def call(self, op: SubmitOp) -> SubmitAnswer: ...
+    @overload
+    async def call(self, op: PollOp) -> PollAnswer: ...
+    @overload
+    async def call(self, op: CancelOp | ThrottleOp) -> NoAnswer: ...
+    @overload
+    async def call(self, op: CheckOp) -> CheckAnswer: ...
+    @overload
+    async def call(self, op: HealthOp) -> HealthAnswer: ...
+    @overload
+    async def call(self, op: PingOp) -> PingAnswer: ...
+    async def call(self, op: Op) -> Any:
         """Run one backend operation; SourceError (infrastructure) or HsmError (user)."""
+        return await self.exchange({**op, "options": self.opts.to_json()})
+
+    @abc.abstractmethod
+    async def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request as it travels (the op and the options), its answer unwrapped."""
 
     async def stage(self, files: Iterable[tuple[Path, str]]) -> None:  # noqa: B027
         """Copy local files to the cluster (nothing to do on the login node itself)."""
@@ -50,10 +82,9 @@ class BackendClient(abc.ABC):
 class LocalBackend(BackendClient):
     """hsm runs where the scheduler's commands are: call the backend in a thread."""
 
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
-        request = {"op": op, "options": self.opts.to_json(), **args}
+    async def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(hpc_backend.handle, request)
+            return dict(await asyncio.to_thread(hpc_backend.handle, request))
         except SchedulerError as exc:
             raise SourceError(str(exc)) from None
 
@@ -73,7 +104,7 @@ class SSHBackend(BackendClient):
 
     async def start(self) -> None:
         await self.transport.ensure(window=5.0)
-        answer = await self.call("ping")
+        answer = await self.call({"op": "ping"})
         self.home = str(answer.get("home") or "~")
 
     async def close(self) -> None:
@@ -85,11 +116,11 @@ class SSHBackend(BackendClient):
             path = self.home + path[1:]
         return path if posixpath.isabs(path) else posixpath.join(self.home, path)
 
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
-        request = json.dumps({"op": op, "options": self.opts.to_json(), **args}).encode()
+    async def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(request).encode()
         argv = [self.python, "-m", "hsm_core.sources.hpc.backend"]
         try:
-            done = await self.transport.run(argv, input=request, timeout=REMOTE_TIMEOUT_S)
+            done = await self.transport.run(argv, input=data, timeout=REMOTE_TIMEOUT_S)
         except CommandError as exc:
             raise SourceError(
                 f"{self.transport.name}: `{self.python} -m hsm_core.sources.hpc.backend` "

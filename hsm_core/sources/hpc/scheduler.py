@@ -18,6 +18,7 @@ from typing import Any
 
 from hsm_core.errors import SchedulerError
 from hsm_core.sources.hpc.options import HPCOptions
+from hsm_core.sources.hpc.rpc import CheckAnswer, HealthAnswer
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ class Scheduler(abc.ABC):
         """One command that cancels exactly these jobs (arrays or elements)."""
 
     @abc.abstractmethod
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthAnswer:
         """Reachable? Partitions/queues and the user's jobs."""
 
     def throttle(self, arrays: Mapping[str, int]) -> None:  # noqa: B027 - optional
         """Change the `%` limit of running arrays (where the scheduler can)."""
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> CheckAnswer:
         """Before the first submission: the partition exists (raises HsmError if not)."""
         return {}
 

@@ -14,6 +14,7 @@ from typing import Any
 from hsm_core.errors import HsmError, SchedulerError
 from hsm_core.sources.hpc.keys import sbatch_option
 from hsm_core.sources.hpc.options import HPCOptions
+from hsm_core.sources.hpc.rpc import CheckAnswer, HealthAnswer, Partition
 from hsm_core.sources.hpc.scheduler import Scheduler, run_command, tail_line, user
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,10 @@ class Slurm(Scheduler):
                     f"scontrol update exited {done.returncode}: {tail_line(done.stderr)}"
                 )
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> CheckAnswer:
         # The largest array the cluster takes (one call, at start): the source splits
         # its batches under it, whatever `array_limit` says.
-        info: dict[str, Any] = {}
+        info: CheckAnswer = {}
         done = run_command(["scontrol", "show", "config"])
         m = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.MULTILINE)
         if done.returncode == 0 and m:
@@ -195,13 +196,14 @@ class Slurm(Scheduler):
                 f"Slurm partition {want!r} does not exist",
                 f"partitions here: {', '.join(names) or 'none'}",
             )
-        return {**info, "partitions": parts}
+        info["partitions"] = parts
+        return info
 
-    def _partitions(self) -> list[dict[str, Any]]:
+    def _partitions(self) -> list[Partition]:
         done = run_command(["sinfo", "-h", "-o", "%P|%a|%D|%t"])
         if done.returncode != 0:
             raise SchedulerError(f"sinfo exited with {done.returncode}: {tail_line(done.stderr)}")
-        parts: dict[str, dict[str, Any]] = {}
+        parts: dict[str, Partition] = {}
         for line in done.stdout.splitlines():
             fields = line.strip().split("|")
             if len(fields) != 4:
@@ -212,10 +214,11 @@ class Slurm(Scheduler):
             entry = parts.setdefault(
                 name, {"name": name, "available": avail, "default": default, "nodes": {}}
             )
-            entry["nodes"][state] = entry["nodes"].get(state, 0) + int(nodes or 0)
+            counts = entry.setdefault("nodes", {})
+            counts[state] = counts.get(state, 0) + int(nodes or 0)
         return list(parts.values())
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthAnswer:
         parts = self._partitions()
         done = run_command(["squeue", "-h", "-u", user(), "-o", "%T"])
         if done.returncode != 0:

@@ -47,6 +47,7 @@ from hsm_core.resume import RESUME_ENV
 from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
 from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SSHBackend
 from hsm_core.sources.hpc.options import HPCOptions, parse_options
+from hsm_core.sources.hpc.rpc import JobRequest, Partition, PollAnswer, Records, SubmitAnswer
 from hsm_core.sources.hpc.states import Phase, Verdict, decide, phase_of, worker_of
 
 LEDGER = "jobs.jsonl"
@@ -127,7 +128,7 @@ class HPCSource(ComputeSource):
             base = self.opts.remote_dir or posixpath.join(project, "sweeps", "outputs")
             self.cluster_project_dir = project
             self.cluster_sweep_dir = posixpath.join(self.client.absolute(base), self.ctx.sweep_id)
-        info = await self.client.call("check")
+        info = await self.client.call({"op": "check"})
         if self.opts.scheduler == "pbs" and info.get("pbs_dialect"):
             self._set_opts(pbs_dialect=str(info["pbs_dialect"]))
         largest = int(info.get("max_array_size") or 0) - 1  # indices 0 .. MaxArraySize-1
@@ -214,11 +215,13 @@ class HPCSource(ComputeSource):
         try:
             if self.opts.remote:
                 await self.client.stage(self._staging(batch))
-            answer = await self.client.call(
-                "submit",
-                folder=posixpath.join(self.cluster_sweep_dir, "scripts", self.name),
-                jobs=[self._request(j) for j in batch],
-                parallelism=throttle,
+            answer: SubmitAnswer = await self.client.call(
+                {
+                    "op": "submit",
+                    "folder": posixpath.join(self.cluster_sweep_dir, "scripts", self.name),
+                    "jobs": [self._request(j) for j in batch],
+                    "parallelism": throttle,
+                }
             )
         except (SourceError, HsmError) as exc:
             answer = {"job_ids": [], "error": str(exc)}
@@ -248,7 +251,7 @@ class HPCSource(ComputeSource):
         first = now + self.opts.poll_min_s
         self._next_query = first if self._next_query <= now else min(self._next_query, first)
 
-    def _request(self, job: _Held) -> dict[str, Any]:
+    def _request(self, job: _Held) -> JobRequest:
         task = job.task
         cwd = posixpath.normpath(posixpath.join(self.cluster_project_dir, task.cwd))
         env = task_env(
@@ -322,7 +325,7 @@ class HPCSource(ComputeSource):
         ids = sorted({j.job_id for j in active if j.job_id}) if ask else []
         dirs = [(j.task_dir, j.attempt) for j in active]
         try:
-            answer = await self.client.call("poll", job_ids=ids, dirs=dirs)
+            answer = await self.client.call({"op": "poll", "job_ids": ids, "dirs": dirs})
         except SourceError as exc:
             self.log.warning("status of %d tasks unknown: %s", len(active), exc)
             self._next_query = time.monotonic() + self.opts.poll_min_s
@@ -357,11 +360,11 @@ class HPCSource(ComputeSource):
         if raises:
             self.log.debug("raising array throttles: %s", raises)
             try:
-                await self.client.call("throttle", arrays=raises)
+                await self.client.call({"op": "throttle", "arrays": raises})
             except SourceError as exc:
                 self.log.warning("could not raise array throttles %s: %s", raises, exc)
 
-    def _after_query(self, active: list[_Held], answer: dict[str, Any], now: float) -> None:
+    def _after_query(self, active: list[_Held], answer: PollAnswer, now: float) -> None:
         if answer.get("accounting") is False and self.opts.accounting:
             self._set_opts(accounting=False)
         error = answer.get("status_error")
@@ -381,7 +384,7 @@ class HPCSource(ComputeSource):
         self._next_query = now + self._pause
         self._pause = min(self._pause * 2, self.opts.poll_interval_s)
 
-    def _settle(self, job: _Held, rec: dict[str, Any], now: float) -> Verdict | None:
+    def _settle(self, job: _Held, rec: Records, now: float) -> Verdict | None:
         if not job.running and (rec.get("started") or phase_of(job.state) is Phase.RUNNING):
             job.running = True
             started = _when(rec.get("started"), "started")
@@ -477,19 +480,19 @@ class HPCSource(ComputeSource):
         if ids:
             self.stats["cancels"] += 1
             try:
-                await self.client.call("cancel", job_ids=ids)
+                await self.client.call({"op": "cancel", "job_ids": ids})
             except SourceError as exc:
                 self.log.error("cancel failed: %s", exc)
-        answer: dict[str, Any] = {}
+        records: dict[str, Records] = {}
         if sent:
             with contextlib.suppress(SourceError):
                 answer = await self.client.call(
-                    "poll", job_ids=[], dirs=[(j.task_dir, j.attempt) for j in sent]
+                    {"op": "poll", "job_ids": [], "dirs": [(j.task_dir, j.attempt) for j in sent]}
                 )
-        records = answer.get("records") or {}
+                records = answer.get("records") or {}
         outcome: list[tuple[_Held, Verdict]] = []
         for job in targets:
-            rec = records.get(job.task_dir) or {}
+            rec: Records = records.get(job.task_dir) or {}
             hydra = job.task.kind is TaskKind.HYDRA
             done = decide("COMPLETED", rec.get("exit"), worker_of(rec), hydra=hydra)
             if done is not None and done.state is TaskState.COMPLETED:
@@ -529,7 +532,7 @@ class HPCSource(ComputeSource):
     # ----------------------------------------------------------------- health
     async def health_check(self) -> HealthReport:
         try:
-            info = await self.client.call("health")
+            info = await self.client.call({"op": "health"})
         except (SourceError, HsmError) as exc:
             return HealthReport(self.name, False, f"{self.opts.scheduler}: {exc}")
         parts = info.get("partitions") or []
@@ -545,7 +548,7 @@ class HPCSource(ComputeSource):
         )
         if not ok:
             detail += f"; partition {want!r} not found"
-        return HealthReport(self.name, ok, detail, extra=info)
+        return HealthReport(self.name, ok, detail, extra=dict(info))
 
 
 def throttle_raises(
@@ -577,7 +580,7 @@ def throttle_raises(
     return out
 
 
-def _describe_partition(part: dict[str, Any]) -> str:
+def _describe_partition(part: Partition) -> str:
     nodes = part.get("nodes") or {}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(nodes.items()))
     star = "*" if part.get("default") else ""

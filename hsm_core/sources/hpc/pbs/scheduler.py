@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError, SchedulerError
+from hsm_core.sources.hpc.rpc import CheckAnswer, HealthAnswer, Partition
 from hsm_core.sources.hpc.scheduler import Scheduler, run_command, tail_line, user
 
 
@@ -67,7 +68,7 @@ class PBS(Scheduler):
         if job_ids:
             self._any_executor().cancel(job_ids, check=False)
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> CheckAnswer:
         from hsm_core.sources.hpc.pbs.executor import detect_dialect
 
         if self.opts.pbs_dialect:
@@ -77,12 +78,12 @@ class PBS(Scheduler):
         except RuntimeError as exc:
             raise HsmError(str(exc), "set `pbs_dialect: pro` or `torque` for this source") from None
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthAnswer:
         done = run_command(["qstat", "-Q"])
         if done.returncode != 0:
             why = tail_line(done.stderr)
             raise SchedulerError(f"qstat -Q exited with {done.returncode}: {why}")
-        queues = [
+        queues: list[Partition] = [
             {"name": line.split()[0]}
             for line in done.stdout.splitlines()[2:]
             if line.strip() and not line.startswith("-")
