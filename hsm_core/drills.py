@@ -235,7 +235,10 @@ Breaker = Callable[[_Run, _Place, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 async def _wait_running(run: _Run, n: int) -> list[TaskEvent]:
-    return await run.until(lambda: len(run.running()) >= n and run.running(), 60, "tasks running")
+    running: list[TaskEvent] = await run.until(
+        lambda: len(run.running()) >= n and run.running(), 60, "tasks running"
+    )
+    return running
 
 
 async def _new_agent(run: _Run, old: Any, info: dict[str, Any], t0: float) -> None:

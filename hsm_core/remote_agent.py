@@ -299,7 +299,7 @@ def atomic_write(path, data):
     os.replace(tmp, path)
 
 
-def boot_id():
+def boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -307,7 +307,7 @@ def boot_id():
         return ""
 
 
-def ticks_now():
+def ticks_now() -> int | None:
     """Now, in the clock ticks since boot that /proc/PID/stat counts process starts in."""
     try:
         with open("/proc/uptime") as f:
@@ -332,7 +332,7 @@ def comm_of(pid):
         return None
 
 
-def proc_stat(pid):
+def proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -342,7 +342,7 @@ def proc_stat(pid):
         return None
 
 
-def same_process(pid, start):
+def same_process(pid: int | None, start: str | None) -> bool:
     """True if `pid` runs, is not a zombie, and is the process that started at `start`."""
     if not pid:
         return False
@@ -350,24 +350,24 @@ def same_process(pid, start):
     return st is not None and st[0] not in ("Z", "X") and st[1] == start
 
 
-def task_alive(rec, boot):
+def task_alive(rec: dict[str, Any] | None, boot: str) -> bool:
     """The task a journal start line names still runs (this boot, same process)."""
     return _alive(rec, boot, "pid", "pid_start")
 
 
-def owner_alive(rec, boot):
+def owner_alive(rec: dict[str, Any] | None, boot: str) -> bool:
     """The agent that started it, or that agent's keeper, still runs (and will write its
     exit line)."""
     return _alive(rec, boot, "agent", "agent_start") or _alive(rec, boot, "keeper", "keeper_start")
 
 
-def _alive(rec, boot, pid_key, start_key):
+def _alive(rec: dict[str, Any] | None, boot: str, pid_key: str, start_key: str) -> bool:
     if not rec or rec.get("boot8") != boot[:8]:
         return False
     return same_process(rec.get(pid_key), rec.get(start_key))
 
 
-def journal_name(boot, pid, start):
+def journal_name(boot: str, pid: int, start: str | None) -> str:
     return f"agent-{boot[:8]}-{pid}-{start}.jsonl"
 
 
@@ -380,15 +380,15 @@ class Journal:
     its start line is still known), `unstarted[...]` when a keeper found that such a
     launch never made a process."""
 
-    def __init__(self, directory):
+    def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.offsets = {}
-        self.starts = {}
-        self.exits = {}
-        self.launches = {}
-        self.unstarted = {}
+        self.offsets: dict[str, int] = {}
+        self.starts: dict[tuple[str, int], dict[str, Any]] = {}
+        self.exits: dict[tuple[str, int], dict[str, Any] | None] = {}
+        self.launches: dict[tuple[str, int], dict[str, Any]] = {}
+        self.unstarted: dict[tuple[str, int], float] = {}
 
-    def refresh(self, only=None):
+    def refresh(self, only: str | None = None) -> Journal:
         try:
             names = [only] if only else sorted(os.listdir(self.directory))
         except OSError:
@@ -423,7 +423,7 @@ class Journal:
                     self.unstarted[key] = entry.get("time") or 0.0
         return self
 
-    def state(self, key):
+    def state(self, key: tuple[str, int]) -> tuple[str | None, dict[str, Any] | None]:
         """("start", line) while the newest trace of an attempt is its start line,
         ("launch", line) while it is a launch without a start yet, else (None, None)."""
         gone = self.unstarted.get(key)
@@ -436,7 +436,7 @@ class Journal:
         return None, None
 
     @staticmethod
-    def _owner(name):
+    def _owner(name: str) -> dict[str, Any]:
         parts = name[: -len(".jsonl")].split("-")
         try:
             return {"agent": int(parts[2]), "agent_start": parts[3], "boot8": parts[1]}
@@ -444,19 +444,19 @@ class Journal:
             return {}
 
 
-def prctl(option, arg):
+def prctl(option: int, arg: object) -> bool:
     """Linux prctl(2) through ctypes; False where it is not there."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0)
     except (OSError, AttributeError, TypeError):
         return False
 
 
-def subreaper():
+def subreaper() -> bool:
     """Become a child subreaper: orphaned descendants reparent here, not to init."""
     return prctl(PR_SET_CHILD_SUBREAPER, 1)
 
@@ -471,7 +471,7 @@ def set_name(name):
         pass
 
 
-def children():
+def children() -> set[int]:
     """Pids of this process's children (all its threads'), from /proc."""
     me = os.getpid()
     found: set[int] = set()
@@ -500,7 +500,7 @@ def children():
     return found
 
 
-def env_of(pid, name):
+def env_of(pid: int, name: str) -> str | None:
     """A variable of the environment a process was started with (None: not set, or not
     readable)."""
     try:
@@ -515,7 +515,7 @@ def env_of(pid, name):
     return None
 
 
-def leftovers(known, live):
+def leftovers(known: set[int], live: dict[str, str | None]) -> list[int]:
     """Children of this process that are not task leaders (`known`) and whose task is
     over: processes a task left behind, reparented here. `live` maps the task folder of
     each task still running to its start (clock ticks)."""
@@ -573,7 +573,7 @@ def walk_tree(d, skip=(), exclude=()):
 HASH_CHUNK = 1 << 20
 
 
-def file_sha256(path):
+def file_sha256(path: str) -> tuple[int, str]:
     """[size, sha256 hex] of what a file holds now, read once."""
     h = hashlib.sha256()
     size = 0
@@ -584,7 +584,7 @@ def file_sha256(path):
                 break
             h.update(chunk)
             size += len(chunk)
-    return [size, h.hexdigest()]
+    return size, h.hexdigest()
 
 
 def tree_sums(d, exclude=()):
@@ -596,7 +596,7 @@ def tree_sums(d, exclude=()):
     files = {}
     for rel, _, _ in found:
         try:
-            files[rel] = file_sha256(os.path.join(d, rel))
+            files[rel] = list(file_sha256(os.path.join(d, rel)))
         except OSError:
             continue
     return {"files": files, "excluded": excluded}
@@ -633,7 +633,7 @@ class Hasher:
             event, d, names = self.todo.get()
             for rel in names:
                 try:
-                    event["sums"][rel] = file_sha256(os.path.join(d, rel))
+                    event["sums"][rel] = list(file_sha256(os.path.join(d, rel)))
                 except OSError:
                     pass  # gone: the pull says so
             self.finished.append(event)
@@ -647,7 +647,7 @@ class Hasher:
             yield self.finished.popleft()
 
 
-def signal_tree(pid, sig):
+def signal_tree(pid: int, sig: int) -> None:
     """`sig` to the process group `pid` leads, or to the process alone if it leads none."""
     try:
         if os.getpgid(pid) == pid:
@@ -695,7 +695,7 @@ def exit_status(returncode):
     return returncode, None
 
 
-def kill_group(pgid, sig):
+def kill_group(pgid: int | None, sig: int) -> bool:
     """`sig` to a process group; False if there was nobody to send it to."""
     if pgid:
         try:
@@ -704,6 +704,11 @@ def kill_group(pgid, sig):
         except OSError:
             pass
     return False
+
+
+def bare_exit(task: str, record: dict[str, Any] | None, error: str | None) -> ExitEvent:
+    """An exit event without the task's files (none to send, or added later)."""
+    return {"ev": "exit", "id": task, "record": record, "error": error, "files": {}, "large": []}
 
 
 def _id_of(msg: object) -> str | None:
@@ -1022,17 +1027,9 @@ class Agent:
                 self.launch_failed(spec, f"cannot launch: {type(exc).__name__}: {exc}")
 
     def launch_failed(self, spec, error):
-        self.emit(
-            {
-                "ev": "exit",
-                "id": spec["id"],
-                "record": None,
-                "files": {},
-                "large": [],
-                "launch_error": True,
-                "error": error,
-            }
-        )
+        event = bare_exit(spec["id"], None, error)
+        event["launch_error"] = True
+        self.emit(event)
 
     def launch(self, spec):
         d = spec["dir"]
@@ -1262,14 +1259,7 @@ class Agent:
         error = None
         if record is None:
             error = "the task ended without an exit record (its agent was killed)"
-        event: ExitEvent = {
-            "ev": "exit",
-            "id": spec["id"],
-            "record": record,
-            "error": error,
-            "files": {},
-            "large": [],
-        }
+        event = bare_exit(spec["id"], record, error)
         if not self.send_files:
             self.emit(event)
             return
@@ -1329,16 +1319,7 @@ class Agent:
                 "timed_out": False,
                 "layout": LAYOUT,
             }
-            self.emit(
-                {
-                    "ev": "exit",
-                    "id": spec["id"],
-                    "record": record,
-                    "error": None,
-                    "files": {},
-                    "large": [],
-                }
-            )
+            self.emit(bare_exit(spec["id"], record, None))
         for job_id in ids:
             job = self.running.get(job_id)
             if job is None:
@@ -1421,17 +1402,9 @@ class Agent:
     def not_running(self, spec, kind):
         never = kind != "start"
         why = "no record of this attempt on the host" if never else "its task is gone"
-        self.emit(
-            {
-                "ev": "exit",
-                "id": spec["id"],
-                "record": None,
-                "files": {},
-                "large": [],
-                "never_started": never,
-                "error": f"not running: {why}",
-            }
-        )
+        event = bare_exit(spec["id"], None, f"not running: {why}")
+        event["never_started"] = never
+        self.emit(event)
 
     def hold_gpu(self, job):
         """An adopted task keeps the GPU it was given: no new task gets it meanwhile."""

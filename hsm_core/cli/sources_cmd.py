@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.cli import render
 from hsm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hsm_core.drills import DrillResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,10 +68,12 @@ def _drills(sources: dict[str, Any], root: Path, as_json: bool) -> int:
             "it runs (your sweeps are not touched)"
         )
 
-    def show(r: Any) -> None:
+    def t(s: float | None) -> str:
+        return f"{s:.1f} s" if s is not None else "-"
+
+    def show(r: DrillResult) -> None:
         if as_json:
             return
-        t = lambda s: f"{s:.1f} s" if s is not None else "-"  # noqa: E731
         verdict = "[yellow]SKIP[/]" if r.skipped else "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
         con.print(
             f"{verdict}  {r.source:<10} {r.scenario:<22} detected {t(r.detect_s):>7}  "

@@ -59,7 +59,8 @@ class JobComposer:
         self.template_hits = 0
 
     def full(self, overrides: Sequence[str]) -> DictConfig:
-        return self.loader.load_sweep_config(self.master, list(overrides))
+        cfg: DictConfig = self.loader.load_sweep_config(self.master, list(overrides))
+        return cfg
 
     def set_template(self, overrides: Sequence[str], composed: DictConfig) -> None:
         """`composed` is the full compose of `overrides` (it also validated them)."""

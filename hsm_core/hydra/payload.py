@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from hsm_core.errors import HsmError
-from hsm_core.taskdir import JOB_PAYLOAD as JOB_FILE
+from hsm_core.taskdir import JOB_PAYLOAD
 from hsm_core.yamlio import write_atomic
 
+JOB_FILE = JOB_PAYLOAD  # the name hsm_launcher knows it by
 PAYLOAD_DIR = "payload"
 FORMAT = 1
 
@@ -83,7 +84,8 @@ def versions() -> dict[str, str]:
 def dumps(obj: Any) -> bytes:
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
 
 
 def dump_sweep_part(part: SweepPart) -> bytes:

@@ -8,6 +8,7 @@ side is type-checked with: the types cannot drift from what travels."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ def _members(union: Any) -> dict[str, type]:
     return out
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     # Literal is imported for the checker only: the agent runs where typing may lack it.
     return typing.get_type_hints(cls, localns={"Literal": Literal})

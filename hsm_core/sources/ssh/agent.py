@@ -9,7 +9,8 @@ from importlib import resources
 
 import asyncssh
 
-from hsm_core.sources.agent_channel import AgentChannel, Event
+from hsm_core.remote_agent import Event
+from hsm_core.sources.agent_channel import AgentChannel
 from hsm_core.transport.ssh import SSHTransport
 
 __all__ = ["AgentChannel", "Event", "agent_source", "ssh_agent_channel"]
