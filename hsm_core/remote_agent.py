@@ -109,16 +109,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Union
-
-if sys.version_info >= (3, 8):  # noqa: UP036 - the agent runs on any Python >= 3.7
-    from typing import TypedDict
-else:  # the messages' types are for the orchestrator's checker; 3.7 runs without them
-
-    class TypedDict(dict):
-        def __init_subclass__(cls, total=True, **kwargs):
-            super().__init_subclass__(**kwargs)
-
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -157,135 +148,122 @@ PR_SET_CHILD_SUBREAPER = 36
 
 # -- the protocol's messages (see the docstring), one TypedDict per kind ----------------
 # The orchestrator (agent_channel and the sources) uses these same classes; a unit test
-# checks every message the agent sends and receives against them.
-class _Config(TypedDict):
-    op: Literal["config"]
+# checks every message the agent sends and receives against them. Made only where this
+# file is imported (the orchestrator, Python >= 3.10): the agent itself, run from its
+# source on any Python >= 3.7, needs them for nothing and starts without the cost.
+if TYPE_CHECKING or __name__ != "__main__":
+    from typing import TypedDict
 
+    class _Config(TypedDict):
+        op: Literal["config"]
 
-class ConfigOp(_Config, total=False):  # a key absent: that setting is unchanged
-    journal: str
-    slots: int
-    gpus: list[str] | None
-    inline_max: int
-    exclude: list[str]
-    grace: float
-    listing: bool
-    stream: bool
-    checksums: bool
+    class ConfigOp(_Config, total=False):  # a key absent: that setting is unchanged
+        journal: str
+        slots: int
+        gpus: list[str] | None
+        inline_max: int
+        exclude: list[str]
+        grace: float
+        listing: bool
+        stream: bool
+        checksums: bool
 
+    class _Launch(TypedDict):
+        op: Literal["launch"]
+        id: str
+        attempt: int
+        dir: str
+        cwd: str
+        argv: list[str]
+        env: dict[str, str]
 
-class _Launch(TypedDict):
-    op: Literal["launch"]
-    id: str
-    attempt: int
-    dir: str
-    cwd: str
-    argv: list[str]
-    env: dict[str, str]
+    class LaunchOp(_Launch, total=False):
+        timeout: float | None  # seconds; absent or null: none
+        files: dict[str, str]  # path (relative to dir, or absolute) -> base64
+        skip: list[str]  # names in dir the exit event leaves out (they came with the launch)
 
+    class KillOp(TypedDict):
+        op: Literal["kill"]
+        ids: list[str]
 
-class LaunchOp(_Launch, total=False):
-    timeout: float | None  # seconds; absent or null: none
-    files: dict[str, str]  # path (relative to dir, or absolute) -> base64
-    skip: list[str]  # names in dir the exit event leaves out (they came with the launch)
+    class _ScanTask(TypedDict):
+        id: str
+        attempt: int
+        dir: str
 
+    class ScanTask(_ScanTask, total=False):
+        timeout: float | None
+        skip: list[str]
 
-class KillOp(TypedDict):
-    op: Literal["kill"]
-    ids: list[str]
+    class ScanOp(TypedDict):
+        op: Literal["scan"]
+        tasks: list[ScanTask]
 
+    class PingOp(TypedDict):
+        op: Literal["ping"]
+        seq: int
+        path: str | None  # the free space of its file system comes back
 
-class _ScanTask(TypedDict):
-    id: str
-    attempt: int
-    dir: str
+    Op = ConfigOp | LaunchOp | KillOp | ScanOp | PingOp
 
+    class HelloEvent(TypedDict):
+        ev: Literal["hello"]
+        protocol: int
+        pid: int
+        boot_id: str
+        python: str
+        version: list[int]
+        home: str
+        host: str
+        keeper: int | None
 
-class ScanTask(_ScanTask, total=False):
-    timeout: float | None
-    skip: list[str]
+    class StartedEvent(TypedDict):
+        ev: Literal["started"]
+        id: str
+        pid: int  # the task's process group
 
+    class RunningEvent(TypedDict):
+        ev: Literal["running"]
+        id: str
+        pid: int | None
 
-class ScanOp(TypedDict):
-    op: Literal["scan"]
-    tasks: list[ScanTask]
+    class _Exit(TypedDict):
+        ev: Literal["exit"]
+        id: str
+        record: dict[str, Any] | None  # the journal's exit record; None: lost, or never run
+        error: str | None
+        files: dict[str, str]  # REL -> base64
+        large: list[list[str | int | float]]  # [REL, SIZE, MTIME]: for SFTP
 
+    class ExitEvent(_Exit, total=False):
+        launch_error: bool
+        never_started: bool
+        sums: dict[str, list[str | int]]  # REL -> [SIZE, SHA256]
+        excluded: list[list[str | int]]  # [REL, SIZE]; SIZE -1: a folder
 
-class PingOp(TypedDict):
-    op: Literal["ping"]
-    seq: int
-    path: str | None  # the free space of its file system comes back
+    class OutEvent(TypedDict):
+        ev: Literal["out"]
+        id: str
+        stream: Literal["stdout", "stderr"]
+        text: str
+        skipped: int
 
+    class PongEvent(TypedDict):
+        ev: Literal["pong"]
+        seq: int
+        load: list[float]
+        running: int
+        queued: int
+        disk_free: int | None
+        cpus: int | None
 
-Op = Union[ConfigOp, LaunchOp, KillOp, ScanOp, PingOp]  # noqa: UP007 - runs on 3.7
+    class ErrorEvent(TypedDict):
+        ev: Literal["error"]
+        id: str | None
+        msg: str
 
-
-class HelloEvent(TypedDict):
-    ev: Literal["hello"]
-    protocol: int
-    pid: int
-    boot_id: str
-    python: str
-    version: list[int]
-    home: str
-    host: str
-    keeper: int | None
-
-
-class StartedEvent(TypedDict):
-    ev: Literal["started"]
-    id: str
-    pid: int  # the task's process group
-
-
-class RunningEvent(TypedDict):
-    ev: Literal["running"]
-    id: str
-    pid: int | None
-
-
-class _Exit(TypedDict):
-    ev: Literal["exit"]
-    id: str
-    record: dict[str, Any] | None  # the journal's exit record; None: lost, or never run
-    error: str | None
-    files: dict[str, str]  # REL -> base64
-    large: list[list[str | int | float]]  # [REL, SIZE, MTIME]: for SFTP
-
-
-class ExitEvent(_Exit, total=False):
-    launch_error: bool
-    never_started: bool
-    sums: dict[str, list[str | int]]  # REL -> [SIZE, SHA256]
-    excluded: list[list[str | int]]  # [REL, SIZE]; SIZE -1: a folder
-
-
-class OutEvent(TypedDict):
-    ev: Literal["out"]
-    id: str
-    stream: Literal["stdout", "stderr"]
-    text: str
-    skipped: int
-
-
-class PongEvent(TypedDict):
-    ev: Literal["pong"]
-    seq: int
-    load: list[float]
-    running: int
-    queued: int
-    disk_free: int | None
-    cpus: int | None
-
-
-class ErrorEvent(TypedDict):
-    ev: Literal["error"]
-    id: str | None
-    msg: str
-
-
-# After the hello: what the orchestrator reads from the agent.
-Event = Union[StartedEvent, RunningEvent, ExitEvent, OutEvent, PongEvent, ErrorEvent]  # noqa: UP007
+    # After the hello: what the orchestrator reads from the agent.
+    Event = StartedEvent | RunningEvent | ExitEvent | OutEvent | PongEvent | ErrorEvent
 
 
 def atomic_write(path, data):

@@ -165,7 +165,8 @@ def test_a_killed_ssh_agent_ends_its_channel_while_its_task_runs(
         )
         task = 0
         try:
-            hello = await agent.start({"journal": posixpath.join(remote, ".agents")}, 60)
+            config = {"op": "config", "journal": posixpath.join(remote, ".agents")}
+            hello = await agent.start(config, 60)
             launch = {"op": "launch", "id": "t", "attempt": 1, "dir": task_dir, "cwd": "/"}
             agent.send({**launch, "argv": ["sleep", "60"], "env": {}, "timeout": None})
             task = await asyncio.wait_for(started, 30)
