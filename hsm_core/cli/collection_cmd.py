@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hsm_core.collection_check import CollectionReport, TaskCheck
 
 
 def add_parser(sub: Any) -> None:
@@ -74,7 +77,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _print(report: Any, args: argparse.Namespace) -> None:
+def _print(report: CollectionReport, args: argparse.Namespace) -> None:
     out: list[str] = []
     say = out.append
     how = "sha256" if report.verify else "sizes only (add --verify-integrity for sha256)"
@@ -147,10 +150,12 @@ def _print(report: Any, args: argparse.Namespace) -> None:
     print("\n".join(out))
 
 
-def _task_lines(t: Any) -> list[str]:
+def _task_lines(t: TaskCheck) -> list[str]:
     lines: list[str] = []
     if t.unverified:
-        why = t.note or "no record of its files (collected by an older hsm, or checksums off)"
+        why: str | None = (
+            t.note or "no record of its files (collected by an older hsm, or checksums off)"
+        )
         lines.append(f"unverified: {why}, and its host cannot be asked ({t.host})")
     for rel in t.missing:
         why = t.not_repaired.get(rel)

@@ -18,6 +18,10 @@ from hsm_core.errors import ConfigError
 from hsm_core.model import NOT_PLACED
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hsm_core.config import HsmConfig
+
     pass
 
 
@@ -156,7 +160,11 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _test_recovery(
-    args: argparse.Namespace, config: Any, root: Path, names: list[str] | None, con: Any
+    args: argparse.Namespace,
+    config: HsmConfig,
+    root: Path,
+    names: list[str] | None,
+    con: Console,
 ) -> int:
     import asyncio
 
@@ -248,7 +256,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _print_errors(con: Any, analysis: Any, limit: int, patterns: bool) -> None:
+def _print_errors(con: Console, analysis: Any, limit: int, patterns: bool) -> None:
     from rich.markup import escape
     from rich.text import Text
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -12,6 +12,10 @@ from rich.text import Text
 from hsm_core.cli.render import STATE_STYLE
 from hsm_core.model import NOT_PLACED, TaskState
 from hsm_core.reporting.monitor import Frame, SourceLine
+
+if TYPE_CHECKING:
+    from hsm_core.reporting.health_timeline import Timelines
+    from hsm_core.reporting.source_health import SourceCheck
 
 BAR_WIDTH = 32
 # Order of the segments in a state bar: what is settled first, then what is in flight.
@@ -173,7 +177,7 @@ def frame_view(frame: Frame) -> Group:
     return Group(*parts)
 
 
-def health_view(rows: list[Any], title: str, timelines: Any = None) -> Group:
+def health_view(rows: list[SourceCheck], title: str, timelines: Timelines | None = None) -> Group:
     """The numbers in a table; what each check said (and why a source is disabled) below
     it, one line per source, so that long messages stay readable in a narrow terminal.
     With `timelines` (--watch): when each source last failed, was disabled, re-enabled."""
@@ -194,7 +198,7 @@ def health_view(rows: list[Any], title: str, timelines: Any = None) -> Group:
         disk = f"{rep.disk_free_gb:.1f} GB" if rep and rep.disk_free_gb is not None else "-"
         gpus = ", ".join(rep.gpus) if rep and rep.gpus else "-"
         style = _HEALTH_STYLE.get(r.state, "red")
-        cells = [
+        cells: list[str | Text] = [
             r.name,
             r.type,
             Text(r.state, style=style),

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from hsm_core.model import NOT_PLACED, PYTHON, TaskSpec, TaskState
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from hsm_core.engine import SweepEngine
     from hsm_core.orchestrate import RunOutcome
     from hsm_core.store import SweepStore
@@ -28,7 +30,7 @@ STATE_STYLE = {
 }
 
 
-def console(stderr: bool = False) -> Any:
+def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
@@ -174,7 +176,7 @@ def task_log(task_dir: Path) -> Path | None:
     return task_dir / next(iter(sizes))
 
 
-def not_started(con: Any, store: SweepStore, reasons: dict[str, str], finished: bool) -> None:
+def not_started(con: Console, store: SweepStore, reasons: dict[str, str], finished: bool) -> None:
     """Sources that never started in this run, why, and how to use them once back."""
     from rich.markup import escape
 

@@ -13,9 +13,12 @@ import json
 import math
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hsm_core.reporting.results import Results, TaskResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,10 +87,10 @@ def _has(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _sorted(res: Any, rows: list[Any], key: str, desc: bool) -> list[Any]:
+def _sorted(res: Results, rows: list[TaskResult], key: str, desc: bool) -> list[TaskResult]:
     """Rows with a value first (numbers before words), in order; rows without it last."""
 
-    def value(row: Any) -> Any:
+    def value(row: TaskResult) -> Any:
         if key == "task":
             return row.task.num
         if key == "state":
@@ -113,7 +116,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _text(res: Any, rows: list[Any], metrics: list[str]) -> None:
+def _text(res: Results, rows: list[TaskResult], metrics: list[str]) -> None:
     from hsm_core.reporting.results import finite
 
     head = ["task", "state", *res.params, *metrics]
@@ -140,7 +143,7 @@ def _text(res: Any, rows: list[Any], metrics: list[str]) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def _where(res: Any) -> None:
+def _where(res: Results) -> None:
     """One line on stderr: how many tasks had metrics and where they were found."""
     with_metrics = [r for r in res.rows if r.metrics]
     completed = sum(1 for r in res.rows if r.state.value == "COMPLETED")
@@ -158,7 +161,7 @@ def _where(res: Any) -> None:
     )
 
 
-def _csv(res: Any, rows: list[Any], metrics: list[str]) -> None:
+def _csv(res: Results, rows: list[TaskResult], metrics: list[str]) -> None:
     w = csv.writer(sys.stdout, lineterminator="\n")
     w.writerow(["task", "state", *res.params, *metrics])
     for r in rows:
@@ -176,7 +179,7 @@ def _csv_number(x: float | None) -> str:
     return "" if x is None else repr(x) if math.isfinite(x) else str(x)
 
 
-def _json(res: Any, rows: list[Any], metrics: list[str]) -> None:
+def _json(res: Results, rows: list[TaskResult], metrics: list[str]) -> None:
     def number(x: float) -> float | None:
         return x if math.isfinite(x) else None  # JSON has no NaN
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from hsm_core.model import SourceSpec, TaskSpec
+    from hsm_core.store import SweepStore
     from hsm_core.sweepfile import SweepDefinition
 
 # Above this many points a sweep file is most likely a mistake (one more axis than meant):
@@ -153,7 +154,7 @@ def _execute(
 
 def _run_created(
     args: argparse.Namespace,
-    store: Any,
+    store: SweepStore,
     sweep_dir: Path,
     made: bool,
     count: int,
@@ -205,7 +206,7 @@ def _create(
     tasks: Iterable[TaskSpec],
     sweep_id: str,
     sweep_dir: Path,
-) -> Any:
+) -> SweepStore:
     from hsm_core.store import SweepStore
 
     return SweepStore.create(

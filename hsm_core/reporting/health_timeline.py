@@ -20,9 +20,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hsm_core.reporting.source_health import SourceCheck
 
 STEP_S = 0.5  # checks this often once the connection is dropped
 
@@ -45,7 +48,7 @@ class Timeline:
 
 
 class Timelines(dict[str, Timeline]):
-    def add_round(self, rows: list[Any]) -> None:
+    def add_round(self, rows: list[SourceCheck]) -> None:
         """Fold one round of `check_sources` rows in."""
         for r in rows:
             self.setdefault(r.name, Timeline()).note(

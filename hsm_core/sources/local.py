@@ -20,14 +20,20 @@ import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
 
 from hsm_core import taskdir
 from hsm_core.errors import HsmError, SourceError
 from hsm_core.model import Attempt, SourceSpec, TaskEvent, TaskKind, TaskSpec, TaskState
 from hsm_core.remote_agent import JOURNAL_DIR, ConfigOp, Event, ExitEvent, LaunchOp, ScanTask
 from hsm_core.sources.agent_channel import AgentChannel
-from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
+from hsm_core.sources.base import (
+    ComputeSource,
+    HealthReport,
+    Reporter,
+    SweepContext,
+    task_argv,
+    task_env,
+)
 
 KILL_GRACE_S = 3.0
 AGENT_START_TIMEOUT_S = 30.0
@@ -71,7 +77,7 @@ class LocalSource(ComputeSource):
         return len(self._runs)
 
     # -------------------------------------------------------------- lifecycle
-    async def start(self, report: Any) -> None:
+    async def start(self, report: Reporter) -> None:
         await super().start(report)
         await self._ensure_agent()
 

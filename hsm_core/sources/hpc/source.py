@@ -44,7 +44,14 @@ from hsm_core.model import (
     TaskState,
 )
 from hsm_core.resume import RESUME_ENV
-from hsm_core.sources.base import ComputeSource, HealthReport, SweepContext, task_argv, task_env
+from hsm_core.sources.base import (
+    ComputeSource,
+    HealthReport,
+    Reporter,
+    SweepContext,
+    task_argv,
+    task_env,
+)
 from hsm_core.sources.hpc.client import BackendClient, LocalBackend, SSHBackend
 from hsm_core.sources.hpc.options import HPCOptions, parse_options
 from hsm_core.sources.hpc.rpc import JobRequest, Partition, PollAnswer, Records, SubmitAnswer
@@ -119,7 +126,7 @@ class HPCSource(ComputeSource):
     def running(self) -> int:
         return len(self._jobs)
 
-    async def start(self, report: Any) -> None:
+    async def start(self, report: Reporter) -> None:
         await super().start(report)
         await self.client.start()
         if isinstance(self.client, SSHBackend):

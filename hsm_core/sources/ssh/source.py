@@ -50,6 +50,7 @@ from hsm_core.sources.base import (
     ComputeSource,
     HealthReport,
     OutputSink,
+    Reporter,
     SweepContext,
     task_argv,
     task_env,
@@ -136,7 +137,7 @@ class SSHSource(ComputeSource):
         return 0
 
     # -------------------------------------------------------------- lifecycle
-    async def start(self, report: Any) -> None:
+    async def start(self, report: Reporter) -> None:
         await super().start(report)
         from hsm_core.sources.ssh import sync  # gitpython: loaded only when ssh sources run
 
