@@ -263,7 +263,9 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
     first = Agent(tmp_path)
     first.send(op="config", slots=2)
     d_run, d_done = tmp_path / "run", tmp_path / "done"
-    launch(first, "r", d_run, ["sh", "-c", "sleep 1.5; echo late"])
+    gate = tmp_path / "gate"  # r runs until the second agent has seen it running
+    wait = f'while [ ! -e "{gate}" ]; do sleep 0.05; done; echo late'
+    launch(first, "r", d_run, ["sh", "-c", wait])
     launch(first, "d", d_done, ["sh", "-c", "echo early"])
     first.until("started", "r")
     first.until("exit", "d")
@@ -289,6 +291,7 @@ def test_a_new_agent_reattaches_after_the_first_one_dies(tmp_path: Path) -> None
         assert events["d"]["ev"] == "exit" and events["d"]["record"]["exit_code"] == 0
         assert events["gone"]["record"] is None and events["gone"]["never_started"]
         assert events["old"]["record"] is None and events["old"]["never_started"]
+        gate.touch()
         late = second.until("exit", "r")  # watched through a pidfd, not a child
         assert base64.b64decode(late["files"]["stdout.log"]) == b"late\n"
         assert late["record"]["exit_code"] == 0  # written by the first agent

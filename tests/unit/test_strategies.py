@@ -63,7 +63,9 @@ def test_faster_source_does_more_work_under_least_loaded(tmp_path: Path) -> None
     store = make_sweep(tmp_path, command_tasks([[PY, "-c", code, str(i)] for i in range(24)]))
     ctx = context_for(store)
     fast = LocalSource(SourceSpec("fast", "local", 2, {"env": {"DELAY": "0.05"}}), ctx)
-    slow = LocalSource(SourceSpec("slow", "local", 2, {"env": {"DELAY": "0.6"}}), ctx)
+    # Seconds apart, not tenths: on a busy machine a Python start alone takes most of a
+    # second, and a 0.6 s task was then barely slower than a 0.05 s one.
+    slow = LocalSource(SourceSpec("slow", "local", 2, {"env": {"DELAY": "2.5"}}), ctx)
     engine = SweepEngine(store, ctx, [fast, slow], strategy="least_loaded")
     counts = asyncio.run(engine.run())
     assert counts[TaskState.COMPLETED] == 24
