@@ -141,8 +141,10 @@ def test_a_raising_function_is_failed_with_its_traceback(pbs: FakePBS) -> None:
     error = job.exception()
     assert isinstance(error, utils.FailedJobError)
     assert "ValueError: boom from the job" in str(error)
-    assert "boom from the job" in (job.stderr() or "")
+    # The result pickle is written before the job's last stderr lines: read the log once
+    # the job has ended.
     assert wait_state(ex, job.job_id, "FAILED", "COMPLETED") == "FAILED"
+    assert "boom from the job" in (job.stderr() or "")
     assert pbs.task(job.job_id)["exit_status"] == 1
 
 
