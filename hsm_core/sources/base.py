@@ -69,8 +69,9 @@ def task_env(
     launchers calls `submitit.JobEnvironment()` for its rank, and that raises outside a
     job submitit knows. A scheduler's job (hpc) passes False: its job script tells
     submitit which cluster it is on, and ranks come from the scheduler."""
-    env = _SUBMITIT_LOCAL | {"SUBMITIT_LOCAL_JOB_ID": task.name, "SUBMITIT_FOLDER": task_dir}
-    env = env if one_process else {}
+    env: dict[str, str] = {}
+    if one_process:
+        env.update(_SUBMITIT_LOCAL, SUBMITIT_LOCAL_JOB_ID=task.name, SUBMITIT_FOLDER=task_dir)
     env.update(task.env)
     env.update(
         HSM_SWEEP_ID=sweep_id,
